@@ -1,0 +1,45 @@
+//! The Sluice agent: runs on every VM, accepts envelopes from local sources and forwards them
+//! in numbered batches to dopplers over gRPC with mutual TLS.
+//!
+//! # Layout
+//!
+//! - [`sources`]: one folder per input (today: the Loggregator v2 gRPC ingress). A source
+//!   validates what it receives and hands envelopes to the forwarder.
+//! - [`forwarder`]: batches envelopes (flush at N envelopes or after an interval), numbers each
+//!   batch per agent, sends batches to dopplers and retries until one acknowledges.
+//! - [`identity`]: the agent's id, stable across restarts, plus its start time.
+//! - [`metrics`]: the agent's counters.
+//!
+//! # Delivery guarantee
+//!
+//! A source answers its client only after every envelope of the request is in a batch that a
+//! doppler has appended to the durable bus. So an acknowledged envelope is never lost, and the
+//! agent needs no spool of its own: backpressure (a bounded number of unacknowledged envelopes)
+//! reaches the client instead.
+
+pub mod forwarder;
+pub mod identity;
+pub mod metrics;
+pub mod sources;
+
+use std::sync::Arc;
+
+use sluice_common::SluiceError;
+use sluice_common::config::AgentConfig;
+use sluice_common::shutdown::Shutdown;
+use sluice_common::telemetry::Telemetry;
+use sluice_common::tls::TlsMaterial;
+use tracing::info;
+
+/// Runs the agent until `shutdown` fires: the ingress stops accepting, pending batches are
+/// flushed and acknowledged (or their clients told they failed).
+pub async fn run(config: AgentConfig, tls: TlsMaterial, telemetry: Telemetry, shutdown: Shutdown) -> Result<(), SluiceError> {
+    let metrics = metrics::AgentMetrics::register(&telemetry);
+    let agent_id = identity::agent_id(&config.state_dir)?;
+    info!(agent_id = %agent_id, listen = %config.listen, dopplers = ?config.dopplers, "agent starting");
+    let forwarder = forwarder::Forwarder::start(&config, agent_id, &tls, metrics.clone())?;
+    let ingress = sources::loggregator::LoggregatorIngress::new(Arc::clone(&forwarder), &config, metrics);
+    let result = ingress.serve(config.listen, &tls, config.max_message_bytes, shutdown).await;
+    forwarder.drain().await;
+    result
+}

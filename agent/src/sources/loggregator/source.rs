@@ -1,0 +1,158 @@
+//! `loggregator.v2.Ingress` over gRPC with mutual TLS.
+//!
+//! Every method validates the whole message before accepting any of it (an envelope over the
+//! size limit, or one with no message, fails the request with `INVALID_ARGUMENT` naming the
+//! envelope), stamps envelopes without a timestamp with the arrival time, and answers only
+//! once everything it accepted is durable on the bus.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use sluice_common::config::AgentConfig;
+use sluice_common::envelope::validate_envelope;
+use sluice_common::shutdown::Shutdown;
+use sluice_common::tls::TlsMaterial;
+use sluice_common::{ErrorKind, SluiceError};
+use sluice_proto::v2::ingress_server::{Ingress, IngressServer};
+use sluice_proto::v2::{BatchSenderResponse, Envelope, EnvelopeBatch, IngressResponse, SendResponse};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::info;
+
+use crate::forwarder::{Forwarder, Ticket};
+use crate::metrics::AgentMetrics;
+
+/// The Loggregator ingress service.
+#[derive(Clone)]
+pub struct LoggregatorIngress {
+    forwarder: Arc<Forwarder>,
+    max_envelope_bytes: usize,
+    metrics: AgentMetrics,
+}
+
+impl LoggregatorIngress {
+    /// An ingress feeding `forwarder`.
+    pub fn new(forwarder: Arc<Forwarder>, config: &AgentConfig, metrics: AgentMetrics) -> LoggregatorIngress {
+        LoggregatorIngress {
+            forwarder,
+            max_envelope_bytes: config.max_envelope_bytes,
+            metrics,
+        }
+    }
+
+    /// Serves on `listen` until `shutdown` fires.
+    pub async fn serve(
+        self,
+        listen: SocketAddr,
+        tls: &TlsMaterial,
+        max_message_bytes: usize,
+        mut shutdown: Shutdown,
+    ) -> Result<(), SluiceError> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|error| SluiceError::unavailable(format!("failed to listen on {listen} for the agent ingress: {error}")))?;
+        info!(listen = %listen, "loggregator ingress listening");
+        let service = IngressServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        tonic::transport::Server::builder()
+            .tls_config(tls.server_config())
+            .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move { shutdown.wait().await },
+            )
+            .await
+            .map_err(|error| SluiceError::internal(format!("agent ingress failed: {error}")))
+    }
+
+    /// Validates every envelope of one message; on success stamps missing timestamps.
+    fn admit(&self, envelopes: &mut [Envelope]) -> Result<(), Status> {
+        for (index, envelope) in envelopes.iter().enumerate() {
+            if let Err(error) = validate_envelope(envelope, index, self.max_envelope_bytes) {
+                let reason = if error.kind() == ErrorKind::TooLarge { "too_large" } else { "invalid" };
+                self.metrics.rejected(reason, envelopes.len() as u64);
+                return Err(error.into());
+            }
+        }
+        let now = sluice_common::time::now_nanos();
+        for envelope in envelopes.iter_mut() {
+            if envelope.timestamp == 0 {
+                envelope.timestamp = now;
+            }
+        }
+        self.metrics.envelopes_received.inc_by(envelopes.len() as u64);
+        Ok(())
+    }
+
+    async fn accept(&self, mut envelopes: Vec<Envelope>, ticket: &Ticket) -> Result<(), Status> {
+        self.admit(&mut envelopes)?;
+        self.forwarder.submit(envelopes, ticket).await
+    }
+}
+
+async fn completed(receiver: tokio::sync::oneshot::Receiver<Result<(), Status>>) -> Result<(), Status> {
+    receiver
+        .await
+        .unwrap_or_else(|_| Err(Status::unavailable("agent stopped before the envelopes were acknowledged")))
+}
+
+#[tonic::async_trait]
+impl Ingress for LoggregatorIngress {
+    async fn sender(&self, request: Request<Streaming<Envelope>>) -> Result<Response<IngressResponse>, Status> {
+        let mut stream = request.into_inner();
+        let (ticket, done) = Ticket::new();
+        // Envelopes accepted before a bad one stay accepted: they are forwarded either way,
+        // and the error tells the client where the stream went wrong.
+        let mut outcome = Ok(());
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(envelope) => {
+                    if let Err(status) = self.accept(vec![envelope], &ticket).await {
+                        outcome = Err(status);
+                        break;
+                    }
+                }
+                Err(status) => {
+                    outcome = Err(status);
+                    break;
+                }
+            }
+        }
+        drop(ticket);
+        let delivered = completed(done).await;
+        outcome.and(delivered).map(|()| Response::new(IngressResponse {}))
+    }
+
+    async fn batch_sender(&self, request: Request<Streaming<EnvelopeBatch>>) -> Result<Response<BatchSenderResponse>, Status> {
+        let mut stream = request.into_inner();
+        let (ticket, done) = Ticket::new();
+        let mut outcome = Ok(());
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(batch) => {
+                    if let Err(status) = self.accept(batch.batch, &ticket).await {
+                        outcome = Err(status);
+                        break;
+                    }
+                }
+                Err(status) => {
+                    outcome = Err(status);
+                    break;
+                }
+            }
+        }
+        drop(ticket);
+        let delivered = completed(done).await;
+        outcome.and(delivered).map(|()| Response::new(BatchSenderResponse {}))
+    }
+
+    async fn send(&self, request: Request<EnvelopeBatch>) -> Result<Response<SendResponse>, Status> {
+        let (ticket, done) = Ticket::new();
+        self.accept(request.into_inner().batch, &ticket).await?;
+        drop(ticket);
+        completed(done).await?;
+        Ok(Response::new(SendResponse {}))
+    }
+}

@@ -1,0 +1,4 @@
+//! Agent sources, one folder each with the same shape: `mod.rs` (declarations only),
+//! `source.rs` (the server or reader), `tests.rs`.
+
+pub mod loggregator;

@@ -1,0 +1,170 @@
+//! The broker seam between dopplers and the consumers (indexer, retention).
+//!
+//! Two implementations honour one contract: the embedded write-ahead log ([`wal::WalBus`]) that
+//! `sluice up` uses, and Kafka (a later addition). The contract:
+//!
+//! - [`Bus::append`] returns only once the record will survive a crash of the process: a
+//!   doppler acknowledges a batch to its agent only after this.
+//! - Delivery is at least once. A consumer owns its position: it stores the [`Positions`] it
+//!   has consumed up to *with its output* (a Tantivy commit payload, an archive checkpoint),
+//!   and on start it [`Consumer::seek`]s there. That is what makes its output exactly once.
+//! - [`Consumer::checkpoint`] tells the bus that everything before a position is durable
+//!   downstream, so the bus may forget it. It is never the source of truth for resuming.
+//!
+//! Each record is one `sluice.v1.AgentBatch` protobuf (see `proto/sluice/v1/doppler.proto`).
+
+pub mod metrics;
+pub mod wal;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_common::{ErrorKind, SluiceError};
+
+/// A partition of the bus. The WAL has one (partition 0).
+pub type Partition = u32;
+
+/// For each partition, the offset of the next record to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Positions(pub BTreeMap<Partition, u64>);
+
+impl Positions {
+    /// The next offset to read in `partition` (0 when never read).
+    pub fn next_offset(&self, partition: Partition) -> u64 {
+        self.0.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Records that `record` has been consumed.
+    pub fn advance_past(&mut self, record: &BusRecord) {
+        let next = self.0.entry(record.partition).or_insert(0);
+        *next = (*next).max(record.offset + 1);
+    }
+
+    /// Whether `record` lies before these positions, i.e. was already consumed.
+    pub fn contains(&self, record: &BusRecord) -> bool {
+        record.offset < self.next_offset(record.partition)
+    }
+
+    /// The JSON form stored in commit payloads and checkpoints.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a map of integers always serialises")
+    }
+
+    /// Parses [`Positions::to_json`].
+    pub fn from_json(text: &str) -> Result<Positions, SluiceError> {
+        serde_json::from_str(text).map_err(|error| SluiceError::internal(format!("invalid bus positions {text:?}: {error}")))
+    }
+
+    /// For each partition, the smaller of the two positions (a partition missing in either
+    /// counts as offset 0).
+    pub fn min(&self, other: &Positions) -> Positions {
+        let mut merged = BTreeMap::new();
+        for partition in self.0.keys().chain(other.0.keys()) {
+            merged.insert(*partition, self.next_offset(*partition).min(other.next_offset(*partition)));
+        }
+        Positions(merged)
+    }
+}
+
+/// One record read from the bus.
+#[derive(Debug, Clone)]
+pub struct BusRecord {
+    /// Partition it was read from.
+    pub partition: Partition,
+    /// Offset within the partition.
+    pub offset: u64,
+    /// The encoded `AgentBatch`.
+    pub payload: Bytes,
+}
+
+/// Errors of the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The underlying storage failed; the operation may be retried.
+    #[error("bus storage failed: {0}")]
+    Storage(String),
+    /// The bus is shutting down or was never opened correctly.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// A caller error, such as an unknown consumer group.
+    #[error("invalid bus request: {0}")]
+    Invalid(String),
+}
+
+impl BusError {
+    /// The error's kind in Sluice's taxonomy.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BusError::Storage(_) | BusError::Unavailable(_) => ErrorKind::Unavailable,
+            BusError::Invalid(_) => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
+impl From<BusError> for SluiceError {
+    fn from(error: BusError) -> SluiceError {
+        SluiceError::new(error.kind(), error.to_string())
+    }
+}
+
+/// A durable, partitioned log of batches.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Appends one record. `key` chooses the partition where there are several (records with
+    /// one key keep their order). Returns once the record survives a process crash.
+    async fn append(&self, key: &str, payload: Bytes) -> Result<(), BusError>;
+
+    /// Opens a consumer for `group`. Each group sees every record.
+    async fn subscribe(&self, group: &str) -> Result<Box<dyn Consumer>, BusError>;
+
+    /// A short name for logs and metrics: `wal` or `kafka`.
+    fn kind(&self) -> &'static str;
+}
+
+/// Reads a bus on behalf of one consumer group.
+#[async_trait]
+pub trait Consumer: Send {
+    /// Continues reading from `positions` (partitions not named start at their beginning).
+    async fn seek(&mut self, positions: &Positions) -> Result<(), BusError>;
+
+    /// Returns up to `max_records` records, waiting up to `max_wait` for the first one; an empty
+    /// answer means nothing arrived in time.
+    async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<BusRecord>, BusError>;
+
+    /// Everything before `positions` is durable downstream; the bus may release it.
+    async fn checkpoint(&mut self, positions: &Positions) -> Result<(), BusError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(partition: Partition, offset: u64) -> BusRecord {
+        BusRecord {
+            partition,
+            offset,
+            payload: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn positions_advance_and_round_trip_through_json() {
+        let mut positions = Positions::default();
+        assert!(!positions.contains(&record(0, 0)));
+        positions.advance_past(&record(0, 4));
+        positions.advance_past(&record(0, 2));
+        positions.advance_past(&record(3, 9));
+        assert_eq!(positions.next_offset(0), 5);
+        assert!(positions.contains(&record(0, 4)));
+        assert!(!positions.contains(&record(0, 5)));
+        assert!(!positions.contains(&record(1, 0)));
+        let parsed = Positions::from_json(&positions.to_json()).expect("round trip");
+        assert_eq!(parsed, positions);
+        let other = Positions([(0, 3), (1, 7)].into_iter().collect());
+        assert_eq!(positions.min(&other), Positions([(0, 3), (1, 0), (3, 0)].into_iter().collect()));
+    }
+}

@@ -1,0 +1,578 @@
+//! The configuration file: one TOML format for every role, with defaults for everything.
+//!
+//! [`RawConfig`] is what serde reads (unknown keys are rejected, every field documented, every
+//! default a named function); [`RawConfig::validate`] turns it into a [`Config`] with durations
+//! parsed and paths resolved, or an error naming the field. Nothing invalid is silently fixed.
+//! `config/sluice.example.toml` in the repository shows every key with its default, and a test
+//! loads it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::SluiceError;
+
+/// The configuration file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Directory for every role's state (WAL, indexes, archive, certificates) unless a role's
+    /// own setting says otherwise. Relative paths are relative to the working directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Mutual TLS for the gRPC hops.
+    #[serde(default)]
+    pub tls: RawTlsConfig,
+    /// The agent: Loggregator ingress and forwarding to dopplers.
+    #[serde(default)]
+    pub agent: RawAgentConfig,
+    /// The doppler: fan-in from agents, append to the bus, live egress.
+    #[serde(default)]
+    pub doppler: RawDopplerConfig,
+    /// The bus between dopplers and consumers.
+    #[serde(default)]
+    pub bus: RawBusConfig,
+    /// The indexer: bus to Tantivy.
+    #[serde(default)]
+    pub indexer: RawIndexerConfig,
+    /// Retention: bus to Parquet.
+    #[serde(default)]
+    pub retention: RawRetentionConfig,
+    /// The HTTP query API.
+    #[serde(default)]
+    pub query_api: RawQueryApiConfig,
+}
+
+impl Default for RawConfig {
+    fn default() -> RawConfig {
+        // An empty document yields every default.
+        toml::from_str("").expect("an empty configuration is valid")
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./sluice-data")
+}
+
+/// `[tls]`: where the certificates are. Leave all three unset to use (and on first start create)
+/// a local CA in `<data_dir>/tls`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsConfig {
+    /// PEM file of the CA that signs every node certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// PEM file of this node's certificate.
+    pub cert: Option<PathBuf>,
+    /// PEM file of this node's private key.
+    pub key: Option<PathBuf>,
+    /// Name clients expect in servers' certificates.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+}
+
+fn default_server_name() -> String {
+    "localhost".to_owned()
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentConfig {
+    /// Address of the Loggregator v2 ingress (gRPC, mTLS).
+    #[serde(default = "default_agent_listen")]
+    pub listen: SocketAddr,
+    /// Dopplers to forward to, as `host:port`.
+    #[serde(default = "default_dopplers")]
+    pub dopplers: Vec<String>,
+    /// A batch is sent once it holds this many envelopes.
+    #[serde(default = "default_flush_envelopes")]
+    pub flush_envelopes: usize,
+    /// A batch is sent this long after its first envelope arrived, if not full before.
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: String,
+    /// Largest accepted envelope, encoded, in bytes.
+    #[serde(default = "default_max_envelope_bytes")]
+    pub max_envelope_bytes: usize,
+    /// Largest accepted gRPC message (an `EnvelopeBatch` holds many envelopes), in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Batches sent to dopplers concurrently.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight_batches: usize,
+    /// Envelopes accepted but not yet acknowledged by a doppler before ingress pushes back.
+    #[serde(default = "default_max_pending_envelopes")]
+    pub max_pending_envelopes: usize,
+}
+
+fn default_agent_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 3458))
+}
+fn default_dopplers() -> Vec<String> {
+    vec!["127.0.0.1:8082".to_owned()]
+}
+fn default_flush_envelopes() -> usize {
+    100
+}
+fn default_flush_interval() -> String {
+    "100ms".to_owned()
+}
+fn default_max_envelope_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_message_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_max_in_flight() -> usize {
+    4
+}
+fn default_max_pending_envelopes() -> usize {
+    100_000
+}
+
+/// `[doppler]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDopplerConfig {
+    /// Address agents connect to (gRPC, mTLS); also serves `loggregator.v2.Egress`.
+    #[serde(default = "default_doppler_listen")]
+    pub listen: SocketAddr,
+    /// Batches buffered per live subscriber; past this the subscriber's batches are dropped
+    /// and counted, so a slow reader never slows ingestion.
+    #[serde(default = "default_subscriber_buffer")]
+    pub subscriber_buffer_batches: usize,
+    /// Largest accepted gRPC message from an agent, in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+fn default_doppler_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8082))
+}
+fn default_subscriber_buffer() -> usize {
+    1024
+}
+
+/// `[bus]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBusConfig {
+    /// `wal`, the embedded durable write-ahead log (one process only).
+    #[serde(default = "default_bus_kind")]
+    pub kind: String,
+    /// WAL directory; default `<data_dir>/wal`.
+    pub wal_dir: Option<PathBuf>,
+}
+
+impl Default for RawBusConfig {
+    fn default() -> RawBusConfig {
+        RawBusConfig {
+            kind: default_bus_kind(),
+            wal_dir: None,
+        }
+    }
+}
+
+fn default_bus_kind() -> String {
+    "wal".to_owned()
+}
+
+/// `[indexer]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIndexerConfig {
+    /// Index directory (one Tantivy index per UTC hour inside); default `<data_dir>/index`.
+    pub dir: Option<PathBuf>,
+    /// How often new documents are committed and become searchable.
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: String,
+    /// Memory budget of each hour's index writer, in bytes.
+    #[serde(default = "default_writer_memory")]
+    pub writer_memory_bytes: usize,
+    /// An hour's writer is closed after this long without new documents.
+    #[serde(default = "default_idle_writer")]
+    pub close_idle_writer_after: String,
+}
+
+fn default_commit_interval() -> String {
+    "1s".to_owned()
+}
+fn default_writer_memory() -> usize {
+    64 * 1024 * 1024
+}
+fn default_idle_writer() -> String {
+    "5m".to_owned()
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetentionConfig {
+    /// Archive location: a local directory (path or `file://` URL); default `<data_dir>/archive`.
+    pub archive: Option<String>,
+    /// Buffered rows are written out at least this often.
+    #[serde(default = "default_flush_interval_retention")]
+    pub flush_interval: String,
+    /// Buffered rows are written out once this many are waiting.
+    #[serde(default = "default_flush_rows")]
+    pub flush_rows: usize,
+    /// Zstd level of Parquet pages.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+}
+
+fn default_flush_interval_retention() -> String {
+    "5s".to_owned()
+}
+fn default_flush_rows() -> usize {
+    200_000
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+
+/// `[query_api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueryApiConfig {
+    /// HTTP listen address.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+    /// Doppler whose live egress feeds `/api/v1/tail`, as `host:port`.
+    #[serde(default = "default_tail_doppler")]
+    pub doppler: String,
+    /// Largest `limit` a search may ask for.
+    #[serde(default = "default_max_search_limit")]
+    pub max_search_limit: usize,
+    /// Rows an SQL answer may hold before it is cut (the answer says so).
+    #[serde(default = "default_max_sql_rows")]
+    pub max_sql_rows: usize,
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_tail_doppler() -> String {
+    "127.0.0.1:8082".to_owned()
+}
+fn default_max_search_limit() -> usize {
+    10_000
+}
+fn default_max_sql_rows() -> usize {
+    100_000
+}
+
+macro_rules! default_from_empty_table {
+    ($($name:ident),*) => {$(
+        impl Default for $name {
+            fn default() -> $name {
+                toml::from_str("").expect("an empty section is valid")
+            }
+        }
+    )*};
+}
+default_from_empty_table!(RawAgentConfig, RawDopplerConfig, RawIndexerConfig, RawRetentionConfig, RawQueryApiConfig);
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// See [`RawConfig::data_dir`].
+    pub data_dir: PathBuf,
+    /// TLS file locations; `None` means "use the local CA in `<data_dir>/tls`".
+    pub tls: Option<crate::tls::TlsPaths>,
+    /// See [`RawTlsConfig::server_name`].
+    pub tls_server_name: String,
+    /// Agent settings.
+    pub agent: AgentConfig,
+    /// Doppler settings.
+    pub doppler: DopplerConfig,
+    /// Bus settings.
+    pub bus: BusConfig,
+    /// Indexer settings.
+    pub indexer: IndexerConfig,
+    /// Retention settings.
+    pub retention: RetentionConfig,
+    /// Query API settings.
+    pub query_api: QueryApiConfig,
+}
+
+/// Validated `[agent]`.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Ingress listen address.
+    pub listen: SocketAddr,
+    /// Doppler addresses.
+    pub dopplers: Vec<String>,
+    /// Envelopes per batch.
+    pub flush_envelopes: usize,
+    /// Longest wait before a partial batch is sent.
+    pub flush_interval: Duration,
+    /// Largest envelope in bytes.
+    pub max_envelope_bytes: usize,
+    /// Largest gRPC message in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent batches to dopplers.
+    pub max_in_flight_batches: usize,
+    /// Accepted, unacknowledged envelopes before backpressure.
+    pub max_pending_envelopes: usize,
+    /// Directory for the agent's identity.
+    pub state_dir: PathBuf,
+}
+
+/// Validated `[doppler]`.
+#[derive(Debug, Clone)]
+pub struct DopplerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Batches buffered per subscriber.
+    pub subscriber_buffer_batches: usize,
+    /// Largest gRPC message in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// Validated `[bus]`.
+#[derive(Debug, Clone)]
+pub enum BusConfig {
+    /// The embedded write-ahead log in this directory.
+    Wal {
+        /// WAL directory.
+        dir: PathBuf,
+    },
+}
+
+/// Validated `[indexer]`.
+#[derive(Debug, Clone)]
+pub struct IndexerConfig {
+    /// Index root directory.
+    pub dir: PathBuf,
+    /// Commit interval.
+    pub commit_interval: Duration,
+    /// Writer memory budget per hour index.
+    pub writer_memory_bytes: usize,
+    /// Idle time after which an hour's writer is closed.
+    pub close_idle_writer_after: Duration,
+}
+
+/// Validated `[retention]`.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// Archive root directory.
+    pub archive_dir: PathBuf,
+    /// Flush interval.
+    pub flush_interval: Duration,
+    /// Rows that trigger a flush.
+    pub flush_rows: usize,
+    /// Zstd level.
+    pub zstd_level: i32,
+}
+
+/// Validated `[query_api]`.
+#[derive(Debug, Clone)]
+pub struct QueryApiConfig {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Doppler for live tail.
+    pub doppler: String,
+    /// Largest search limit.
+    pub max_search_limit: usize,
+    /// Largest SQL answer.
+    pub max_sql_rows: usize,
+}
+
+impl RawConfig {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<RawConfig, SluiceError> {
+        toml::from_str(text).map_err(|error| SluiceError::invalid(format!("invalid configuration: {error}")))
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, SluiceError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| SluiceError::invalid(format!("failed to read configuration {}: {error}", path.display())))?;
+        RawConfig::from_toml(&text).map_err(|error| SluiceError::invalid(format!("{}: {error}", path.display())))
+    }
+
+    /// Checks every field and resolves defaults that depend on `data_dir`.
+    pub fn validate(self) -> Result<Config, SluiceError> {
+        let data_dir = self.data_dir;
+        let tls = match (self.tls.ca_cert, self.tls.cert, self.tls.key) {
+            (None, None, None) => None,
+            (Some(ca_cert), Some(cert), Some(key)) => Some(crate::tls::TlsPaths { ca_cert, cert, key }),
+            _ => {
+                return Err(SluiceError::invalid(
+                    "tls: set all of ca_cert, cert and key, or none of them to use the local CA",
+                ));
+            }
+        };
+        positive("agent.flush_envelopes", self.agent.flush_envelopes)?;
+        positive("agent.max_envelope_bytes", self.agent.max_envelope_bytes)?;
+        positive("agent.max_in_flight_batches", self.agent.max_in_flight_batches)?;
+        positive("agent.max_pending_envelopes", self.agent.max_pending_envelopes)?;
+        positive("doppler.subscriber_buffer_batches", self.doppler.subscriber_buffer_batches)?;
+        positive("retention.flush_rows", self.retention.flush_rows)?;
+        positive("query_api.max_search_limit", self.query_api.max_search_limit)?;
+        positive("query_api.max_sql_rows", self.query_api.max_sql_rows)?;
+        if self.agent.max_message_bytes < self.agent.max_envelope_bytes {
+            return Err(SluiceError::invalid(
+                "agent.max_message_bytes must be at least agent.max_envelope_bytes",
+            ));
+        }
+        if self.agent.dopplers.is_empty() {
+            return Err(SluiceError::invalid("agent.dopplers: name at least one doppler"));
+        }
+        if self.indexer.writer_memory_bytes < 15_000_000 {
+            return Err(SluiceError::invalid(
+                "indexer.writer_memory_bytes: Tantivy needs at least 15000000 bytes",
+            ));
+        }
+        if !(1..=22).contains(&self.retention.zstd_level) {
+            return Err(SluiceError::invalid("retention.zstd_level: must be between 1 and 22"));
+        }
+        let bus = match self.bus.kind.as_str() {
+            "wal" => BusConfig::Wal {
+                dir: self.bus.wal_dir.unwrap_or_else(|| data_dir.join("wal")),
+            },
+            other => {
+                return Err(SluiceError::invalid(format!("bus.kind: unknown bus {other:?}; expected \"wal\"")));
+            }
+        };
+        let archive_dir = match self.retention.archive {
+            None => data_dir.join("archive"),
+            Some(location) => match location.strip_prefix("file://") {
+                Some(path) => PathBuf::from(path),
+                None if location.contains("://") => {
+                    return Err(SluiceError::invalid(format!(
+                        "retention.archive: unsupported location {location:?}; use a directory path or a file:// URL"
+                    )));
+                }
+                None => PathBuf::from(location),
+            },
+        };
+        Ok(Config {
+            tls,
+            tls_server_name: self.tls.server_name,
+            agent: AgentConfig {
+                listen: self.agent.listen,
+                dopplers: self.agent.dopplers,
+                flush_envelopes: self.agent.flush_envelopes,
+                flush_interval: parse_duration("agent.flush_interval", &self.agent.flush_interval)?,
+                max_envelope_bytes: self.agent.max_envelope_bytes,
+                max_message_bytes: self.agent.max_message_bytes,
+                max_in_flight_batches: self.agent.max_in_flight_batches,
+                max_pending_envelopes: self.agent.max_pending_envelopes,
+                state_dir: data_dir.join("agent"),
+            },
+            doppler: DopplerConfig {
+                listen: self.doppler.listen,
+                subscriber_buffer_batches: self.doppler.subscriber_buffer_batches,
+                max_message_bytes: self.doppler.max_message_bytes,
+            },
+            bus,
+            indexer: IndexerConfig {
+                dir: self.indexer.dir.unwrap_or_else(|| data_dir.join("index")),
+                commit_interval: parse_duration("indexer.commit_interval", &self.indexer.commit_interval)?,
+                writer_memory_bytes: self.indexer.writer_memory_bytes,
+                close_idle_writer_after: parse_duration(
+                    "indexer.close_idle_writer_after",
+                    &self.indexer.close_idle_writer_after,
+                )?,
+            },
+            retention: RetentionConfig {
+                archive_dir,
+                flush_interval: parse_duration("retention.flush_interval", &self.retention.flush_interval)?,
+                flush_rows: self.retention.flush_rows,
+                zstd_level: self.retention.zstd_level,
+            },
+            query_api: QueryApiConfig {
+                listen: self.query_api.listen,
+                doppler: self.query_api.doppler,
+                max_search_limit: self.query_api.max_search_limit,
+                max_sql_rows: self.query_api.max_sql_rows,
+            },
+            data_dir,
+        })
+    }
+}
+
+fn positive(field: &str, value: usize) -> Result<(), SluiceError> {
+    if value == 0 {
+        return Err(SluiceError::invalid(format!("{field}: must be greater than zero")));
+    }
+    Ok(())
+}
+
+/// Parses durations such as `250ms`, `1s`, `5m`, `2h` (a positive integer and a unit).
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration, SluiceError> {
+    let text = text.trim();
+    let split = text.find(|character: char| !character.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let invalid = || SluiceError::invalid(format!("{field}: invalid duration {text:?}; expected e.g. 250ms, 1s, 5m, 2h"));
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(invalid)?),
+        "h" => Duration::from_secs(number.checked_mul(3_600).ok_or_else(invalid)?),
+        _ => return Err(invalid()),
+    };
+    if duration.is_zero() {
+        return Err(SluiceError::invalid(format!("{field}: must be greater than zero")));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_in_the_repository_loads_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sluice.example.toml");
+        let example = RawConfig::from_file(&path).expect("example config parses").validate().expect("valid");
+        let defaults = RawConfig::default().validate().expect("defaults are valid");
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn defaults_match_the_documented_addresses_and_batching() {
+        let config = RawConfig::default().validate().expect("valid");
+        assert_eq!(config.agent.listen.to_string(), "127.0.0.1:3458");
+        assert_eq!(config.doppler.listen.to_string(), "127.0.0.1:8082");
+        assert_eq!(config.query_api.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.agent.flush_envelopes, 100);
+        assert_eq!(config.agent.flush_interval, Duration::from_millis(100));
+        assert_eq!(config.agent.max_envelope_bytes, 1_048_576);
+        assert_eq!(config.indexer.commit_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected_with_the_field_name() {
+        let error = RawConfig::from_toml("[agent]\nflush_envelope = 5\n").expect_err("typo");
+        assert!(error.message().contains("flush_envelope"), "{error}");
+        let error = RawConfig::from_toml("[indexer]\ncommit_interval = \"soon\"\n")
+            .expect("parses")
+            .validate()
+            .expect_err("bad duration");
+        assert!(error.message().starts_with("indexer.commit_interval"), "{error}");
+        let error = RawConfig::from_toml("[tls]\nca_cert = \"ca.pem\"\n")
+            .expect("parses")
+            .validate()
+            .expect_err("partial tls");
+        assert!(error.message().starts_with("tls:"), "{error}");
+        let error = RawConfig::from_toml("[retention]\narchive = \"s3://bucket\"\n")
+            .expect("parses")
+            .validate()
+            .expect_err("s3 not yet");
+        assert!(error.message().starts_with("retention.archive"), "{error}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("x", "250ms").expect("ms"), Duration::from_millis(250));
+        assert_eq!(parse_duration("x", "2h").expect("h"), Duration::from_secs(7_200));
+        assert!(parse_duration("x", "0s").is_err());
+        assert!(parse_duration("x", "1.5s").is_err());
+        assert!(parse_duration("x", "s").is_err());
+    }
+}

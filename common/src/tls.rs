@@ -1,0 +1,197 @@
+//! Mutual TLS for every gRPC hop: loading PEM files, and creating a local CA on first start.
+//!
+//! Every Sluice process presents a certificate and checks its peer's against one CA. When no
+//! certificates are configured, `sluice up` calls [`ensure_local_ca`] to create a CA and a node
+//! certificate (valid for `localhost` and `127.0.0.1`, for both server and client use) in the
+//! data directory, so mTLS is on by default rather than an afterthought.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+use crate::error::SluiceError;
+
+/// Where the three PEM files of a node live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The CA certificate that peers must be signed by.
+    pub ca_cert: PathBuf,
+    /// This node's certificate chain.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// The certificates of one node, loaded in memory.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+    server_name: String,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TlsMaterial")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsMaterial {
+    /// Reads the three PEM files; `server_name` is the name clients expect in servers' certificates.
+    pub fn load(paths: &TlsPaths, server_name: &str) -> Result<TlsMaterial, SluiceError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|error| SluiceError::invalid(format!("failed to read tls file {}: {error}", path.display())))
+        };
+        Ok(TlsMaterial {
+            ca_pem: read(&paths.ca_cert)?,
+            cert_pem: read(&paths.cert)?,
+            key_pem: read(&paths.key)?,
+            server_name: server_name.to_owned(),
+        })
+    }
+
+    /// Server side: present our certificate and require a client certificate from our CA.
+    pub fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(false)
+    }
+
+    /// Client side: present our certificate and trust only servers from our CA.
+    pub fn client_config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(self.server_name.clone())
+    }
+
+    /// The CA certificate, PEM encoded.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+}
+
+/// Returns the certificate paths under `dir`, creating a CA and a node certificate there first
+/// if none exist. Existing files are never overwritten; a half-written set is an error.
+pub fn ensure_local_ca(dir: &Path) -> Result<TlsPaths, SluiceError> {
+    let paths = TlsPaths {
+        ca_cert: dir.join("ca.pem"),
+        cert: dir.join("node.pem"),
+        key: dir.join("node-key.pem"),
+    };
+    let present = [&paths.ca_cert, &paths.cert, &paths.key].iter().filter(|path| path.exists()).count();
+    match present {
+        3 => return Ok(paths),
+        0 => {}
+        _ => {
+            return Err(SluiceError::invalid(format!(
+                "incomplete certificate set in {}: expected ca.pem, node.pem and node-key.pem; remove the directory to regenerate",
+                dir.display()
+            )));
+        }
+    }
+    let generated = generate_local_ca().map_err(|error| SluiceError::internal(format!("failed to generate certificates: {error}")))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|error| SluiceError::internal(format!("failed to create {}: {error}", dir.display())))?;
+    write_private(&dir.join("ca-key.pem"), &generated.ca_key_pem)?;
+    write_private(&paths.key, &generated.node_key_pem)?;
+    write_private(&paths.cert, &generated.node_cert_pem)?;
+    // The CA certificate goes last: its presence marks the set complete.
+    write_private(&paths.ca_cert, &generated.ca_cert_pem)?;
+    Ok(paths)
+}
+
+/// PEM texts of a freshly generated CA and node certificate.
+pub struct GeneratedCertificates {
+    /// CA certificate.
+    pub ca_cert_pem: String,
+    /// CA private key (kept so an operator can sign more node certificates).
+    pub ca_key_pem: String,
+    /// Node certificate, for `localhost` and `127.0.0.1`, server and client use.
+    pub node_cert_pem: String,
+    /// Node private key.
+    pub node_key_pem: String,
+}
+
+/// Generates a CA and one node certificate signed by it.
+pub fn generate_local_ca() -> Result<GeneratedCertificates, rcgen::Error> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, "Sluice local CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate()?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+
+    let mut node_params = CertificateParams::new(vec!["localhost".to_owned()])?;
+    node_params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
+    node_params.distinguished_name.push(DnType::CommonName, "sluice node");
+    node_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    node_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    let node_key = KeyPair::generate()?;
+    let node_cert = node_params.signed_by(&node_key, &ca)?;
+    Ok(GeneratedCertificates {
+        ca_cert_pem: ca.pem(),
+        ca_key_pem,
+        node_cert_pem: node_cert.pem(),
+        node_key_pem: node_key.serialize_pem(),
+    })
+}
+
+/// Writes a file readable by its owner only, atomically (temporary file, then rename).
+fn write_private(path: &Path, contents: &str) -> Result<(), SluiceError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("tmp");
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    result.map_err(|error| SluiceError::internal(format!("failed to write {}: {error}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_ca_is_created_once_and_then_reused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls_dir = dir.path().join("tls");
+        let paths = ensure_local_ca(&tls_dir).expect("generate");
+        let first = std::fs::read_to_string(&paths.ca_cert).expect("ca");
+        assert!(first.contains("BEGIN CERTIFICATE"));
+        let again = ensure_local_ca(&tls_dir).expect("reuse");
+        assert_eq!(again, paths);
+        assert_eq!(std::fs::read_to_string(&paths.ca_cert).expect("ca"), first);
+        TlsMaterial::load(&paths, "localhost").expect("load");
+    }
+
+    #[test]
+    fn an_incomplete_certificate_set_is_an_error_not_a_silent_regeneration() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = ensure_local_ca(dir.path()).expect("generate");
+        std::fs::remove_file(&paths.key).expect("remove key");
+        let error = ensure_local_ca(dir.path()).expect_err("incomplete");
+        assert!(error.message().contains("incomplete certificate set"), "{error}");
+    }
+}

@@ -1,0 +1,59 @@
+//! The doppler: fan-in from agents, durable append to the bus, and live egress.
+//!
+//! # Layout
+//!
+//! - [`ingress`]: `sluice.v1.DopplerIngress/Push`: validates a batch, appends it to the bus,
+//!   acknowledges once durable, then hands it to the hub.
+//! - [`egress`]: `loggregator.v2.Egress`: subscribers with selectors and shard groups. Each
+//!   subscriber has a bounded queue; when it is full the subscriber's envelopes are dropped and
+//!   counted, so a slow reader never slows ingestion.
+//! - [`metrics`]: the doppler's counters.
+
+pub mod egress;
+pub mod ingress;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use sluice_bus::Bus;
+use sluice_common::SluiceError;
+use sluice_common::config::DopplerConfig;
+use sluice_common::shutdown::Shutdown;
+use sluice_common::telemetry::Telemetry;
+use sluice_common::tls::TlsMaterial;
+use sluice_proto::v1::doppler_ingress_server::DopplerIngressServer;
+use sluice_proto::v2::egress_server::EgressServer;
+use tracing::info;
+
+/// Serves the doppler on `config.listen` until `shutdown` fires.
+pub async fn run(
+    config: DopplerConfig,
+    tls: TlsMaterial,
+    bus: Arc<dyn Bus>,
+    telemetry: Telemetry,
+    mut shutdown: Shutdown,
+) -> Result<(), SluiceError> {
+    let metrics = metrics::DopplerMetrics::register(&telemetry);
+    let hub = Arc::new(egress::Hub::new(config.subscriber_buffer_batches, metrics.clone()));
+    let ingress = ingress::DopplerIngressService::new(bus, Arc::clone(&hub), metrics);
+    let egress = egress::EgressService::new(hub);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| SluiceError::unavailable(format!("failed to listen on {} for the doppler: {error}", config.listen)))?;
+    info!(listen = %config.listen, "doppler listening");
+    tonic::transport::Server::builder()
+        .tls_config(tls.server_config())
+        .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?
+        .add_service(
+            DopplerIngressServer::new(ingress)
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(EgressServer::new(egress).max_encoding_message_size(config.max_message_bytes))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move { shutdown.wait().await },
+        )
+        .await
+        .map_err(|error| SluiceError::internal(format!("doppler failed: {error}")))
+}

@@ -1,0 +1,67 @@
+//! Metrics of the doppler (see `docs/telemetry.md`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use sluice_common::telemetry::Telemetry;
+
+/// The doppler's counters, cheap to clone.
+#[derive(Clone)]
+pub struct DopplerMetrics {
+    /// Batches appended to the bus and acknowledged.
+    pub batches_appended: Counter,
+    /// Envelopes in those batches.
+    pub envelopes_appended: Counter,
+    /// Batches refused as invalid.
+    pub batches_rejected: Counter,
+    /// Batches the bus failed to append (the agent retries them).
+    pub append_failures: Counter,
+    /// Envelopes delivered to live subscribers.
+    pub egress_envelopes_sent: Counter,
+    /// Envelopes dropped because a live subscriber's queue was full.
+    pub egress_envelopes_dropped: Counter,
+    /// Live subscribers connected.
+    pub egress_subscribers: Gauge,
+}
+
+impl DopplerMetrics {
+    /// Registers the doppler metrics.
+    pub fn register(telemetry: &Telemetry) -> DopplerMetrics {
+        DopplerMetrics {
+            batches_appended: telemetry.register(
+                "sluice_doppler_batches_appended",
+                "Batches appended to the bus and acknowledged to agents",
+                Counter::default(),
+            ),
+            envelopes_appended: telemetry.register(
+                "sluice_doppler_envelopes_appended",
+                "Envelopes appended to the bus",
+                Counter::default(),
+            ),
+            batches_rejected: telemetry.register(
+                "sluice_doppler_batches_rejected",
+                "Batches refused as invalid",
+                Counter::default(),
+            ),
+            append_failures: telemetry.register(
+                "sluice_doppler_bus_append_failures",
+                "Batches the bus failed to append; the agent retries them",
+                Counter::default(),
+            ),
+            egress_envelopes_sent: telemetry.register(
+                "sluice_doppler_egress_envelopes_sent",
+                "Envelopes delivered to live subscribers",
+                Counter::default(),
+            ),
+            egress_envelopes_dropped: telemetry.register(
+                "sluice_doppler_egress_envelopes_dropped",
+                "Envelopes dropped because a live subscriber was too slow",
+                Counter::default(),
+            ),
+            egress_subscribers: telemetry.register(
+                "sluice_doppler_egress_subscribers",
+                "Live subscribers connected",
+                Gauge::default(),
+            ),
+        }
+    }
+}

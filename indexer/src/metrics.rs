@@ -1,0 +1,55 @@
+//! Metrics of the indexer (see `docs/telemetry.md`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use sluice_common::telemetry::Telemetry;
+
+/// The indexer's counters, cheap to clone.
+#[derive(Clone)]
+pub struct IndexerMetrics {
+    /// Documents added to an index.
+    pub documents_indexed: Counter,
+    /// Envelopes skipped because their hour's index already held them (replay after a crash).
+    pub documents_already_indexed: Counter,
+    /// Metric envelopes, which go to the archive only.
+    pub envelopes_not_indexed: Counter,
+    /// Bus records that could not be decoded; counted and skipped.
+    pub records_undecodable: Counter,
+    /// Commits of hour indexes.
+    pub commits: Counter,
+    /// Bytes of all index partitions on disk.
+    pub index_bytes: Gauge,
+    /// Hour partitions on disk.
+    pub partitions: Gauge,
+}
+
+impl IndexerMetrics {
+    /// Registers the indexer metrics.
+    pub fn register(telemetry: &Telemetry) -> IndexerMetrics {
+        IndexerMetrics {
+            documents_indexed: telemetry.register(
+                "sluice_indexer_documents_indexed",
+                "Documents added to the index",
+                Counter::default(),
+            ),
+            documents_already_indexed: telemetry.register(
+                "sluice_indexer_documents_already_indexed",
+                "Envelopes skipped on replay because their hour already held them",
+                Counter::default(),
+            ),
+            envelopes_not_indexed: telemetry.register(
+                "sluice_indexer_metric_envelopes_skipped",
+                "Counter, gauge and timer envelopes, which only the archive keeps",
+                Counter::default(),
+            ),
+            records_undecodable: telemetry.register(
+                "sluice_indexer_records_undecodable",
+                "Bus records that could not be decoded and were skipped",
+                Counter::default(),
+            ),
+            commits: telemetry.register("sluice_indexer_commits", "Commits of hour indexes", Counter::default()),
+            index_bytes: telemetry.register("sluice_indexer_index_bytes", "Bytes of all index partitions on disk", Gauge::default()),
+            partitions: telemetry.register("sluice_indexer_partitions", "Hour partitions on disk", Gauge::default()),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The indexing pipeline: consume → decode and index → commit and checkpoint.
+//!
+//! The async consumer task polls the bus and sends records over a bounded channel to the
+//! indexing thread (Tantivy's writes and commits block, so they stay off the async runtime).
+//! The thread commits every `commit_interval`, writes `checkpoint.json`, and reports the
+//! committed positions back; only then does the consumer checkpoint the bus. When the channel
+//! is full the consumer stops polling: backpressure, not memory growth.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use sluice_bus::{Bus, BusRecord, Positions};
+use sluice_common::SluiceError;
+use sluice_common::config::IndexerConfig;
+use sluice_common::shutdown::Shutdown;
+use sluice_common::telemetry::Telemetry;
+use sluice_common::time::Hour;
+use sluice_proto::v1::AgentBatch;
+use tantivy::{Index, IndexWriter, TantivyDocument};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::metrics::IndexerMetrics;
+use crate::store::IndexStore;
+
+/// The bus consumer group of indexers.
+pub const CONSUMER_GROUP: &str = "indexer";
+
+enum StageInput {
+    Records(Vec<BusRecord>),
+    /// Sent every commit interval so an idle indexer still commits on time.
+    Tick,
+}
+
+/// Runs the indexer until `shutdown` fires, then commits what it holds.
+pub async fn run(config: IndexerConfig, bus: Arc<dyn Bus>, telemetry: Telemetry, mut shutdown: Shutdown) -> Result<(), SluiceError> {
+    let metrics = IndexerMetrics::register(&telemetry);
+    let store = IndexStore::new(&config.dir);
+    let checkpoint_path = config.dir.join("checkpoint.json");
+    let resume = read_checkpoint(&checkpoint_path)?;
+    let mut consumer = bus.subscribe(CONSUMER_GROUP).await?;
+    consumer.seek(&resume).await?;
+    info!(dir = %config.dir.display(), resume = %resume.to_json(), "indexer starting");
+
+    let (input, stage_input) = mpsc::channel::<StageInput>(16);
+    let (committed_sender, mut committed) = watch::channel(resume.clone());
+    let stage = IndexingStage {
+        store,
+        hours: BTreeMap::new(),
+        consumed: resume.clone(),
+        checkpointed: resume,
+        checkpoint_path,
+        commit_interval: config.commit_interval,
+        writer_memory_bytes: config.writer_memory_bytes,
+        close_idle_writer_after: config.close_idle_writer_after,
+        last_commit: Instant::now(),
+        last_size_update: Instant::now(),
+        metrics,
+        committed: committed_sender,
+    };
+    let thread = std::thread::Builder::new()
+        .name("sluice-indexer".to_owned())
+        .spawn(move || stage.run(stage_input))
+        .map_err(|error| SluiceError::internal(format!("failed to start the indexing thread: {error}")))?;
+
+    let mut ticker = tokio::time::interval(config.commit_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome: Result<(), SluiceError> = loop {
+        tokio::select! {
+            () = shutdown.wait() => break Ok(()),
+            _ = ticker.tick() => {
+                if input.send(StageInput::Tick).await.is_err() {
+                    break Err(SluiceError::internal("the indexing thread stopped"));
+                }
+            }
+            changed = committed.changed() => {
+                if changed.is_err() {
+                    break Err(SluiceError::internal("the indexing thread stopped"));
+                }
+                let positions = committed.borrow_and_update().clone();
+                if let Err(error) = consumer.checkpoint(&positions).await {
+                    warn!(error = %error, "failed to checkpoint the bus; records are kept longer");
+                }
+            }
+            polled = consumer.poll(1_000, Duration::from_millis(250)) => {
+                match polled {
+                    Ok(records) if records.is_empty() => {}
+                    Ok(records) => {
+                        if input.send(StageInput::Records(records)).await.is_err() {
+                            break Err(SluiceError::internal("the indexing thread stopped"));
+                        }
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "failed to read the bus, retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+    };
+    // Closing the channel makes the thread commit everything and return.
+    drop(input);
+    let joined = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|error| SluiceError::internal(format!("failed to join the indexing thread: {error}")))?;
+    let stage_result = joined.map_err(|_| SluiceError::internal("the indexing thread panicked"))?;
+    let final_positions = committed.borrow().clone();
+    if let Err(error) = consumer.checkpoint(&final_positions).await {
+        warn!(error = %error, "failed to checkpoint the bus at shutdown");
+    }
+    outcome.and(stage_result)
+}
+
+/// Reads `checkpoint.json`; a missing file means "from the beginning".
+pub fn read_checkpoint(path: &Path) -> Result<Positions, SluiceError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Positions::from_json(&text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Positions::default()),
+        Err(error) => Err(SluiceError::internal(format!("failed to read {}: {error}", path.display()))),
+    }
+}
+
+fn write_checkpoint(path: &Path, positions: &Positions) -> Result<(), SluiceError> {
+    use std::io::Write;
+    let temporary = path.with_extension("json.tmp");
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(positions.to_json().as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    result.map_err(|error| SluiceError::internal(format!("failed to write {}: {error}", path.display())))
+}
+
+struct HourState {
+    index: Index,
+    writer: Option<IndexWriter<TantivyDocument>>,
+    /// The positions stored in this hour's last commit payload.
+    committed: Positions,
+    dirty: bool,
+    last_write: Instant,
+}
+
+struct IndexingStage {
+    store: IndexStore,
+    hours: BTreeMap<Hour, HourState>,
+    /// Positions after the last record handed to the writers.
+    consumed: Positions,
+    /// Positions in `checkpoint.json`.
+    checkpointed: Positions,
+    checkpoint_path: PathBuf,
+    commit_interval: Duration,
+    writer_memory_bytes: usize,
+    close_idle_writer_after: Duration,
+    last_commit: Instant,
+    last_size_update: Instant,
+    metrics: IndexerMetrics,
+    committed: watch::Sender<Positions>,
+}
+
+impl IndexingStage {
+    fn run(mut self, mut input: mpsc::Receiver<StageInput>) -> Result<(), SluiceError> {
+        while let Some(message) = input.blocking_recv() {
+            if let StageInput::Records(records) = message {
+                for record in &records {
+                    self.index_record(record)?;
+                }
+            }
+            if self.last_commit.elapsed() >= self.commit_interval {
+                self.commit()?;
+            }
+        }
+        self.commit()
+    }
+
+    fn hour_state(&mut self, hour: Hour) -> Result<&mut HourState, SluiceError> {
+        if !self.hours.contains_key(&hour) {
+            let index = self.store.open_or_create(hour)?;
+            let metas = index
+                .load_metas()
+                .map_err(|error| SluiceError::internal(format!("failed to read index partition {}: {error}", hour.partition_name())))?;
+            let committed = match metas.payload {
+                Some(payload) => Positions::from_json(&payload)?,
+                None => Positions::default(),
+            };
+            self.hours.insert(
+                hour,
+                HourState {
+                    index,
+                    writer: None,
+                    committed,
+                    dirty: false,
+                    last_write: Instant::now(),
+                },
+            );
+        }
+        self.hours
+            .get_mut(&hour)
+            .ok_or_else(|| SluiceError::internal("hour state vanished"))
+    }
+
+    fn index_record(&mut self, record: &BusRecord) -> Result<(), SluiceError> {
+        let batch = match AgentBatch::decode(record.payload.as_ref()) {
+            Ok(batch) => batch,
+            Err(error) => {
+                self.metrics.records_undecodable.inc();
+                warn!(partition = record.partition, offset = record.offset, error = %error, "skipping undecodable bus record");
+                self.consumed.advance_past(record);
+                return Ok(());
+            }
+        };
+        let fields = self.store.fields().clone();
+        let writer_memory_bytes = self.writer_memory_bytes;
+        let (mut indexed, mut already, mut skipped) = (0_u64, 0_u64, 0_u64);
+        for envelope in &batch.envelopes {
+            let Some(document) = fields.document(envelope, &batch.agent_id, batch.sequence) else {
+                skipped += 1;
+                continue;
+            };
+            let hour = Hour::of_nanos(envelope.timestamp);
+            let state = self.hour_state(hour)?;
+            if state.committed.contains(record) {
+                already += 1;
+                continue;
+            }
+            if state.writer.is_none() {
+                let writer = state
+                    .index
+                    .writer_with_num_threads(1, writer_memory_bytes)
+                    .map_err(|error| SluiceError::internal(format!("failed to open index writer for {}: {error}", hour.partition_name())))?;
+                state.writer = Some(writer);
+            }
+            let Some(writer) = state.writer.as_ref() else {
+                return Err(SluiceError::internal("index writer vanished"));
+            };
+            writer
+                .add_document(document)
+                .map_err(|error| SluiceError::internal(format!("failed to index into {}: {error}", hour.partition_name())))?;
+            state.dirty = true;
+            state.last_write = Instant::now();
+            indexed += 1;
+        }
+        self.metrics.documents_indexed.inc_by(indexed);
+        self.metrics.documents_already_indexed.inc_by(already);
+        self.metrics.envelopes_not_indexed.inc_by(skipped);
+        self.consumed.advance_past(record);
+        Ok(())
+    }
+
+    /// Commits every hour with new documents (payload: the consumed positions), then the
+    /// checkpoint file, then reports the positions so the bus may release them.
+    fn commit(&mut self) -> Result<(), SluiceError> {
+        self.last_commit = Instant::now();
+        let payload = self.consumed.to_json();
+        for (hour, state) in &mut self.hours {
+            if !state.dirty {
+                continue;
+            }
+            let Some(writer) = state.writer.as_mut() else { continue };
+            let mut prepared = writer
+                .prepare_commit()
+                .map_err(|error| SluiceError::internal(format!("failed to commit index partition {}: {error}", hour.partition_name())))?;
+            prepared.set_payload(&payload);
+            prepared
+                .commit()
+                .map_err(|error| SluiceError::internal(format!("failed to commit index partition {}: {error}", hour.partition_name())))?;
+            state.committed = self.consumed.clone();
+            state.dirty = false;
+            self.metrics.commits.inc();
+        }
+        if self.consumed != self.checkpointed {
+            write_checkpoint(&self.checkpoint_path, &self.consumed)?;
+            self.checkpointed = self.consumed.clone();
+            self.committed.send_replace(self.consumed.clone());
+        }
+        // Close writers (and forget hours) that have been idle for a while: their threads and
+        // memory budget go back; a late envelope reopens them.
+        let idle_after = self.close_idle_writer_after;
+        self.hours
+            .retain(|_, state| state.dirty || state.last_write.elapsed() < idle_after);
+        if self.last_size_update.elapsed() >= Duration::from_secs(10) || self.metrics.partitions.get() == 0 {
+            self.last_size_update = Instant::now();
+            self.metrics.index_bytes.set(i64::try_from(self.store.disk_bytes()).unwrap_or(i64::MAX));
+            self.metrics
+                .partitions
+                .set(self.store.list().map(|hours| hours.len() as i64).unwrap_or(0));
+        }
+        Ok(())
+    }
+}

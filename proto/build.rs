@@ -1,0 +1,18 @@
+//! Compiles the .proto files with protox (pure Rust), so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/loggregator/v2/envelope.proto",
+        "proto/loggregator/v2/ingress.proto",
+        "proto/loggregator/v2/egress.proto",
+        "proto/sluice/v1/doppler.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::StrictCodec")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

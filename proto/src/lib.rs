@@ -1,0 +1,31 @@
+//! Wire types for Sluice: the Loggregator v2 envelope and its ingress and egress services
+//! (wire-compatible with Cloud Foundry's loggregator-api field numbers), plus Sluice's own
+//! agent-to-doppler service whose `AgentBatch` message is also the record format on the bus.
+//!
+//! Everything here is generated from the files under `proto/` by `build.rs` with protox, so no
+//! system `protoc` is needed. The generated gRPC code uses [`codec::StrictCodec`], which answers
+//! a malformed message with `INVALID_ARGUMENT` instead of tonic's default `INTERNAL`.
+#![deny(missing_docs)]
+
+pub mod codec;
+
+/// Loggregator v2 messages and services.
+pub mod loggregator {
+    /// Version 2 of the Loggregator API.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v2 {
+        tonic::include_proto!("loggregator.v2");
+    }
+}
+
+/// Sluice's own services.
+pub mod sluice {
+    /// Version 1 of the Sluice internal API.
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("sluice.v1");
+    }
+}
+
+pub use loggregator::v2 as v2;
+pub use sluice::v1 as v1;
