@@ -117,7 +117,7 @@ impl Forwarder {
             let endpoint = Endpoint::from_shared(format!("https://{address}"))
                 .map_err(|error| SluiceError::invalid(format!("agent.dopplers: invalid address {address:?}: {error}")))?
                 .tls_config(tls.client_config())
-                .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?
+                .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}: {}", std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default())))?
                 .connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true);
             let channel: Channel = endpoint.connect_lazy();

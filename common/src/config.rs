@@ -58,7 +58,7 @@ fn default_data_dir() -> PathBuf {
 
 /// `[tls]`: where the certificates are. Leave all three unset to use (and on first start create)
 /// a local CA in `<data_dir>/tls`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTlsConfig {
     /// PEM file of the CA that signs every node certificate.
@@ -272,7 +272,7 @@ macro_rules! default_from_empty_table {
         }
     )*};
 }
-default_from_empty_table!(RawAgentConfig, RawDopplerConfig, RawIndexerConfig, RawRetentionConfig, RawQueryApiConfig);
+default_from_empty_table!(RawTlsConfig, RawAgentConfig, RawDopplerConfig, RawIndexerConfig, RawRetentionConfig, RawQueryApiConfig);
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -544,6 +544,7 @@ mod tests {
         assert_eq!(config.agent.flush_interval, Duration::from_millis(100));
         assert_eq!(config.agent.max_envelope_bytes, 1_048_576);
         assert_eq!(config.indexer.commit_interval, Duration::from_secs(1));
+        assert_eq!(config.tls_server_name, "localhost");
     }
 
     #[test]

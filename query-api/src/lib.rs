@@ -1,1 +1,73 @@
-//! sluice-query-api
+//! The HTTP query API: search, live tail, SQL, health and metrics.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /api/v1/search?query=&start=&end=&limit=` | full-text search, newest first, exact total |
+//! | `GET /api/v1/tail?source_id=…` | live envelopes as server-sent events |
+//! | `POST /api/v1/sql` | read-only DataFusion SQL over the archive (`{"query": "…"}` or plain text) |
+//! | `GET /healthz` | liveness |
+//! | `GET /metrics` | Prometheus text of every component in this process |
+//!
+//! Errors are JSON `{"error": "…"}` with a status from the error taxonomy: bad input is 4xx.
+
+pub mod metrics;
+mod routes;
+pub mod sql;
+pub mod tail;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sluice_common::SluiceError;
+use sluice_common::config::QueryApiConfig;
+use sluice_common::shutdown::Shutdown;
+use sluice_common::telemetry::Telemetry;
+use sluice_common::tls::TlsMaterial;
+use sluice_indexer::Searcher;
+use tracing::info;
+
+pub use routes::router;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Searches the index directory.
+    pub searcher: Arc<Searcher>,
+    /// The archive directory SQL reads.
+    pub archive_dir: PathBuf,
+    /// The process's metric registry, served at `/metrics`.
+    pub telemetry: Telemetry,
+    /// The live-tail source.
+    pub tail: tail::TailSource,
+    /// Limits.
+    pub config: QueryApiConfig,
+    /// This component's counters.
+    pub metrics: metrics::QueryMetrics,
+}
+
+/// Serves the API on `config.listen` until `shutdown` fires.
+pub async fn run(
+    config: QueryApiConfig,
+    index_dir: PathBuf,
+    archive_dir: PathBuf,
+    tls: TlsMaterial,
+    telemetry: Telemetry,
+    mut shutdown: Shutdown,
+) -> Result<(), SluiceError> {
+    let state = AppState {
+        searcher: Arc::new(Searcher::new(&index_dir)),
+        archive_dir,
+        tail: tail::TailSource::new(&config.doppler, &tls)?,
+        metrics: metrics::QueryMetrics::register(&telemetry),
+        telemetry,
+        config: config.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| SluiceError::unavailable(format!("failed to listen on {} for the query api: {error}", config.listen)))?;
+    info!(listen = %config.listen, "query api listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+        .map_err(|error| SluiceError::internal(format!("query api failed: {error}")))
+}

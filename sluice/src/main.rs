@@ -1,1 +1,191 @@
-fn main() {}
+//! `sluice`: every role of Sluice in one binary, and the clients that talk to it.
+//!
+//! - `sluice up` runs agent, doppler, indexer, retention and the query API in one process on
+//!   the embedded WAL bus, creating a local CA on first start so mutual TLS is on by default.
+//! - `sluice agent|doppler|indexer|retention|query-api --config FILE` run one role.
+//! - `sluice emit|tail|search|sql` talk to a running Sluice.
+
+mod client;
+mod output;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Sluice: log and metrics aggregation. Agents → dopplers → bus → search index and Parquet archive.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    /// Log filter, as in RUST_LOG (e.g. `info`, `sluice_indexer=debug`); RUST_LOG wins if set.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every role in one process on the embedded bus.
+    Up(ServerArgs),
+    /// Run the agent alone (Loggregator ingress, forwarding to dopplers).
+    Agent(ServerArgs),
+    /// Run a doppler alone (fan-in, bus, live egress).
+    Doppler(ServerArgs),
+    /// Run an indexer alone (needs a bus shared between processes).
+    Indexer(ServerArgs),
+    /// Run retention alone (needs a bus shared between processes).
+    Retention(ServerArgs),
+    /// Run the query API alone (reads the index and archive directories).
+    QueryApi(ServerArgs),
+    /// Send log lines through an agent: lines from stdin, or `--count` generated ones.
+    Emit(EmitArgs),
+    /// Follow live envelopes.
+    Tail(TailArgs),
+    /// Full-text search, newest first.
+    Search(SearchArgs),
+    /// SQL over the archive.
+    Sql(SqlArgs),
+}
+
+/// Options shared by the server roles; flags override the config file.
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Configuration file (see config/sluice.example.toml); defaults apply without one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// State directory (overrides `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Agent ingress address (overrides `agent.listen`).
+    #[arg(long)]
+    agent_listen: Option<SocketAddr>,
+    /// Doppler address (overrides `doppler.listen`, and where the agent and tail connect).
+    #[arg(long)]
+    doppler_listen: Option<SocketAddr>,
+    /// Query API address (overrides `query_api.listen`).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Retention flush interval, e.g. `2s` (overrides `retention.flush_interval`).
+    #[arg(long)]
+    retention_flush_interval: Option<String>,
+}
+
+/// How client commands print answers.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+/// Where a client finds Sluice and its certificates.
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Query API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+struct EmitArgs {
+    /// source_id of every envelope.
+    #[arg(long)]
+    source_id: String,
+    /// instance_id of every envelope.
+    #[arg(long, default_value = "0")]
+    instance_id: String,
+    /// Send this many generated lines instead of reading stdin.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Envelopes per request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Agent ingress address.
+    #[arg(long, default_value = "127.0.0.1:3458")]
+    agent: String,
+    /// Directory holding `tls/ca.pem`, `tls/node.pem`, `tls/node-key.pem` (as `sluice up` makes).
+    #[arg(long, default_value = "./sluice-data")]
+    data_dir: PathBuf,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value = "table")]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+struct TailArgs {
+    /// Only these sources (repeatable); all when absent.
+    #[arg(long)]
+    source_id: Vec<String>,
+    /// Stop after this many envelopes.
+    #[arg(long)]
+    count: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct SearchArgs {
+    /// Query (Tantivy syntax; terms are ANDed; `*` matches all).
+    query: String,
+    /// Start of the range (RFC 3339, or seconds/ms/ns since the epoch).
+    #[arg(long)]
+    start: Option<String>,
+    /// End of the range, exclusive.
+    #[arg(long)]
+    end: Option<String>,
+    /// Most hits.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct SqlArgs {
+    /// The query (read-only).
+    query: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => server::up(args).await,
+            Command::Agent(args) => server::role(server::Role::Agent, args).await,
+            Command::Doppler(args) => server::role(server::Role::Doppler, args).await,
+            Command::Indexer(args) => server::role(server::Role::Indexer, args).await,
+            Command::Retention(args) => server::role(server::Role::Retention, args).await,
+            Command::QueryApi(args) => server::role(server::Role::QueryApi, args).await,
+            Command::Emit(args) => client::emit(args).await,
+            Command::Tail(args) => client::tail(args).await,
+            Command::Search(args) => client::search(args).await,
+            Command::Sql(args) => client::sql(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The HTTP routes and their handlers.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::Deserialize;
+use sluice_common::SluiceError;
+use sluice_common::time::parse_time_nanos;
+use sluice_indexer::SearchRequest;
+
+use crate::AppState;
+
+/// The API's router over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/search", get(search))
+        .route("/api/v1/tail", get(tail))
+        .route("/api/v1/sql", post(sql))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// An error answered as JSON with the status its kind maps to.
+struct ApiError(SluiceError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(serde_json::json!({ "error": self.0.message() }))).into_response()
+    }
+}
+
+fn respond<T: serde::Serialize>(state: &AppState, endpoint: &'static str, result: Result<T, SluiceError>) -> Response {
+    match result {
+        Ok(body) => {
+            state.metrics.request(endpoint, 200);
+            axum::Json(body).into_response()
+        }
+        Err(error) => {
+            state.metrics.request(endpoint, error.kind().http_status());
+            ApiError(error).into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchParams {
+    query: Option<String>,
+    q: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_time_param(name: &str, value: Option<&String>) -> Result<Option<i64>, SluiceError> {
+    value
+        .map(|text| {
+            parse_time_nanos(text).ok_or_else(|| {
+                SluiceError::invalid(format!("{name}: invalid time {text:?}; use RFC 3339 or seconds, ms or ns since the epoch"))
+            })
+        })
+        .transpose()
+}
+
+async fn search(State(state): State<AppState>, Query(params): Query<SearchParams>) -> Response {
+    let result = async {
+        let limit = params.limit.unwrap_or(100);
+        if limit == 0 || limit > state.config.max_search_limit {
+            return Err(SluiceError::invalid(format!(
+                "limit: must be between 1 and {}",
+                state.config.max_search_limit
+            )));
+        }
+        let request = SearchRequest {
+            query: params.query.or(params.q).unwrap_or_default(),
+            start_ns: parse_time_param("start", params.start.as_ref())?,
+            end_ns: parse_time_param("end", params.end.as_ref())?,
+            limit,
+        };
+        let searcher = state.searcher.clone();
+        tokio::task::spawn_blocking(move || searcher.search(&request))
+            .await
+            .map_err(|error| SluiceError::internal(format!("search task failed: {error}")))?
+    }
+    .await;
+    respond(&state, "search", result)
+}
+
+async fn tail(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    // `source_id` may repeat, which the typed extractor does not allow: read pairs directly.
+    let source_ids: Vec<String> = raw
+        .as_deref()
+        .map(|query| {
+            url_pairs(query)
+                .filter(|(key, _)| key == "source_id")
+                .map(|(_, value)| value)
+                .collect()
+        })
+        .unwrap_or_default();
+    let stream = match state.tail.subscribe(&source_ids).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            state.metrics.request("tail", error.kind().http_status());
+            return ApiError(error).into_response();
+        }
+    };
+    state.metrics.request("tail", 200);
+    let events = stream.map(|item| -> Result<Event, Infallible> {
+        Ok(match item {
+            Ok(envelope) => Event::default().data(crate::tail::envelope_json(&envelope).to_string()),
+            Err(status) => Event::default().event("error").data(status.message().to_owned()),
+        })
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// Decodes `application/x-www-form-urlencoded` pairs.
+fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key), percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if byte == b'+' {
+            decoded.push(b' ');
+            index += 1;
+            continue;
+        }
+        if byte == b'%'
+            && let Some(hex) = bytes.get(index + 1..index + 3)
+            && hex.iter().all(u8::is_ascii_hexdigit)
+            && let Some(value) = std::str::from_utf8(hex).ok().and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            decoded.push(value);
+            index += 3;
+            continue;
+        }
+        decoded.push(byte);
+        index += 1;
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+#[derive(Debug, Deserialize)]
+struct SqlBody {
+    query: String,
+}
+
+async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    let query = if is_json {
+        match serde_json::from_slice::<SqlBody>(&body) {
+            Ok(parsed) => Ok(parsed.query),
+            Err(error) => Err(SluiceError::invalid(format!("invalid json body: {error}; expected {{\"query\": \"SELECT …\"}}"))),
+        }
+    } else {
+        String::from_utf8(body.to_vec()).map_err(|_| SluiceError::invalid("the query is not valid UTF-8"))
+    };
+    let result = match query {
+        Ok(query) => {
+            let archive_dir = state.archive_dir.clone();
+            let max_rows = state.config.max_sql_rows;
+            // DataFusion runs on its own task so a slow query cannot stall this connection's
+            // executor thread for others.
+            tokio::spawn(async move { crate::sql::run_query(&archive_dir, &query, max_rows).await })
+                .await
+                .unwrap_or_else(|error| Err(SluiceError::internal(format!("sql task failed: {error}"))))
+        }
+        Err(error) => Err(error),
+    };
+    respond(&state, "sql", result)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.telemetry.encode(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_pairs_decode_percent_and_plus() {
+        let pairs: Vec<(String, String)> = url_pairs("source_id=a%2Fb&source_id=c+d&x=%zz&y=%4").collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("source_id".to_owned(), "a/b".to_owned()),
+                ("source_id".to_owned(), "c d".to_owned()),
+                ("x".to_owned(), "%zz".to_owned()),
+                ("y".to_owned(), "%4".to_owned()),
+            ]
+        );
+    }
+}

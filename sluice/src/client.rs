@@ -1,0 +1,242 @@
+//! The client commands: `emit`, `tail`, `search`, `sql`.
+
+use std::io::BufRead;
+
+use anyhow::{Context, anyhow, bail};
+use futures::StreamExt;
+use serde_json::Value;
+use sluice_common::tls::{TlsMaterial, TlsPaths};
+use sluice_proto::v2::ingress_client::IngressClient;
+use sluice_proto::v2::{Envelope, EnvelopeBatch, Log, envelope};
+use tonic::transport::Endpoint;
+
+use crate::output::{cell, print_table};
+use crate::{EmitArgs, OutputFormat, SearchArgs, SqlArgs, TailArgs};
+
+/// `sluice emit`: sends lines through the agent's Loggregator ingress.
+pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let tls_dir = args.data_dir.join("tls");
+    let paths = TlsPaths {
+        ca_cert: tls_dir.join("ca.pem"),
+        cert: tls_dir.join("node.pem"),
+        key: tls_dir.join("node-key.pem"),
+    };
+    let tls = TlsMaterial::load(&paths, "localhost")
+        .with_context(|| format!("no client certificate in {} (start `sluice up` there first, or pass --data-dir)", tls_dir.display()))?;
+    let channel = Endpoint::from_shared(format!("https://{}", args.agent))
+        .context("invalid --agent address")?
+        .tls_config(tls.client_config())?
+        .connect()
+        .await
+        .with_context(|| format!("failed to connect to the agent at {}", args.agent))?;
+    let mut client = IngressClient::new(channel);
+
+    let make = |line: String| Envelope {
+        timestamp: sluice_common::time::now_nanos(),
+        source_id: args.source_id.clone(),
+        instance_id: args.instance_id.clone(),
+        message: Some(envelope::Message::Log(Log {
+            payload: line.into_bytes(),
+            r#type: 0,
+        })),
+        ..Default::default()
+    };
+    let mut sent: u64 = 0;
+    let mut pending: Vec<Envelope> = Vec::with_capacity(args.batch);
+    let mut flush = async |pending: &mut Vec<Envelope>, sent: &mut u64| -> anyhow::Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let count = pending.len() as u64;
+        client
+            .send(EnvelopeBatch {
+                batch: std::mem::take(pending),
+            })
+            .await
+            .map_err(|status| anyhow!("the agent refused the batch: {:?}: {}", status.code(), status.message()))?;
+        *sent += count;
+        Ok(())
+    };
+    match args.count {
+        Some(count) => {
+            for index in 1..=count {
+                pending.push(make(format!("sluice emit line {index} of {count} from {}", args.source_id)));
+                if pending.len() >= args.batch {
+                    flush(&mut pending, &mut sent).await?;
+                }
+            }
+        }
+        None => {
+            let stdin = std::io::stdin();
+            for line in stdin.lock().lines() {
+                let line = line.context("failed to read stdin")?;
+                pending.push(make(line));
+                if pending.len() >= args.batch {
+                    flush(&mut pending, &mut sent).await?;
+                }
+            }
+        }
+    }
+    flush(&mut pending, &mut sent).await?;
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::json!({"sent": sent, "source_id": args.source_id})),
+        OutputFormat::Table => println!("sent {sent} envelopes from source_id {}", args.source_id),
+    }
+    Ok(())
+}
+
+async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response.json().await.context("the query API answered with something that is not JSON")?;
+    if !status.is_success() {
+        let message = body.get("error").and_then(Value::as_str).unwrap_or("no reason given");
+        bail!("{status}: {message}");
+    }
+    Ok(body)
+}
+
+/// `sluice search`.
+pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
+    let mut params = vec![("query", args.query.clone()), ("limit", args.limit.to_string())];
+    if let Some(start) = &args.start {
+        params.push(("start", start.clone()));
+    }
+    if let Some(end) = &args.end {
+        params.push(("end", end.clone()));
+    }
+    let url = format!("{}/api/v1/search", args.client.api.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .query(&params)
+        .send()
+        .await
+        .with_context(|| format!("failed to reach the query API at {url}"))?;
+    let body = answer(response).await?;
+    match args.client.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        OutputFormat::Table => {
+            let hits = body.get("hits").and_then(Value::as_array).cloned().unwrap_or_default();
+            let headers: Vec<String> = ["time", "source_id", "instance_id", "type", "message"].map(str::to_owned).to_vec();
+            let rows: Vec<Vec<String>> = hits
+                .iter()
+                .map(|hit| {
+                    ["time", "source_id", "instance_id", "log_type", "message"]
+                        .iter()
+                        .map(|key| cell(hit.get(*key)))
+                        .collect()
+                })
+                .collect();
+            print_table(&headers, &rows, 160);
+            println!(
+                "{} of {} matching lines ({} ms)",
+                hits.len(),
+                cell(body.get("total")),
+                cell(body.get("took_ms"))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `sluice sql`.
+pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/sql", args.client.api.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({"query": args.query}))
+        .send()
+        .await
+        .with_context(|| format!("failed to reach the query API at {url}"))?;
+    let body = answer(response).await?;
+    match args.client.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        OutputFormat::Table => {
+            let headers: Vec<String> = body
+                .get("columns")
+                .and_then(Value::as_array)
+                .map(|columns| columns.iter().map(|column| cell(column.get("name"))).collect())
+                .unwrap_or_default();
+            let rows: Vec<Vec<String>> = body
+                .get("rows")
+                .and_then(Value::as_array)
+                .map(|rows| {
+                    rows.iter()
+                        .map(|row| headers.iter().map(|name| cell(row.get(name))).collect())
+                        .collect()
+                })
+                .unwrap_or_default();
+            print_table(&headers, &rows, 120);
+            let truncated = body.get("truncated").and_then(Value::as_bool).unwrap_or(false);
+            println!(
+                "{} rows{} ({} ms)",
+                rows.len(),
+                if truncated { ", truncated" } else { "" },
+                cell(body.get("took_ms"))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `sluice tail`: prints envelopes as they arrive.
+pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/tail", args.client.api.trim_end_matches('/'));
+    let params: Vec<(&str, String)> = args.source_id.iter().map(|id| ("source_id", id.clone())).collect();
+    let response = reqwest::Client::new()
+        .get(&url)
+        .query(&params)
+        .send()
+        .await
+        .with_context(|| format!("failed to reach the query API at {url}"))?;
+    if !response.status().is_success() {
+        answer(response).await?;
+        bail!("the query API refused the tail");
+    }
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut seen: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("the tail stream broke")?;
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let data: String = event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(|data| data.strip_prefix(' ').unwrap_or(data))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if data.is_empty() {
+                continue;
+            }
+            if event.lines().any(|line| line.starts_with("event: error")) {
+                bail!("the tail stream failed: {data}");
+            }
+            match args.client.output {
+                OutputFormat::Json => println!("{data}"),
+                OutputFormat::Table => {
+                    let value: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    let text = match value.get("message") {
+                        Some(message) => cell(Some(message)),
+                        None => value.to_string(),
+                    };
+                    println!(
+                        "{}  {}/{}  {}",
+                        cell(value.get("time")),
+                        cell(value.get("source_id")),
+                        cell(value.get("instance_id")),
+                        text
+                    );
+                }
+            }
+            seen += 1;
+            if args.count.is_some_and(|count| seen >= count) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Starting the server roles: alone, or all together in `sluice up`.
+//!
+//! Shutdown is staged so that nothing accepted is dropped on the way out: on SIGINT or SIGTERM
+//! the agent stops accepting and drains its batches into the doppler first; then the doppler
+//! and query API stop; then the indexer and retention commit what they hold.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sluice_bus::Bus;
+use sluice_bus::metrics::BusMetrics;
+use sluice_bus::wal::WalBus;
+use sluice_common::SluiceError;
+use sluice_common::config::{BusConfig, Config, RawConfig};
+use sluice_common::shutdown::ShutdownTrigger;
+use sluice_common::telemetry::Telemetry;
+use sluice_common::tls::{TlsMaterial, ensure_local_ca};
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+use crate::ServerArgs;
+
+/// A role that can run alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Agent,
+    Doppler,
+    Indexer,
+    Retention,
+    QueryApi,
+}
+
+fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::default(),
+    };
+    if let Some(data_dir) = &args.data_dir {
+        raw.data_dir = data_dir.clone();
+    }
+    if let Some(listen) = args.agent_listen {
+        raw.agent.listen = listen;
+    }
+    if let Some(listen) = args.doppler_listen {
+        raw.doppler.listen = listen;
+        raw.agent.dopplers = vec![listen.to_string()];
+        raw.query_api.doppler = listen.to_string();
+    }
+    if let Some(listen) = args.http_listen {
+        raw.query_api.listen = listen;
+    }
+    if let Some(interval) = &args.retention_flush_interval {
+        raw.retention.flush_interval = interval.clone();
+    }
+    Ok(raw.validate()?)
+}
+
+fn load_tls(config: &Config) -> anyhow::Result<TlsMaterial> {
+    let paths = match &config.tls {
+        Some(paths) => paths.clone(),
+        None => ensure_local_ca(&config.data_dir.join("tls"))?,
+    };
+    Ok(TlsMaterial::load(&paths, &config.tls_server_name)?)
+}
+
+async fn open_bus(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<dyn Bus>> {
+    match &config.bus {
+        BusConfig::Wal { dir } => {
+            let bus = WalBus::open(dir, BusMetrics::register(telemetry))
+                .await
+                .with_context(|| format!("failed to open the WAL bus at {}", dir.display()))?;
+            Ok(Arc::new(bus))
+        }
+    }
+}
+
+fn spawn_role(name: &'static str, task: impl Future<Output = Result<(), SluiceError>> + Send + 'static) -> JoinHandle<(&'static str, Result<(), SluiceError>)> {
+    tokio::spawn(async move { (name, task.await) })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn termination() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// Waits for one stage's tasks, with a deadline; returns the first error.
+async fn join_stage(handles: Vec<JoinHandle<(&'static str, Result<(), SluiceError>)>>, deadline: Duration) -> Option<String> {
+    let mut first_error = None;
+    for handle in handles {
+        match tokio::time::timeout(deadline, handle).await {
+            Ok(Ok((_, Ok(())))) => {}
+            Ok(Ok((name, Err(failure)))) => {
+                error!(role = name, error = %failure, "role failed");
+                first_error.get_or_insert(format!("{name}: {failure}"));
+            }
+            Ok(Err(join_error)) => {
+                first_error.get_or_insert(format!("a role panicked: {join_error}"));
+            }
+            Err(_) => {
+                first_error.get_or_insert("a role did not stop in time".to_owned());
+            }
+        }
+    }
+    first_error
+}
+
+/// `sluice up`: every role in this process.
+pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("failed to create the data directory {}", config.data_dir.display()))?;
+    let tls = load_tls(&config)?;
+    let telemetry = Telemetry::new();
+    let bus = open_bus(&config, &telemetry).await?;
+
+    let (ingress_trigger, ingress_shutdown) = ShutdownTrigger::new();
+    let (serving_trigger, serving_shutdown) = ShutdownTrigger::new();
+    let (consumers_trigger, consumers_shutdown) = ShutdownTrigger::new();
+
+    let consumers = vec![
+        spawn_role(
+            "indexer",
+            sluice_indexer::run(config.indexer.clone(), Arc::clone(&bus), telemetry.clone(), consumers_shutdown.clone()),
+        ),
+        spawn_role(
+            "retention",
+            sluice_retention::run(config.retention.clone(), Arc::clone(&bus), telemetry.clone(), consumers_shutdown),
+        ),
+    ];
+    let serving = vec![
+        spawn_role(
+            "doppler",
+            sluice_doppler::run(config.doppler.clone(), tls.clone(), Arc::clone(&bus), telemetry.clone(), serving_shutdown.clone()),
+        ),
+        spawn_role(
+            "query-api",
+            sluice_query_api::run(
+                config.query_api.clone(),
+                config.indexer.dir.clone(),
+                config.retention.archive_dir.clone(),
+                tls.clone(),
+                telemetry.clone(),
+                serving_shutdown,
+            ),
+        ),
+    ];
+    let ingress = vec![spawn_role(
+        "agent",
+        sluice_agent::run(config.agent.clone(), tls, telemetry.clone(), ingress_shutdown),
+    )];
+    info!(
+        agent = %config.agent.listen,
+        doppler = %config.doppler.listen,
+        query_api = %format!("http://{}", config.query_api.listen),
+        data_dir = %config.data_dir.display(),
+        "sluice is up"
+    );
+    eprintln!(
+        "sluice is up: agent ingress {} (gRPC, mTLS), doppler {} (gRPC, mTLS), query API http://{}, data in {}",
+        config.agent.listen,
+        config.doppler.listen,
+        config.query_api.listen,
+        config.data_dir.display()
+    );
+
+    // Run until a signal, or until any role stops on its own (which is a failure).
+    let all: Vec<&JoinHandle<_>> = consumers.iter().chain(serving.iter()).chain(ingress.iter()).collect();
+    let early_exit = async {
+        loop {
+            if all.iter().any(|handle| handle.is_finished()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        () = termination() => info!("stopping"),
+        () = early_exit => error!("a role stopped unexpectedly; stopping the others"),
+    }
+    ingress_trigger.fire();
+    let mut failure = join_stage(ingress, Duration::from_secs(60)).await;
+    serving_trigger.fire();
+    failure = failure.or(join_stage(serving, Duration::from_secs(30)).await);
+    consumers_trigger.fire();
+    failure = failure.or(join_stage(consumers, Duration::from_secs(60)).await);
+    match failure {
+        Some(message) => bail!("{message}"),
+        None => Ok(()),
+    }
+}
+
+/// One role alone.
+pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    let telemetry = Telemetry::new();
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let handle = match role {
+        Role::Agent => {
+            let tls = load_tls(&config)?;
+            spawn_role("agent", sluice_agent::run(config.agent.clone(), tls, telemetry, shutdown))
+        }
+        Role::Doppler => {
+            let tls = load_tls(&config)?;
+            let bus = open_bus(&config, &telemetry).await?;
+            spawn_role("doppler", sluice_doppler::run(config.doppler.clone(), tls, bus, telemetry, shutdown))
+        }
+        Role::Indexer | Role::Retention => match &config.bus {
+            BusConfig::Wal { .. } => bail!(
+                "the embedded WAL bus lives inside one process: run the indexer and retention with `sluice up`, \
+                 or give every role a bus shared between processes"
+            ),
+        },
+        Role::QueryApi => {
+            let tls = load_tls(&config)?;
+            spawn_role(
+                "query-api",
+                sluice_query_api::run(
+                    config.query_api.clone(),
+                    config.indexer.dir.clone(),
+                    config.retention.archive_dir.clone(),
+                    tls,
+                    telemetry,
+                    shutdown,
+                ),
+            )
+        }
+    };
+    tokio::select! {
+        () = termination() => info!("stopping"),
+        _ = async { while !handle.is_finished() { tokio::time::sleep(Duration::from_millis(200)).await; } } => {}
+    }
+    trigger.fire();
+    match join_stage(vec![handle], Duration::from_secs(60)).await {
+        Some(message) => bail!("{message}"),
+        None => Ok(()),
+    }
+}
