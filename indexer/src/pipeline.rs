@@ -39,6 +39,8 @@ enum StageInput {
 pub async fn run(config: IndexerConfig, bus: Arc<dyn Bus>, telemetry: Telemetry, mut shutdown: Shutdown) -> Result<(), SluiceError> {
     let metrics = IndexerMetrics::register(&telemetry);
     let store = IndexStore::new(&config.dir);
+    std::fs::create_dir_all(&config.dir)
+        .map_err(|error| SluiceError::internal(format!("failed to create index directory {}: {error}", config.dir.display())))?;
     let checkpoint_path = config.dir.join("checkpoint.json");
     let resume = read_checkpoint(&checkpoint_path)?;
     let mut consumer = bus.subscribe(CONSUMER_GROUP).await?;
@@ -111,7 +113,8 @@ pub async fn run(config: IndexerConfig, bus: Arc<dyn Bus>, telemetry: Telemetry,
     if let Err(error) = consumer.checkpoint(&final_positions).await {
         warn!(error = %error, "failed to checkpoint the bus at shutdown");
     }
-    outcome.and(stage_result)
+    // The thread's own error says more than "the thread stopped".
+    stage_result.and(outcome)
 }
 
 /// Reads `checkpoint.json`; a missing file means "from the beginning".

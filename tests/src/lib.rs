@@ -1,1 +1,278 @@
-//! sluice-tests
+//! The end-to-end harness: starts the real `sluice` binary on free loopback ports in a
+//! temporary directory and talks to it over its real protocols (Loggregator gRPC with mutual
+//! TLS, HTTP).
+//!
+//! The binary must be built first; `scripts/test` does that (`cargo build -p sluice`). Set
+//! `SLUICE_BIN` to test another build.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::Value;
+use sluice_common::tls::{TlsMaterial, TlsPaths};
+use sluice_proto::v2::ingress_client::IngressClient;
+use sluice_proto::v2::{Envelope, EnvelopeBatch, Log, envelope};
+use tonic::transport::{Channel, Endpoint};
+
+/// Where the `sluice` binary is.
+pub fn sluice_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("SLUICE_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice");
+    assert!(
+        path.exists(),
+        "the sluice binary is missing at {}: build it with `cargo build -p sluice` (scripts/test does this), or set SLUICE_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the OS does not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `sluice up`.
+pub struct Sluice {
+    child: Option<Child>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Agent ingress address.
+    pub agent: String,
+    /// Doppler address.
+    pub doppler: String,
+    /// Query API base URL.
+    pub api: String,
+    ports: (u16, u16, u16),
+    log_path: PathBuf,
+}
+
+impl Sluice {
+    /// Starts `sluice up` in `data_dir` on fresh ports and waits until it answers.
+    pub async fn start(data_dir: &Path) -> Sluice {
+        Sluice::start_on(data_dir, (free_port(), free_port(), free_port())).await
+    }
+
+    /// Starts `sluice up` on the given (agent, doppler, http) ports.
+    pub async fn start_on(data_dir: &Path, ports: (u16, u16, u16)) -> Sluice {
+        let log_path = data_dir.with_extension(format!("log-{}", ports.0));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(sluice_binary())
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--agent-listen")
+            .arg(format!("127.0.0.1:{}", ports.0))
+            .arg("--doppler-listen")
+            .arg(format!("127.0.0.1:{}", ports.1))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{}", ports.2))
+            .arg("--retention-flush-interval")
+            .arg("1s")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let sluice = Sluice {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            agent: format!("127.0.0.1:{}", ports.0),
+            doppler: format!("127.0.0.1:{}", ports.1),
+            api: format!("http://127.0.0.1:{}", ports.2),
+            ports,
+            log_path,
+        };
+        sluice.wait_ready().await;
+        sluice
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        loop {
+            let healthy = client
+                .get(format!("{}/healthz", self.api))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            let agent_up = tokio::net::TcpStream::connect(&self.agent).await.is_ok();
+            if healthy && agent_up {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sluice did not become ready; its log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What the process wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Restarts on the same data directory and ports.
+    pub async fn restart(&mut self) {
+        self.kill_hard();
+        let restarted = Sluice::start_on(&self.data_dir, self.ports).await;
+        *self = restarted;
+    }
+
+    /// The node certificates `sluice up` created.
+    pub fn tls_paths(&self) -> TlsPaths {
+        let dir = self.data_dir.join("tls");
+        TlsPaths {
+            ca_cert: dir.join("ca.pem"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node-key.pem"),
+        }
+    }
+
+    /// A Loggregator ingress client with this node's certificate.
+    pub async fn ingress(&self) -> IngressClient<Channel> {
+        let tls = TlsMaterial::load(&self.tls_paths(), "localhost").unwrap();
+        let channel = Endpoint::from_shared(format!("https://{}", self.agent))
+            .unwrap()
+            .tls_config(tls.client_config())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        IngressClient::new(channel).max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// `GET /api/v1/search`; returns the status and the JSON body.
+    pub async fn search(&self, query: &str, limit: usize) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/search", self.api))
+            .query(&[("query", query), ("limit", &limit.to_string())])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// `POST /api/v1/sql`; returns the status and the JSON body.
+    pub async fn sql(&self, query: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v1/sql", self.api))
+            .json(&serde_json::json!({ "query": query }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// A single number answered by `query` (its first column of its first row).
+    pub async fn sql_number(&self, query: &str) -> u64 {
+        let (status, body) = self.sql(query).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let row = &body["rows"][0];
+        let column = body["columns"][0]["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{query}: no column in {body}"));
+        row[column].as_u64().unwrap_or(0)
+    }
+
+    /// Waits until `probe` returns `expected`, then returns; fails with the last value seen.
+    pub async fn wait_for<F, Fut>(&self, what: &str, expected: u64, timeout: Duration, mut probe: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = u64>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = probe().await;
+            if value == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: expected {expected}, still {value} after {timeout:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The total count of a search.
+    pub async fn search_total(&self, query: &str) -> u64 {
+        let (status, body) = self.search(query, 1).await;
+        assert_eq!(status, 200, "{body}");
+        body["total"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.kill_hard();
+        // A failing test shows what the server said, so CI logs explain the failure.
+        if std::thread::panicking() {
+            eprintln!("--- sluice log ({}) ---\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+/// A log envelope with `message` from `source_id`, stamped now.
+pub fn log_envelope(source_id: &str, message: impl Into<Vec<u8>>) -> Envelope {
+    Envelope {
+        timestamp: sluice_common::time::now_nanos(),
+        source_id: source_id.to_owned(),
+        instance_id: "0".to_owned(),
+        message: Some(envelope::Message::Log(Log {
+            payload: message.into(),
+            r#type: 0,
+        })),
+        ..Default::default()
+    }
+}
+
+/// Sends one batch with `Send`.
+pub async fn send(client: &mut IngressClient<Channel>, envelopes: Vec<Envelope>) -> Result<(), tonic::Status> {
+    client.send(EnvelopeBatch { batch: envelopes }).await.map(|_| ())
+}
+
+/// Subscribes to `/api/v1/tail` and returns a receiver of the JSON envelopes it streams.
+pub async fn tail(api: &str, source_id: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let response = reqwest::Client::new()
+        .get(format!("{api}/api/v1/tail"))
+        .query(&[("source_id", source_id)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                for line in event.lines() {
+                    if let Some(data) = line.strip_prefix("data:")
+                        && let Ok(value) = serde_json::from_str::<Value>(data.trim_start())
+                        && sender.send(value).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    receiver
+}
