@@ -294,3 +294,114 @@ impl IndexingStage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::{SearchRequest, Searcher};
+    use bytes::Bytes;
+    use sluice_bus::metrics::BusMetrics;
+    use sluice_bus::wal::WalBus;
+    use sluice_common::shutdown::ShutdownTrigger;
+    use sluice_proto::v2::{Envelope, Log, envelope};
+
+    fn batch(sequence: u64, timestamps: &[i64]) -> Bytes {
+        let envelopes = timestamps
+            .iter()
+            .map(|timestamp| Envelope {
+                timestamp: *timestamp,
+                source_id: "app".into(),
+                message: Some(envelope::Message::Log(Log {
+                    payload: format!("replayed line {sequence}").into_bytes(),
+                    r#type: 0,
+                })),
+                ..Default::default()
+            })
+            .collect();
+        Bytes::from(
+            AgentBatch {
+                agent_id: "agent".into(),
+                sequence,
+                envelopes,
+            }
+            .encode_to_vec(),
+        )
+    }
+
+    fn config(dir: &Path) -> IndexerConfig {
+        IndexerConfig {
+            dir: dir.join("index"),
+            commit_interval: Duration::from_millis(100),
+            writer_memory_bytes: 15_000_000,
+            close_idle_writer_after: Duration::from_secs(60),
+        }
+    }
+
+    async fn index_everything(dir: &Path, bus: &WalBus, telemetry: &Telemetry) {
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        let task = tokio::spawn(run(config(dir), Arc::new(bus.clone()), telemetry.clone(), shutdown));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        trigger.fire();
+        task.await.expect("join").expect("indexer ran");
+    }
+
+    fn total(dir: &Path) -> u64 {
+        let request = SearchRequest {
+            query: "replayed".into(),
+            start_ns: None,
+            end_ns: None,
+            limit: 10,
+        };
+        Searcher::new(&dir.join("index")).search(&request).expect("search").total
+    }
+
+    /// A crash after the hour indexes committed but before `checkpoint.json` was written makes
+    /// the indexer replay records those hours already hold; their commit payloads must make it
+    /// skip them, not index them twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn regression_replay_after_a_crash_before_the_checkpoint_does_not_duplicate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = WalBus::open(&dir.path().join("wal"), BusMetrics::register(&Telemetry::new()))
+            .await
+            .expect("wal");
+        // Another group that never checkpoints keeps the records in the WAL for the replay.
+        let _holder = bus.subscribe("retention").await.expect("subscribe");
+        let hour = sluice_common::time::NANOS_PER_HOUR;
+        // Two records, each spanning two hours.
+        bus.append("app", batch(1, &[10 * hour + 1, 11 * hour + 1])).await.expect("append");
+        bus.append("app", batch(2, &[10 * hour + 2, 11 * hour + 2])).await.expect("append");
+        index_everything(dir.path(), &bus, &Telemetry::new()).await;
+        assert_eq!(total(dir.path()), 4);
+
+        // Simulate the crash: the partitions committed, the checkpoint never landed.
+        std::fs::remove_file(dir.path().join("index/checkpoint.json")).expect("remove checkpoint");
+        bus.append("app", batch(3, &[11 * hour + 3])).await.expect("append");
+        let telemetry = Telemetry::new();
+        index_everything(dir.path(), &bus, &telemetry).await;
+        assert_eq!(total(dir.path()), 5, "replayed records were skipped, the new one indexed");
+        assert!(telemetry.encode().contains("sluice_indexer_documents_already_indexed_total 4"));
+    }
+
+    /// Metric-only traffic before any log line must not stop the indexer (it once failed to
+    /// write its checkpoint because no partition had created the directory).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn regression_metrics_only_traffic_checkpoints_without_partitions() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = WalBus::open(&dir.path().join("wal"), BusMetrics::register(&Telemetry::new()))
+            .await
+            .expect("wal");
+        let counter = AgentBatch {
+            agent_id: "agent".into(),
+            sequence: 1,
+            envelopes: vec![Envelope {
+                timestamp: 1,
+                message: Some(envelope::Message::Counter(Default::default())),
+                ..Default::default()
+            }],
+        };
+        bus.append("app", Bytes::from(counter.encode_to_vec())).await.expect("append");
+        index_everything(dir.path(), &bus, &Telemetry::new()).await;
+        let checkpoint = read_checkpoint(&dir.path().join("index/checkpoint.json")).expect("checkpoint");
+        assert_eq!(checkpoint.next_offset(0), 1);
+    }
+}

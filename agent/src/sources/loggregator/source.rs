@@ -69,27 +69,37 @@ impl LoggregatorIngress {
 
     /// Validates every envelope of one message; on success stamps missing timestamps.
     fn admit(&self, envelopes: &mut [Envelope]) -> Result<(), Status> {
-        for (index, envelope) in envelopes.iter().enumerate() {
-            if let Err(error) = validate_envelope(envelope, index, self.max_envelope_bytes) {
+        match admit_envelopes(envelopes, self.max_envelope_bytes, sluice_common::time::now_nanos()) {
+            Ok(()) => {
+                self.metrics.envelopes_received.inc_by(envelopes.len() as u64);
+                Ok(())
+            }
+            Err(error) => {
                 let reason = if error.kind() == ErrorKind::TooLarge { "too_large" } else { "invalid" };
                 self.metrics.rejected(reason, envelopes.len() as u64);
-                return Err(error.into());
+                Err(error.into())
             }
         }
-        let now = sluice_common::time::now_nanos();
-        for envelope in envelopes.iter_mut() {
-            if envelope.timestamp == 0 {
-                envelope.timestamp = now;
-            }
-        }
-        self.metrics.envelopes_received.inc_by(envelopes.len() as u64);
-        Ok(())
     }
 
     async fn accept(&self, mut envelopes: Vec<Envelope>, ticket: &Ticket) -> Result<(), Status> {
         self.admit(&mut envelopes)?;
         self.forwarder.submit(envelopes, ticket).await
     }
+}
+
+/// Checks every envelope of one message against the limits and, only if all pass, stamps
+/// those without a timestamp with `now`. All or nothing: a refused message leaves no trace.
+pub(super) fn admit_envelopes(envelopes: &mut [Envelope], max_envelope_bytes: usize, now: i64) -> Result<(), SluiceError> {
+    for (index, envelope) in envelopes.iter().enumerate() {
+        validate_envelope(envelope, index, max_envelope_bytes)?;
+    }
+    for envelope in envelopes.iter_mut() {
+        if envelope.timestamp == 0 {
+            envelope.timestamp = now;
+        }
+    }
+    Ok(())
 }
 
 async fn completed(receiver: tokio::sync::oneshot::Receiver<Result<(), Status>>) -> Result<(), Status> {
