@@ -117,7 +117,7 @@ async fn tail(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Respons
     let events = stream.map(|item| -> Result<Event, Infallible> {
         Ok(match item {
             Ok(envelope) => Event::default().data(crate::tail::envelope_json(&envelope).to_string()),
-            Err(status) => Event::default().event("error").data(status.message().to_owned()),
+            Err(status) => Event::default().event("error").data(status.message()),
         })
     });
     Sse::new(events)

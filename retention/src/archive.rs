@@ -81,10 +81,9 @@ pub async fn write_commit(store: &Arc<dyn ObjectStore>, commit: &Commit) -> Resu
     Ok(())
 }
 
-/// Deletes data files written by commits after `last_commit` (a flush that crashed before it
-/// committed); returns how many went.
-pub async fn remove_uncommitted(store: &Arc<dyn ObjectStore>, last_commit: u64) -> Result<u64, SluiceError> {
-    let mut removed = 0;
+/// Every data file of every table.
+async fn list_data_files(store: &Arc<dyn ObjectStore>) -> Result<Vec<object_store::ObjectMeta>, SluiceError> {
+    let mut files = Vec::new();
     for table in Table::ALL {
         let prefix = ObjectPath::from(table.name());
         let objects: Vec<object_store::ObjectMeta> = store
@@ -92,14 +91,22 @@ pub async fn remove_uncommitted(store: &Arc<dyn ObjectStore>, last_commit: u64) 
             .try_collect()
             .await
             .map_err(|error| SluiceError::unavailable(format!("failed to list {prefix}: {error}")))?;
-        for object in objects {
-            if commit_of_file(&object.location).is_some_and(|commit| commit > last_commit) {
-                store
-                    .delete(&object.location)
-                    .await
-                    .map_err(|error| SluiceError::unavailable(format!("failed to delete {}: {error}", object.location)))?;
-                removed += 1;
-            }
+        files.extend(objects);
+    }
+    Ok(files)
+}
+
+/// Deletes data files written by commits after `last_commit` (a flush that crashed before it
+/// committed); returns how many went.
+pub async fn remove_uncommitted(store: &Arc<dyn ObjectStore>, last_commit: u64) -> Result<u64, SluiceError> {
+    let mut removed = 0;
+    for object in list_data_files(store).await? {
+        if commit_of_file(&object.location).is_some_and(|commit| commit > last_commit) {
+            store
+                .delete(&object.location)
+                .await
+                .map_err(|error| SluiceError::unavailable(format!("failed to delete {}: {error}", object.location)))?;
+            removed += 1;
         }
     }
     Ok(removed)
@@ -107,17 +114,7 @@ pub async fn remove_uncommitted(store: &Arc<dyn ObjectStore>, last_commit: u64) 
 
 /// Bytes of every data file.
 pub async fn archive_bytes(store: &Arc<dyn ObjectStore>) -> Result<u64, SluiceError> {
-    let mut total = 0;
-    for table in Table::ALL {
-        let prefix = ObjectPath::from(table.name());
-        let objects: Vec<object_store::ObjectMeta> = store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|error| SluiceError::unavailable(format!("failed to list {prefix}: {error}")))?;
-        total += objects.iter().map(|object| object.size).sum::<u64>();
-    }
-    Ok(total)
+    Ok(list_data_files(store).await?.iter().map(|object| object.size).sum())
 }
 
 #[cfg(test)]

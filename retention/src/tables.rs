@@ -122,7 +122,7 @@ enum Column {
     Signed(Int64Builder),
     Float(Float64Builder),
     Boolean(BooleanBuilder),
-    Tags(MapBuilder<StringBuilder, StringBuilder>),
+    Tags(Box<MapBuilder<StringBuilder, StringBuilder>>),
 }
 
 /// One value of a row, in schema order.
@@ -165,7 +165,7 @@ impl TableBuffer {
                 DataType::Int64 => Column::Signed(Int64Builder::new()),
                 DataType::Float64 => Column::Float(Float64Builder::new()),
                 DataType::Boolean => Column::Boolean(BooleanBuilder::new()),
-                _ => Column::Tags(new_tags_builder()),
+                _ => Column::Tags(Box::new(new_tags_builder())),
             })
             .collect();
         TableBuffer {
@@ -235,7 +235,7 @@ impl TableBuffer {
                 Column::Signed(builder) => Arc::new(builder.finish()),
                 Column::Float(builder) => Arc::new(builder.finish()),
                 Column::Boolean(builder) => Arc::new(builder.finish()),
-                Column::Tags(builder) => ArrayBuilder::finish(builder),
+                Column::Tags(builder) => ArrayBuilder::finish(builder.as_mut()),
             })
             .collect();
         self.rows = 0;

@@ -88,6 +88,15 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends `request` to the query API at `url` and returns its JSON answer, or its error.
+async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Value> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("failed to reach the query API at {url}"))?;
+    answer(response).await
+}
+
 async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let body: Value = response.json().await.context("the query API answered with something that is not JSON")?;
@@ -108,13 +117,7 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
         params.push(("end", end.clone()));
     }
     let url = format!("{}/api/v1/search", args.client.api.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .get(&url)
-        .query(&params)
-        .send()
-        .await
-        .with_context(|| format!("failed to reach the query API at {url}"))?;
-    let body = answer(response).await?;
+    let body = call(reqwest::Client::new().get(&url).query(&params), &url).await?;
     match args.client.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Table => {
@@ -144,13 +147,8 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
 /// `sluice sql`.
 pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/sql", args.client.api.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .post(&url)
-        .json(&serde_json::json!({"query": args.query}))
-        .send()
-        .await
-        .with_context(|| format!("failed to reach the query API at {url}"))?;
-    let body = answer(response).await?;
+    let request = reqwest::Client::new().post(&url).json(&serde_json::json!({"query": args.query}));
+    let body = call(request, &url).await?;
     match args.client.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Table => {

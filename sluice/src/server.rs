@@ -13,7 +13,7 @@ use sluice_bus::metrics::BusMetrics;
 use sluice_bus::wal::WalBus;
 use sluice_common::SluiceError;
 use sluice_common::config::{BusConfig, Config, RawConfig};
-use sluice_common::shutdown::ShutdownTrigger;
+use sluice_common::shutdown::{Shutdown, ShutdownTrigger};
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::{TlsMaterial, ensure_local_ca};
 use tokio::task::JoinHandle;
@@ -75,8 +75,25 @@ async fn open_bus(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<
     }
 }
 
-fn spawn_role(name: &'static str, task: impl Future<Output = Result<(), SluiceError>> + Send + 'static) -> JoinHandle<(&'static str, Result<(), SluiceError>)> {
+/// A running role: its name and how it ended.
+type RoleHandle = JoinHandle<(&'static str, Result<(), SluiceError>)>;
+
+fn spawn_role(name: &'static str, task: impl Future<Output = Result<(), SluiceError>> + Send + 'static) -> RoleHandle {
     tokio::spawn(async move { (name, task.await) })
+}
+
+fn spawn_query_api(config: &Config, tls: TlsMaterial, telemetry: Telemetry, shutdown: Shutdown) -> RoleHandle {
+    spawn_role(
+        "query-api",
+        sluice_query_api::run(
+            config.query_api.clone(),
+            config.indexer.dir.clone(),
+            config.retention.archive_dir.clone(),
+            tls,
+            telemetry,
+            shutdown,
+        ),
+    )
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -103,7 +120,7 @@ async fn termination() {
 }
 
 /// Waits for one stage's tasks, with a deadline; returns the first error.
-async fn join_stage(handles: Vec<JoinHandle<(&'static str, Result<(), SluiceError>)>>, deadline: Duration) -> Option<String> {
+async fn join_stage(handles: Vec<RoleHandle>, deadline: Duration) -> Option<String> {
     let mut first_error = None;
     for handle in handles {
         match tokio::time::timeout(deadline, handle).await {
@@ -151,17 +168,7 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
             "doppler",
             sluice_doppler::run(config.doppler.clone(), tls.clone(), Arc::clone(&bus), telemetry.clone(), serving_shutdown.clone()),
         ),
-        spawn_role(
-            "query-api",
-            sluice_query_api::run(
-                config.query_api.clone(),
-                config.indexer.dir.clone(),
-                config.retention.archive_dir.clone(),
-                tls.clone(),
-                telemetry.clone(),
-                serving_shutdown,
-            ),
-        ),
+        spawn_query_api(&config, tls.clone(), telemetry.clone(), serving_shutdown),
     ];
     let ingress = vec![spawn_role(
         "agent",
@@ -229,20 +236,7 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
                  or give every role a bus shared between processes"
             ),
         },
-        Role::QueryApi => {
-            let tls = load_tls(&config)?;
-            spawn_role(
-                "query-api",
-                sluice_query_api::run(
-                    config.query_api.clone(),
-                    config.indexer.dir.clone(),
-                    config.retention.archive_dir.clone(),
-                    tls,
-                    telemetry,
-                    shutdown,
-                ),
-            )
-        }
+        Role::QueryApi => spawn_query_api(&config, load_tls(&config)?, telemetry, shutdown),
     };
     tokio::select! {
         () = termination() => info!("stopping"),

@@ -16,7 +16,7 @@ use serde_json::Value;
 use sluice_common::tls::{TlsMaterial, TlsPaths};
 use sluice_proto::v2::ingress_client::IngressClient;
 use sluice_proto::v2::{Envelope, EnvelopeBatch, Log, envelope};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Where the `sluice` binary is.
 pub fn sluice_binary() -> PathBuf {
@@ -140,16 +140,23 @@ impl Sluice {
         }
     }
 
-    /// A Loggregator ingress client with this node's certificate.
-    pub async fn ingress(&self) -> IngressClient<Channel> {
-        let tls = TlsMaterial::load(&self.tls_paths(), "localhost").unwrap();
-        let channel = Endpoint::from_shared(format!("https://{}", self.agent))
+    /// This node's certificates, as a client presents them.
+    pub fn client_tls(&self) -> ClientTlsConfig {
+        TlsMaterial::load(&self.tls_paths(), "localhost").unwrap().client_config()
+    }
+
+    /// A channel to `address` with the given TLS settings.
+    pub async fn channel(address: &str, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+        Endpoint::from_shared(format!("https://{address}"))
             .unwrap()
-            .tls_config(tls.client_config())
-            .unwrap()
+            .tls_config(tls)?
             .connect()
             .await
-            .unwrap();
+    }
+
+    /// A Loggregator ingress client with this node's certificate.
+    pub async fn ingress(&self) -> IngressClient<Channel> {
+        let channel = Sluice::channel(&self.agent, self.client_tls()).await.unwrap();
         IngressClient::new(channel).max_encoding_message_size(64 * 1024 * 1024)
     }
 

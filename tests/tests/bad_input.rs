@@ -7,7 +7,7 @@ use sluice_common::tls::{TlsMaterial, TlsPaths};
 use sluice_proto::v2::ingress_client::IngressClient;
 use sluice_proto::v2::{EgressBatchRequest, SendResponse};
 use sluice_tests::{Sluice, log_envelope, send};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig};
 
 /// A message that looks like an `EnvelopeBatch` on the wire (field 1, length-delimited) but
 /// whose envelope bytes are garbage.
@@ -15,6 +15,17 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 struct Garbage {
     #[prost(bytes = "vec", tag = "1")]
     batch: Vec<u8>,
+}
+
+/// Connects with `tls` and sends one line; any failure on the way is the answer.
+async fn try_send(sluice: &Sluice, tls: ClientTlsConfig, line: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let channel = Sluice::channel(&sluice.agent, tls).await?;
+    IngressClient::new(channel)
+        .send(sluice_proto::v2::EnvelopeBatch {
+            batch: vec![log_envelope("intruder", line)],
+        })
+        .await?;
+    Ok(())
 }
 
 async fn accepted_so_far(sluice: &Sluice, expected: u64) {
@@ -33,15 +44,8 @@ async fn malformed_oversized_and_invalid_utf8_input() {
         .unwrap();
 
     // Malformed protobuf: INVALID_ARGUMENT, the connection stays usable.
-    let tls = TlsMaterial::load(&sluice.tls_paths(), "localhost").unwrap();
-    let channel = Endpoint::from_shared(format!("https://{}", sluice.agent))
-        .unwrap()
-        .tls_config(tls.client_config())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut raw = tonic::client::Grpc::new(channel.clone());
+    let channel = Sluice::channel(&sluice.agent, sluice.client_tls()).await.unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
     raw.ready().await.unwrap();
     let garbage = Garbage {
         batch: vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x08],
@@ -96,23 +100,10 @@ async fn clients_without_a_certificate_from_our_ca_are_refused() {
     let anonymous = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ours.ca_pem()))
         .domain_name("localhost");
-    let refused = async {
-        let channel = Endpoint::from_shared(format!("https://{}", sluice.agent))
-            .unwrap()
-            .tls_config(anonymous)
-            .unwrap()
-            .connect()
-            .await?;
-        IngressClient::new(channel)
-            .send(sluice_proto::v2::EnvelopeBatch {
-                batch: vec![log_envelope("intruder", "no certificate")],
-            })
-            .await
-            .map_err(|status| Box::new(status) as Box<dyn std::error::Error + Send + Sync>)?;
-        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-    }
-    .await;
-    assert!(refused.is_err(), "a client without a certificate was let in");
+    assert!(
+        try_send(&sluice, anonymous, "no certificate").await.is_err(),
+        "a client without a certificate was let in"
+    );
 
     // A certificate from another CA.
     let other_dir = tempfile::tempdir().unwrap();
@@ -126,32 +117,13 @@ async fn clients_without_a_certificate_from_our_ca_are_refused() {
         "localhost",
     )
     .unwrap();
-    let refused = async {
-        let channel = Endpoint::from_shared(format!("https://{}", sluice.agent))
-            .unwrap()
-            .tls_config(stranger.client_config())
-            .unwrap()
-            .connect()
-            .await?;
-        IngressClient::new(channel)
-            .send(sluice_proto::v2::EnvelopeBatch {
-                batch: vec![log_envelope("intruder", "wrong ca")],
-            })
-            .await
-            .map_err(|status| Box::new(status) as Box<dyn std::error::Error + Send + Sync>)?;
-        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-    }
-    .await;
-    assert!(refused.is_err(), "a client with another CA's certificate was let in");
+    assert!(
+        try_send(&sluice, stranger.client_config(), "wrong ca").await.is_err(),
+        "a client with another CA's certificate was let in"
+    );
 
     // The doppler refuses strangers too.
-    let channel = Endpoint::from_shared(format!("https://{}", sluice.doppler))
-        .unwrap()
-        .tls_config(stranger.client_config())
-        .unwrap()
-        .connect()
-        .await;
-    if let Ok(channel) = channel {
+    if let Ok(channel) = Sluice::channel(&sluice.doppler, stranger.client_config()).await {
         let answer = sluice_proto::v2::egress_client::EgressClient::new(channel)
             .batched_receiver(EgressBatchRequest {
                 selectors: vec![sluice_proto::v2::Selector::default()],
