@@ -220,6 +220,45 @@ pub struct RawRetentionConfig {
     /// Zstd level of Parquet pages.
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// Connection settings when `archive` is an `s3://bucket/prefix` URL.
+    #[serde(default)]
+    pub s3: RawS3Config,
+}
+
+/// `[retention.s3]`: an S3-compatible store. Unset keys fall back to the standard AWS
+/// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+/// `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:9000`; unset means AWS.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Allow a plain-HTTP endpoint (off unless set: credentials would travel in clear).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Address buckets as `bucket.host` instead of the default path style `host/bucket`.
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+}
+
+impl std::fmt::Debug for RawS3Config {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RawS3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish()
+    }
 }
 
 fn default_flush_interval_retention() -> String {
@@ -354,11 +393,27 @@ pub struct IndexerConfig {
     pub close_idle_writer_after: Duration,
 }
 
+/// Where the archive lives.
+#[derive(Debug, Clone)]
+pub enum ArchiveLocation {
+    /// A local directory.
+    Local(PathBuf),
+    /// An S3 bucket, under a prefix.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix without leading or trailing `/` (may be empty).
+        prefix: String,
+        /// Connection settings.
+        settings: RawS3Config,
+    },
+}
+
 /// Validated `[retention]`.
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
-    /// Archive root directory.
-    pub archive_dir: PathBuf,
+    /// Archive location.
+    pub archive: ArchiveLocation,
     /// Flush interval.
     pub flush_interval: Duration,
     /// Rows that trigger a flush.
@@ -437,17 +492,9 @@ impl RawConfig {
                 return Err(SluiceError::invalid(format!("bus.kind: unknown bus {other:?}; expected \"wal\"")));
             }
         };
-        let archive_dir = match self.retention.archive {
-            None => data_dir.join("archive"),
-            Some(location) => match location.strip_prefix("file://") {
-                Some(path) => PathBuf::from(path),
-                None if location.contains("://") => {
-                    return Err(SluiceError::invalid(format!(
-                        "retention.archive: unsupported location {location:?}; use a directory path or a file:// URL"
-                    )));
-                }
-                None => PathBuf::from(location),
-            },
+        let archive = match self.retention.archive {
+            None => ArchiveLocation::Local(data_dir.join("archive")),
+            Some(location) => parse_archive_location(&location, self.retention.s3)?,
         };
         Ok(Config {
             tls,
@@ -479,7 +526,7 @@ impl RawConfig {
                 )?,
             },
             retention: RetentionConfig {
-                archive_dir,
+                archive,
                 flush_interval: parse_duration("retention.flush_interval", &self.retention.flush_interval)?,
                 flush_rows: self.retention.flush_rows,
                 zstd_level: self.retention.zstd_level,
@@ -493,6 +540,30 @@ impl RawConfig {
             data_dir,
         })
     }
+}
+
+/// Parses `retention.archive`: a path, a `file://` URL or an `s3://bucket/prefix` URL.
+fn parse_archive_location(location: &str, s3: RawS3Config) -> Result<ArchiveLocation, SluiceError> {
+    if let Some(path) = location.strip_prefix("file://") {
+        return Ok(ArchiveLocation::Local(PathBuf::from(path)));
+    }
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(SluiceError::invalid(format!("retention.archive: no bucket in {location:?}")));
+        }
+        return Ok(ArchiveLocation::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            settings: s3,
+        });
+    }
+    if location.contains("://") {
+        return Err(SluiceError::invalid(format!(
+            "retention.archive: unsupported location {location:?}; use a directory, a file:// URL or an s3://bucket/prefix URL"
+        )));
+    }
+    Ok(ArchiveLocation::Local(PathBuf::from(location)))
 }
 
 fn positive(field: &str, value: usize) -> Result<(), SluiceError> {
@@ -561,11 +632,35 @@ mod tests {
             .validate()
             .expect_err("partial tls");
         assert!(error.message().starts_with("tls:"), "{error}");
-        let error = RawConfig::from_toml("[retention]\narchive = \"s3://bucket\"\n")
+        let error = RawConfig::from_toml("[retention]\narchive = \"gs://bucket\"\n")
             .expect("parses")
             .validate()
-            .expect_err("s3 not yet");
+            .expect_err("unsupported scheme");
         assert!(error.message().starts_with("retention.archive"), "{error}");
+        let error = RawConfig::from_toml("[retention]\narchive = \"s3:///prefix\"\n")
+            .expect("parses")
+            .validate()
+            .expect_err("no bucket");
+        assert!(error.message().contains("no bucket"), "{error}");
+    }
+
+    #[test]
+    fn s3_archives_parse_with_their_settings_and_hide_the_secret() {
+        let config = RawConfig::from_toml(
+            "[retention]\narchive = \"s3://logs-bucket/sluice/prod/\"\n[retention.s3]\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\nsecret_access_key = \"hunter2\"\n",
+        )
+        .expect("parses")
+        .validate()
+        .expect("valid");
+        match &config.retention.archive {
+            ArchiveLocation::S3 { bucket, prefix, settings } => {
+                assert_eq!(bucket, "logs-bucket");
+                assert_eq!(prefix, "sluice/prod");
+                assert!(settings.allow_http);
+            }
+            other => panic!("expected s3, got {other:?}"),
+        }
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]

@@ -19,7 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sluice_common::SluiceError;
-use sluice_common::config::QueryApiConfig;
+use sluice_common::config::{ArchiveLocation, QueryApiConfig};
+use sluice_retention::store::Archive;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::TlsMaterial;
@@ -33,8 +34,8 @@ pub use routes::router;
 pub struct AppState {
     /// Searches the index directory.
     pub searcher: Arc<Searcher>,
-    /// The archive directory SQL reads.
-    pub archive_dir: PathBuf,
+    /// The archive SQL reads.
+    pub archive: Archive,
     /// The process's metric registry, served at `/metrics`.
     pub telemetry: Telemetry,
     /// The live-tail source.
@@ -49,14 +50,14 @@ pub struct AppState {
 pub async fn run(
     config: QueryApiConfig,
     index_dir: PathBuf,
-    archive_dir: PathBuf,
+    archive: ArchiveLocation,
     tls: TlsMaterial,
     telemetry: Telemetry,
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
     let state = AppState {
         searcher: Arc::new(Searcher::new(&index_dir)),
-        archive_dir,
+        archive: Archive::open(&archive)?,
         tail: tail::TailSource::new(&config.doppler, &tls)?,
         metrics: metrics::QueryMetrics::register(&telemetry),
         telemetry,

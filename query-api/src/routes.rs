@@ -179,11 +179,11 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     };
     let result = match query {
         Ok(query) => {
-            let archive_dir = state.archive_dir.clone();
+            let archive = state.archive.clone();
             let max_rows = state.config.max_sql_rows;
             // DataFusion runs on its own task so a slow query cannot stall this connection's
             // executor thread for others.
-            tokio::spawn(async move { crate::sql::run_query(&archive_dir, &query, max_rows).await })
+            tokio::spawn(async move { crate::sql::run_query(&archive, &query, max_rows).await })
                 .await
                 .unwrap_or_else(|error| Err(SluiceError::internal(format!("sql task failed: {error}"))))
         }

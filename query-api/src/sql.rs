@@ -4,7 +4,6 @@
 //! archive's tables registered. DDL, DML (`INSERT`, `COPY`, …) and statements (`SET`, …) are
 //! refused at planning time with a 400.
 
-use std::path::Path;
 use std::time::Instant;
 
 use datafusion::arrow::json::ArrayWriter;
@@ -15,6 +14,7 @@ use datafusion::prelude::{SQLOptions, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 use sluice_common::{ErrorKind, SluiceError};
+use sluice_retention::store::Archive;
 
 /// One column of an answer.
 #[derive(Debug, Serialize)]
@@ -49,14 +49,14 @@ fn classify(error: DataFusionError) -> SluiceError {
     }
 }
 
-/// Runs `query` against the archive in `archive_dir`, returning at most `max_rows` rows.
-pub async fn run_query(archive_dir: &Path, query: &str, max_rows: usize) -> Result<SqlResponse, SluiceError> {
+/// Runs `query` against `archive`, returning at most `max_rows` rows.
+pub async fn run_query(archive: &Archive, query: &str, max_rows: usize) -> Result<SqlResponse, SluiceError> {
     let started = Instant::now();
     if query.trim().is_empty() {
         return Err(SluiceError::invalid("empty query"));
     }
     let context = SessionContext::new();
-    sluice_retention::catalog::register_tables(&context, archive_dir)?;
+    sluice_retention::catalog::register_tables(&context, archive)?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

@@ -7,6 +7,7 @@
 //!   Arrow schemas and the row buffers that turn envelopes into record batches.
 //! - [`archive`]: paths, the commit log and checkpoint under `_sluice/retention/`, and recovery.
 //! - [`pipeline`]: consume → buffer → encode Parquet → upload → commit → checkpoint the bus.
+//! - [`store`]: opening the archive: a local directory or an S3 bucket under a prefix.
 //! - [`catalog`]: registers the tables with a DataFusion session (hive partitions
 //!   `date=YYYY-MM-DD/hour=HH`).
 //! - [`metrics`]: retention's counters.
@@ -24,6 +25,7 @@ pub mod archive;
 pub mod catalog;
 pub mod metrics;
 pub mod pipeline;
+pub mod store;
 pub mod tables;
 
 pub use pipeline::run;

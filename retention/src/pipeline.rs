@@ -15,7 +15,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
-use object_store::local::LocalFileSystem;
+use object_store::WriteMultipart;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use prost::Message;
@@ -30,19 +30,11 @@ use tracing::{info, warn};
 
 use crate::archive::{self, Commit};
 use crate::metrics::RetentionMetrics;
+use crate::store::Archive;
 use crate::tables::{BufferSet, Table, TableBuffer, push_envelope};
 
 /// The bus consumer group of retention.
 pub const CONSUMER_GROUP: &str = "retention";
-
-/// Opens the archive directory as an object store.
-pub fn open_local_archive(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, SluiceError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|error| SluiceError::internal(format!("failed to create archive directory {}: {error}", dir.display())))?;
-    let store = LocalFileSystem::new_with_prefix(dir)
-        .map_err(|error| SluiceError::internal(format!("failed to open archive directory {}: {error}", dir.display())))?;
-    Ok(Arc::new(store))
-}
 
 struct Buffers {
     tables: BTreeMap<(Table, Hour), TableBuffer>,
@@ -75,7 +67,8 @@ struct PreparedCommit {
 /// Runs retention until `shutdown` fires, then flushes what it holds.
 pub async fn run(config: RetentionConfig, bus: Arc<dyn Bus>, telemetry: Telemetry, mut shutdown: Shutdown) -> Result<(), SluiceError> {
     let metrics = RetentionMetrics::register(&telemetry);
-    let store = open_local_archive(&config.archive_dir)?;
+    let archive = Archive::open(&config.archive)?;
+    let store = Arc::clone(&archive.store);
     let checkpoint = archive::read_checkpoint(&store).await?;
     let removed = archive::remove_uncommitted(&store, checkpoint.commit).await?;
     metrics.orphan_files_removed.inc_by(removed);
@@ -87,7 +80,7 @@ pub async fn run(config: RetentionConfig, bus: Arc<dyn Bus>, telemetry: Telemetr
         .set(i64::try_from(archive::archive_bytes(&store).await?).unwrap_or(i64::MAX));
     let mut consumer = bus.subscribe(CONSUMER_GROUP).await?;
     consumer.seek(&checkpoint.positions).await?;
-    info!(archive = %config.archive_dir.display(), commit = checkpoint.commit, resume = %checkpoint.positions.to_json(), "retention starting");
+    info!(archive = %archive.describe(), commit = checkpoint.commit, resume = %checkpoint.positions.to_json(), "retention starting");
 
     let mut last_commit = checkpoint.commit;
     let mut committed_positions = checkpoint.positions.clone();
@@ -272,12 +265,20 @@ async fn publish(store: &Arc<dyn ObjectStore>, prepared: &PreparedCommit, metric
     Ok(())
 }
 
+/// Files larger than this go up as multipart uploads.
+const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
+
 async fn try_publish(store: &Arc<dyn ObjectStore>, prepared: &PreparedCommit) -> Result<(), SluiceError> {
     for (path, data, ..) in &prepared.files {
-        store
-            .put(path, PutPayload::from(data.clone()))
-            .await
-            .map_err(|error| SluiceError::unavailable(format!("failed to write {path}: {error}")))?;
+        let failed = |error: object_store::Error| SluiceError::unavailable(format!("failed to write {path}: {error}"));
+        if data.len() > MULTIPART_THRESHOLD {
+            let upload = store.put_multipart(path).await.map_err(failed)?;
+            let mut writer = WriteMultipart::new(upload);
+            writer.put(data.clone());
+            writer.finish().await.map_err(failed)?;
+        } else {
+            store.put(path, PutPayload::from(data.clone())).await.map_err(failed)?;
+        }
     }
     archive::write_commit(store, &prepared.commit).await
 }

@@ -88,7 +88,7 @@ fn spawn_query_api(config: &Config, tls: TlsMaterial, telemetry: Telemetry, shut
         sluice_query_api::run(
             config.query_api.clone(),
             config.indexer.dir.clone(),
-            config.retention.archive_dir.clone(),
+            config.retention.archive.clone(),
             tls,
             telemetry,
             shutdown,

@@ -50,6 +50,7 @@ pub struct Sluice {
     pub api: String,
     ports: (u16, u16, u16),
     log_path: PathBuf,
+    config: Option<PathBuf>,
 }
 
 impl Sluice {
@@ -60,10 +61,25 @@ impl Sluice {
 
     /// Starts `sluice up` on the given (agent, doppler, http) ports.
     pub async fn start_on(data_dir: &Path, ports: (u16, u16, u16)) -> Sluice {
+        Sluice::start_with(data_dir, ports, None).await
+    }
+
+    /// Starts `sluice up` with a configuration file (flags still set the directory and ports).
+    pub async fn start_with_config(data_dir: &Path, config: &str) -> Sluice {
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, config).unwrap();
+        Sluice::start_with(data_dir, (free_port(), free_port(), free_port()), Some(path)).await
+    }
+
+    async fn start_with(data_dir: &Path, ports: (u16, u16, u16), config: Option<PathBuf>) -> Sluice {
         let log_path = data_dir.with_extension(format!("log-{}", ports.0));
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(sluice_binary())
-            .arg("up")
+        let mut command = Command::new(sluice_binary());
+        command.arg("up");
+        if let Some(config) = &config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--agent-listen")
@@ -87,6 +103,7 @@ impl Sluice {
             api: format!("http://127.0.0.1:{}", ports.2),
             ports,
             log_path,
+            config,
         };
         sluice.wait_ready().await;
         sluice
@@ -126,7 +143,7 @@ impl Sluice {
     /// Restarts on the same data directory and ports.
     pub async fn restart(&mut self) {
         self.kill_hard();
-        let restarted = Sluice::start_on(&self.data_dir, self.ports).await;
+        let restarted = Sluice::start_with(&self.data_dir, self.ports, self.config.clone()).await;
         *self = restarted;
     }
 
@@ -282,4 +299,19 @@ pub async fn tail(api: &str, source_id: &str) -> tokio::sync::mpsc::UnboundedRec
         }
     });
     receiver
+}
+
+/// The S3 server `scripts/services start s3` runs: `(endpoint, bucket, key id, secret)`.
+pub fn s3_server() -> (String, String, String, String) {
+    let read = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: start the S3 test server with `scripts/services start s3` and load its variables with `eval \"$(scripts/services env)\"` (scripts/test does both)")
+        })
+    };
+    (
+        read("SLUICE_TEST_S3_ENDPOINT"),
+        read("SLUICE_TEST_S3_BUCKET"),
+        read("SLUICE_TEST_S3_ACCESS_KEY_ID"),
+        read("SLUICE_TEST_S3_SECRET_ACCESS_KEY"),
+    )
 }
