@@ -1,7 +1,7 @@
 //! The broker seam between dopplers and the consumers (indexer, retention).
 //!
 //! Two implementations honour one contract: the embedded write-ahead log ([`wal::WalBus`]) that
-//! `sluice up` uses, and Kafka (a later addition). The contract:
+//! `sluice up` uses, and Kafka ([`kafka::KafkaBus`]) for roles in separate processes. The contract:
 //!
 //! - [`Bus::append`] returns only once the record will survive a crash of the process: a
 //!   doppler acknowledges a batch to its agent only after this.
@@ -13,6 +13,7 @@
 //!
 //! Each record is one `sluice.v1.AgentBatch` protobuf (see `proto/sluice/v1/doppler.proto`).
 
+pub mod kafka;
 pub mod metrics;
 pub mod wal;
 

@@ -158,24 +158,59 @@ fn default_subscriber_buffer() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBusConfig {
-    /// `wal`, the embedded durable write-ahead log (one process only).
+    /// `wal`, the embedded durable write-ahead log (one process only), or `kafka`.
     #[serde(default = "default_bus_kind")]
     pub kind: String,
     /// WAL directory; default `<data_dir>/wal`.
     pub wal_dir: Option<PathBuf>,
-}
-
-impl Default for RawBusConfig {
-    fn default() -> RawBusConfig {
-        RawBusConfig {
-            kind: default_bus_kind(),
-            wal_dir: None,
-        }
-    }
+    /// Kafka settings, for `kind = "kafka"`.
+    #[serde(default)]
+    pub kafka: RawKafkaConfig,
 }
 
 fn default_bus_kind() -> String {
     "wal".to_owned()
+}
+
+/// `[bus.kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Topic holding the batches; created with `partitions` partitions if missing.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Partitions of a topic Sluice creates.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of a topic Sluice creates.
+    #[serde(default = "default_replication")]
+    pub replication: i32,
+    /// Consumer group names are `<group_prefix>-indexer` and `<group_prefix>-retention`.
+    #[serde(default = "default_group_prefix")]
+    pub group_prefix: String,
+    /// Extra librdkafka client settings for producers and consumers alike
+    /// (e.g. `"security.protocol" = "sasl_plaintext"`).
+    #[serde(default)]
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".to_owned()
+}
+fn default_topic() -> String {
+    "sluice-envelopes".to_owned()
+}
+fn default_partitions() -> i32 {
+    4
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_group_prefix() -> String {
+    "sluice".to_owned()
 }
 
 /// `[indexer]`.
@@ -311,7 +346,7 @@ macro_rules! default_from_empty_table {
         }
     )*};
 }
-default_from_empty_table!(RawTlsConfig, RawAgentConfig, RawDopplerConfig, RawIndexerConfig, RawRetentionConfig, RawQueryApiConfig);
+default_from_empty_table!(RawBusConfig, RawKafkaConfig, RawTlsConfig, RawAgentConfig, RawDopplerConfig, RawIndexerConfig, RawRetentionConfig, RawQueryApiConfig);
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -378,6 +413,8 @@ pub enum BusConfig {
         /// WAL directory.
         dir: PathBuf,
     },
+    /// A Kafka topic.
+    Kafka(RawKafkaConfig),
 }
 
 /// Validated `[indexer]`.
@@ -488,8 +525,18 @@ impl RawConfig {
             "wal" => BusConfig::Wal {
                 dir: self.bus.wal_dir.unwrap_or_else(|| data_dir.join("wal")),
             },
+            "kafka" => {
+                let kafka = self.bus.kafka;
+                if kafka.brokers.trim().is_empty() || kafka.topic.trim().is_empty() {
+                    return Err(SluiceError::invalid("bus.kafka: brokers and topic must not be empty"));
+                }
+                if kafka.partitions < 1 || kafka.replication < 1 {
+                    return Err(SluiceError::invalid("bus.kafka: partitions and replication must be at least 1"));
+                }
+                BusConfig::Kafka(kafka)
+            }
             other => {
-                return Err(SluiceError::invalid(format!("bus.kind: unknown bus {other:?}; expected \"wal\"")));
+                return Err(SluiceError::invalid(format!("bus.kind: unknown bus {other:?}; expected \"wal\" or \"kafka\"")));
             }
         };
         let archive = match self.retention.archive {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use sluice_bus::Bus;
 use sluice_bus::metrics::BusMetrics;
+use sluice_bus::kafka::KafkaBus;
 use sluice_bus::wal::WalBus;
 use sluice_common::SluiceError;
 use sluice_common::config::{BusConfig, Config, RawConfig};
@@ -70,6 +71,12 @@ async fn open_bus(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<
             let bus = WalBus::open(dir, BusMetrics::register(telemetry))
                 .await
                 .with_context(|| format!("failed to open the WAL bus at {}", dir.display()))?;
+            Ok(Arc::new(bus))
+        }
+        BusConfig::Kafka(settings) => {
+            let bus = KafkaBus::open(settings, BusMetrics::register(telemetry))
+                .await
+                .with_context(|| format!("failed to open the Kafka bus at {}", settings.brokers))?;
             Ok(Arc::new(bus))
         }
     }
@@ -230,12 +237,20 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
             let bus = open_bus(&config, &telemetry).await?;
             spawn_role("doppler", sluice_doppler::run(config.doppler.clone(), tls, bus, telemetry, shutdown))
         }
-        Role::Indexer | Role::Retention => match &config.bus {
-            BusConfig::Wal { .. } => bail!(
-                "the embedded WAL bus lives inside one process: run the indexer and retention with `sluice up`, \
-                 or give every role a bus shared between processes"
-            ),
-        },
+        Role::Indexer | Role::Retention => {
+            if let BusConfig::Wal { .. } = &config.bus {
+                bail!(
+                    "the embedded WAL bus lives inside one process: run the indexer and retention with `sluice up`, \
+                     or set bus.kind = \"kafka\" in the configuration"
+                );
+            }
+            let bus = open_bus(&config, &telemetry).await?;
+            if role == Role::Indexer {
+                spawn_role("indexer", sluice_indexer::run(config.indexer.clone(), bus, telemetry, shutdown))
+            } else {
+                spawn_role("retention", sluice_retention::run(config.retention.clone(), bus, telemetry, shutdown))
+            }
+        }
         Role::QueryApi => spawn_query_api(&config, load_tls(&config)?, telemetry, shutdown),
     };
     tokio::select! {

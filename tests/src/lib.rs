@@ -127,6 +127,20 @@ impl Sluice {
         }
     }
 
+    /// A handle on a Sluice started some other way (no process of its own to kill).
+    pub fn attach(data_dir: &Path, agent: &str, api: &str) -> Sluice {
+        Sluice {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            agent: agent.to_owned(),
+            doppler: String::new(),
+            api: api.to_owned(),
+            ports: (0, 0, 0),
+            log_path: data_dir.with_extension("attached.log"),
+            config: None,
+        }
+    }
+
     /// What the process wrote to stderr.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -314,4 +328,59 @@ pub fn s3_server() -> (String, String, String, String) {
         read("SLUICE_TEST_S3_ACCESS_KEY_ID"),
         read("SLUICE_TEST_S3_SECRET_ACCESS_KEY"),
     )
+}
+
+/// The Kafka-protocol broker `scripts/services start kafka` runs: its bootstrap address.
+pub fn kafka_brokers() -> String {
+    std::env::var("SLUICE_TEST_KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!("SLUICE_TEST_KAFKA_BROKERS is not set: start the broker with `scripts/services start kafka` and load its variables with `eval \"$(scripts/services env)\"` (scripts/test does both)")
+    })
+}
+
+/// One role (`agent`, `doppler`, `indexer`, `retention`, `query-api`) as its own process.
+pub struct RoleProcess {
+    child: Child,
+    log_path: PathBuf,
+}
+
+impl RoleProcess {
+    /// Starts `sluice <role> --config <config>`, logging to `<config>.<role>.log`.
+    pub fn start(role: &str, config: &Path) -> RoleProcess {
+        let log_path = config.with_extension(format!("{role}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(sluice_binary())
+            .arg(role)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        RoleProcess { child, log_path }
+    }
+
+    /// What the process wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+/// Waits until `address` accepts TCP connections.
+pub async fn wait_listening(address: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {address} after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
