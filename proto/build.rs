@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/loggregator/v2/ingress.proto",
         "proto/loggregator/v2/egress.proto",
         "proto/sluice/v1/doppler.proto",
+        "proto/sluice/v1/search.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -39,8 +39,17 @@ struct TicketInner {
 
 impl Drop for TicketInner {
     fn drop(&mut self) {
-        let failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        if let Some(done) = self.done.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(done) = self
+            .done
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
             // The requester may have gone away; then nobody needs the answer.
             let _ = done.send(failure.map_or(Ok(()), Err));
         }
@@ -55,11 +64,20 @@ impl Ticket {
             failure: Mutex::new(None),
             done: Mutex::new(Some(done)),
         };
-        (Ticket { inner: Arc::new(inner) }, receiver)
+        (
+            Ticket {
+                inner: Arc::new(inner),
+            },
+            receiver,
+        )
     }
 
     fn fail(&self, status: &tonic::Status) {
-        let mut failure = self.inner.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut failure = self
+            .inner
+            .failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         failure.get_or_insert_with(|| status.clone());
     }
 }
@@ -115,9 +133,20 @@ impl Forwarder {
         let mut clients = Vec::with_capacity(config.dopplers.len());
         for address in &config.dopplers {
             let endpoint = Endpoint::from_shared(format!("https://{address}"))
-                .map_err(|error| SluiceError::invalid(format!("agent.dopplers: invalid address {address:?}: {error}")))?
+                .map_err(|error| {
+                    SluiceError::invalid(format!(
+                        "agent.dopplers: invalid address {address:?}: {error}"
+                    ))
+                })?
                 .tls_config(tls.client_config())
-                .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}: {}", std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default())))?
+                .map_err(|error| {
+                    SluiceError::invalid(format!(
+                        "invalid tls configuration: {error}: {}",
+                        std::error::Error::source(&error)
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    ))
+                })?
                 .connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true);
             let channel: Channel = endpoint.connect_lazy();
@@ -151,7 +180,11 @@ impl Forwarder {
 
     /// Queues `envelopes` for forwarding under `ticket`. Waits while too many envelopes are
     /// pending (backpressure). Fails only when the agent is shutting down.
-    pub async fn submit(&self, envelopes: Vec<Envelope>, ticket: &Ticket) -> Result<(), tonic::Status> {
+    pub async fn submit(
+        &self,
+        envelopes: Vec<Envelope>,
+        ticket: &Ticket,
+    ) -> Result<(), tonic::Status> {
         let sender = self
             .submissions
             .lock()
@@ -189,8 +222,15 @@ impl Forwarder {
     /// Stops taking submissions and waits until the batcher has flushed and every batch in
     /// flight has been acknowledged or given up.
     pub async fn drain(&self) {
-        self.submissions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        let handle = self.batcher.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        self.submissions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let handle = self
+            .batcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = handle.await;
         }
@@ -318,7 +358,11 @@ async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
 /// Sends `batch` to the dopplers in turn until one acknowledges it. Transport failures and
 /// unavailable dopplers are retried with backoff; a refusal of the batch itself (invalid
 /// argument) is final, since sending it again cannot help.
-async fn send_until_acknowledged(senders: &DopplerSet, batch: AgentBatch, metrics: &AgentMetrics) -> Result<(), tonic::Status> {
+async fn send_until_acknowledged(
+    senders: &DopplerSet,
+    batch: AgentBatch,
+    metrics: &AgentMetrics,
+) -> Result<(), tonic::Status> {
     let mut backoff = Duration::from_millis(50);
     let mut attempt: u64 = 0;
     loop {

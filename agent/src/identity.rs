@@ -18,7 +18,9 @@ pub fn agent_id(state_dir: &Path) -> Result<String, SluiceError> {
             let fresh = random_hex();
             std::fs::create_dir_all(state_dir)
                 .and_then(|()| std::fs::write(&path, &fresh))
-                .map_err(|error| SluiceError::internal(format!("failed to write {}: {error}", path.display())))?;
+                .map_err(|error| {
+                    SluiceError::internal(format!("failed to write {}: {error}", path.display()))
+                })?;
             fresh
         }
     };

@@ -33,13 +33,21 @@ use tracing::info;
 
 /// Runs the agent until `shutdown` fires: the ingress stops accepting, pending batches are
 /// flushed and acknowledged (or their clients told they failed).
-pub async fn run(config: AgentConfig, tls: TlsMaterial, telemetry: Telemetry, shutdown: Shutdown) -> Result<(), SluiceError> {
+pub async fn run(
+    config: AgentConfig,
+    tls: TlsMaterial,
+    telemetry: Telemetry,
+    shutdown: Shutdown,
+) -> Result<(), SluiceError> {
     let metrics = metrics::AgentMetrics::register(&telemetry);
     let agent_id = identity::agent_id(&config.state_dir)?;
     info!(agent_id = %agent_id, listen = %config.listen, dopplers = ?config.dopplers, "agent starting");
     let forwarder = forwarder::Forwarder::start(&config, agent_id, &tls, metrics.clone())?;
-    let ingress = sources::loggregator::LoggregatorIngress::new(Arc::clone(&forwarder), &config, metrics);
-    let result = ingress.serve(config.listen, &tls, config.max_message_bytes, shutdown).await;
+    let ingress =
+        sources::loggregator::LoggregatorIngress::new(Arc::clone(&forwarder), &config, metrics);
+    let result = ingress
+        .serve(config.listen, &tls, config.max_message_bytes, shutdown)
+        .await;
     forwarder.drain().await;
     result
 }

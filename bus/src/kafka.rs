@@ -5,42 +5,58 @@
 //! sends wait (up to `message.timeout.ms`, five minutes by default) and the waiting pushes back
 //! on the agents through their bounded pending limits instead of dropping anything.
 //!
-//! Consumer: assigns itself every partition of the topic and starts each at the position the
-//! caller's data says (see [`Consumer::seek`]), or at the group's committed offset, or at the
-//! beginning. Group offsets are committed only by [`Consumer::checkpoint`], that is after the
-//! data is durable downstream. One consumer per group: sharing partitions between several
-//! indexers (group rebalancing) is not done yet.
+//! Consumers: the members of one consumer group share the partitions (Kafka's group
+//! protocol, round-robin assignment). Exactly once into each member's data rests on three rules:
+//!
+//! - A member commits the group offset of a partition only for data that is durable, only while
+//!   it owns the partition, and before the partition is revoked from it.
+//! - On every assignment a member records a *stint* (`group, partition, member, start offset`)
+//!   in the one-partition topic `<topic>-stints` before it reads the partition. A partition it
+//!   owned before and still holds data of starts where its own data ends when nobody took the
+//!   partition over in between; otherwise it starts at the group's offset.
+//! - When another member took a partition over from this one (a stint of another member after
+//!   this member's latest), this member drops its data of the partition from the offset where
+//!   the other member started ([`BusEvent::Rewind`]): whatever it wrote past its last commit,
+//!   say because it was killed between writing and committing, is read again by the new owner.
+//!   Without a recorded takeover yet, it drops from the group's offset, where the new owner
+//!   starts.
+//!
+//! The stints are needed because a crash between a member's durable write and its offset
+//! commit leaves that member's data past the group's offset, and only the log says whether
+//! someone else has read those records since.
 //!
 //! librdkafka can block for a long time while closing a consumer; dropping one hands it to a
 //! thread of its own so the async runtime never waits on it.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use sluice_common::config::RawKafkaConfig;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::metrics::BusMetrics;
-use crate::{Bus, BusError, BusRecord, Consumer, Positions};
+use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Partition, Positions};
 
 /// The Kafka bus.
 #[derive(Clone)]
 pub struct KafkaBus {
     producer: FutureProducer,
     settings: Arc<RawKafkaConfig>,
-    partitions: Arc<Vec<i32>>,
     metrics: BusMetrics,
 }
 
@@ -59,20 +75,37 @@ fn storage(context: &str) -> impl Fn(KafkaError) -> BusError + '_ {
 
 impl KafkaBus {
     /// Connects, creates the topic if it is missing, and learns its partitions.
-    pub async fn open(settings: &RawKafkaConfig, metrics: BusMetrics) -> Result<KafkaBus, BusError> {
+    pub async fn open(
+        settings: &RawKafkaConfig,
+        metrics: BusMetrics,
+    ) -> Result<KafkaBus, BusError> {
         let admin: AdminClient<DefaultClientContext> = client_config(settings)
             .create()
             .map_err(storage("failed to create a kafka admin client"))?;
-        let topic = NewTopic::new(&settings.topic, settings.partitions, TopicReplication::Fixed(settings.replication));
+        let topic = NewTopic::new(
+            &settings.topic,
+            settings.partitions,
+            TopicReplication::Fixed(settings.replication),
+        );
+        let stints_name = stints_topic(&settings.topic);
+        let stints = NewTopic::new(
+            &stints_name,
+            1,
+            TopicReplication::Fixed(settings.replication),
+        );
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
-            .create_topics([&topic], &options)
+            .create_topics([&topic, &stints], &options)
             .await
             .map_err(storage("failed to create the kafka topic"))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => return Err(BusError::Storage(format!("failed to create kafka topic {name}: {code}"))),
+                Err((name, code)) => {
+                    return Err(BusError::Storage(format!(
+                        "failed to create kafka topic {name}: {code}"
+                    )));
+                }
             }
         }
         let producer: FutureProducer = client_config(settings)
@@ -88,7 +121,6 @@ impl KafkaBus {
         Ok(KafkaBus {
             producer,
             settings: Arc::new(settings.clone()),
-            partitions: Arc::new(partitions),
             metrics,
         })
     }
@@ -100,26 +132,46 @@ async fn partitions_of(producer: &FutureProducer, topic: &str) -> Result<Vec<i32
     for _ in 0..50 {
         let producer = producer.clone();
         let name = topic_name.clone();
-        let metadata = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&name), Duration::from_secs(5)))
-            .await
-            .map_err(|error| BusError::Unavailable(format!("metadata task failed: {error}")))?
-            .map_err(storage("failed to read kafka metadata"))?;
-        if let Some(found) = metadata.topics().iter().find(|entry| entry.name() == topic_name) {
-            let partitions: Vec<i32> = found.partitions().iter().map(|partition| partition.id()).collect();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(5))
+        })
+        .await
+        .map_err(|error| BusError::Unavailable(format!("metadata task failed: {error}")))?
+        .map_err(storage("failed to read kafka metadata"))?;
+        if let Some(found) = metadata
+            .topics()
+            .iter()
+            .find(|entry| entry.name() == topic_name)
+        {
+            let partitions: Vec<i32> = found
+                .partitions()
+                .iter()
+                .map(|partition| partition.id())
+                .collect();
             if !partitions.is_empty() {
                 return Ok(partitions);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(BusError::Unavailable(format!("kafka topic {topic_name} has no partitions")))
+    Err(BusError::Unavailable(format!(
+        "kafka topic {topic_name} has no partitions"
+    )))
 }
 
 #[async_trait]
 impl Bus for KafkaBus {
     async fn append(&self, key: &str, payload: Bytes) -> Result<(), BusError> {
-        let record = FutureRecord::to(&self.settings.topic).key(key).payload(payload.as_ref());
-        match self.producer.send(record, Timeout::After(Duration::from_secs(60))).await {
+        let record = FutureRecord::to(&self.settings.topic)
+            .key(key)
+            .payload(payload.as_ref());
+        match self
+            .producer
+            .send(record, Timeout::After(Duration::from_secs(60)))
+            .await
+        {
             Ok(_) => {
                 self.metrics.records_appended.inc();
                 self.metrics.bytes_appended.inc_by(payload.len() as u64);
@@ -127,27 +179,45 @@ impl Bus for KafkaBus {
             }
             Err((error, _)) => {
                 self.metrics.append_failures.inc();
-                Err(BusError::Storage(format!("failed to produce to kafka: {error}")))
+                Err(BusError::Storage(format!(
+                    "failed to produce to kafka: {error}"
+                )))
             }
         }
     }
 
-    async fn subscribe(&self, group: &str) -> Result<Box<dyn Consumer>, BusError> {
-        let consumer: StreamConsumer = client_config(&self.settings)
-            .set("group.id", format!("{}-{group}", self.settings.group_prefix))
+    async fn subscribe(&self, group: &str, member: &str) -> Result<Box<dyn Consumer>, BusError> {
+        let group_id = format!("{}-{group}", self.settings.group_prefix);
+        let stint_producer: BaseProducer = client_config(&self.settings)
+            .set("acks", "all")
+            .set("message.timeout.ms", "10000")
+            .create()
+            .map_err(storage(
+                "failed to create a kafka producer for the stint log",
+            ))?;
+        let ownership = Arc::new(Ownership {
+            topic: self.settings.topic.clone(),
+            stints_topic: stints_topic(&self.settings.topic),
+            group: group_id.clone(),
+            member: member.to_owned(),
+            settings: Arc::clone(&self.settings),
+            producer: stint_producer,
+            state: Mutex::new(OwnershipState::default()),
+        });
+        let consumer: StreamConsumer<GroupContext> = client_config(&self.settings)
+            .set("group.id", &group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .create()
+            .set("partition.assignment.strategy", "roundrobin")
+            .create_with_context(GroupContext(Arc::clone(&ownership)))
             .map_err(storage("failed to create a kafka consumer"))?;
-        let mut kafka_consumer = KafkaConsumer {
-            consumer: Some(consumer),
-            topic: self.settings.topic.clone(),
-            partitions: Arc::clone(&self.partitions),
-        };
-        kafka_consumer.assign(&Positions::default())?;
-        Ok(Box::new(kafka_consumer))
+        Ok(Box::new(KafkaConsumer {
+            consumer: Some(Arc::new(consumer)),
+            ownership,
+            subscribed: false,
+        }))
     }
 
     fn kind(&self) -> &'static str {
@@ -155,33 +225,336 @@ impl Bus for KafkaBus {
     }
 }
 
-struct KafkaConsumer {
-    consumer: Option<StreamConsumer>,
+/// The single-partition topic where members record the offset at which they took over a
+/// partition (see the module documentation).
+fn stints_topic(topic: &str) -> String {
+    format!("{topic}-stints")
+}
+
+/// A member's record of taking over a partition: it reads `partition` from `start` on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stint {
+    group: String,
+    partition: i32,
+    member: String,
+    start: u64,
+}
+
+#[derive(Default)]
+struct OwnershipState {
+    /// Positions of the member's durable data (from `seek` and every `checkpoint`).
+    durable: Positions,
+    /// Partitions assigned now.
+    assigned: BTreeSet<i32>,
+    /// Partitions this member has been assigned since it started.
+    held: BTreeSet<i32>,
+    /// Events raised by rebalances, delivered before the next records.
+    events: Vec<BusEvent>,
+    /// An assignment could not be prepared: leave and rejoin the group.
+    rejoin: bool,
+}
+
+/// What the rebalance callbacks need: shared by the consumer and its context.
+struct Ownership {
     topic: String,
-    partitions: Arc<Vec<i32>>,
+    stints_topic: String,
+    group: String,
+    member: String,
+    settings: Arc<RawKafkaConfig>,
+    producer: BaseProducer,
+    state: Mutex<OwnershipState>,
+}
+
+fn offset_value(offset: Offset) -> Option<u64> {
+    match offset {
+        Offset::Offset(value) => u64::try_from(value).ok(),
+        _ => None,
+    }
+}
+
+fn partition_key(partition: i32) -> Partition {
+    u32::try_from(partition).unwrap_or_default()
+}
+
+impl Ownership {
+    fn state(&self) -> std::sync::MutexGuard<'_, OwnershipState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads this group's stints, in log order.
+    fn read_stints(&self) -> Result<Vec<Stint>, BusError> {
+        let reader: BaseConsumer = client_config(&self.settings)
+            .set("group.id", format!("{}-stint-reader", self.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(storage("failed to create the stint log reader"))?;
+        let (low, high) = reader
+            .fetch_watermarks(&self.stints_topic, 0, Duration::from_secs(10))
+            .map_err(storage("failed to read the stint log watermarks"))?;
+        let mut stints = Vec::new();
+        if high <= low {
+            return Ok(stints);
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.stints_topic, 0, Offset::Offset(low))
+            .map_err(storage("failed to build the stint log assignment"))?;
+        reader
+            .assign(&list)
+            .map_err(storage("failed to assign the stint log"))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut next = low;
+        while next < high {
+            if std::time::Instant::now() > deadline {
+                return Err(BusError::Unavailable(format!(
+                    "timed out reading the stint log at offset {next} of {high}"
+                )));
+            }
+            match reader.poll(Duration::from_millis(500)) {
+                Some(Ok(message)) => {
+                    next = message.offset() + 1;
+                    if let Some(stint) = message
+                        .payload()
+                        .and_then(|payload| serde_json::from_slice::<Stint>(payload).ok())
+                        .filter(|stint| stint.group == self.group)
+                    {
+                        stints.push(stint);
+                    }
+                }
+                Some(Err(error)) => {
+                    return Err(BusError::Unavailable(format!(
+                        "failed to read the stint log: {error}"
+                    )));
+                }
+                None => {}
+            }
+        }
+        // Closing can block; the reader is small, so close it off this thread.
+        let _ = std::thread::Builder::new()
+            .name("sluice-kafka-close".to_owned())
+            .spawn(move || drop(reader));
+        Ok(stints)
+    }
+
+    fn write_stints(&self, stints: &[Stint]) -> Result<(), BusError> {
+        for stint in stints {
+            let payload =
+                serde_json::to_vec(stint).map_err(|error| BusError::Storage(format!("{error}")))?;
+            let key = format!("{}/{}", stint.group, stint.partition);
+            self.producer
+                .send(
+                    BaseRecord::to(&self.stints_topic)
+                        .key(&key)
+                        .payload(&payload),
+                )
+                .map_err(|(error, _)| {
+                    BusError::Storage(format!("failed to write the stint log: {error}"))
+                })?;
+        }
+        self.producer
+            .flush(Duration::from_secs(10))
+            .map_err(storage("failed to write the stint log"))
+    }
+
+    /// Chooses where each newly assigned partition starts, records the stints, and raises
+    /// rewinds for whatever of this member's data another member holds or will read.
+    fn prepare_assignment(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        offered: &TopicPartitionList,
+    ) -> Result<TopicPartitionList, BusError> {
+        let assigned: BTreeSet<i32> = offered
+            .elements()
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        let (durable, held) = {
+            let state = self.state();
+            (state.durable.clone(), state.held.clone())
+        };
+        let mut concerned: BTreeSet<i32> = assigned.clone();
+        concerned.extend(held.iter().copied());
+        concerned.extend(
+            durable
+                .0
+                .iter()
+                .filter(|(_, next)| **next > 0)
+                .filter_map(|(partition, _)| i32::try_from(*partition).ok()),
+        );
+
+        let mut query = TopicPartitionList::new();
+        for partition in &concerned {
+            query.add_partition(&self.topic, *partition);
+        }
+        let committed = consumer
+            .committed_offsets(query, Duration::from_secs(10))
+            .map_err(storage("failed to read the group's committed offsets"))?;
+        let committed_at = |partition: i32| {
+            committed
+                .find_partition(&self.topic, partition)
+                .and_then(|element| offset_value(element.offset()))
+        };
+        let stints = self.read_stints()?;
+
+        let mut assignment = TopicPartitionList::new();
+        let mut new_stints = Vec::new();
+        let mut rewinds = Vec::new();
+        for partition in concerned {
+            let data = durable.next_offset(partition_key(partition));
+            // The first stint of another member after this member's latest one.
+            let mut taken_over_at = None;
+            let mut my_start = None;
+            for stint in stints.iter().filter(|stint| stint.partition == partition) {
+                if stint.member == self.member {
+                    taken_over_at = None;
+                    my_start = Some(stint.start);
+                } else if taken_over_at.is_none() {
+                    taken_over_at = Some(stint.start);
+                }
+            }
+            let group_offset = committed_at(partition);
+            if assigned.contains(&partition) {
+                let start = match taken_over_at {
+                    Some(other) => {
+                        rewinds.push(BusEvent::Rewind {
+                            partition: partition_key(partition),
+                            to: other.min(data),
+                        });
+                        group_offset.unwrap_or(other)
+                    }
+                    None => data.max(group_offset.unwrap_or(0)),
+                };
+                assignment
+                    .add_partition_offset(
+                        &self.topic,
+                        partition,
+                        Offset::Offset(i64::try_from(start).unwrap_or(i64::MAX)),
+                    )
+                    .map_err(storage("failed to build a kafka assignment"))?;
+                new_stints.push(Stint {
+                    group: self.group.clone(),
+                    partition,
+                    member: self.member.clone(),
+                    start,
+                });
+            } else {
+                // Another member reads this partition now: from where it took over, or (when it
+                // has not recorded that yet) from the group's offset.
+                let to = taken_over_at.or(group_offset).or(my_start).unwrap_or(0);
+                rewinds.push(BusEvent::Rewind {
+                    partition: partition_key(partition),
+                    to,
+                });
+            }
+        }
+        self.write_stints(&new_stints)?;
+        let mut state = self.state();
+        state.assigned = assigned.clone();
+        state.held.extend(assigned.iter().copied());
+        state.events.extend(rewinds);
+        info!(group = %self.group, member = %self.member, partitions = ?assigned, "kafka partitions assigned");
+        Ok(assignment)
+    }
+
+    /// Before partitions go to another member: commit what is durable of them.
+    fn commit_revoked(&self, consumer: &BaseConsumer<GroupContext>, revoked: &TopicPartitionList) {
+        let durable = self.state().durable.clone();
+        let mut list = TopicPartitionList::new();
+        for element in revoked.elements() {
+            let next = durable.next_offset(partition_key(element.partition()));
+            if next > 0 {
+                let _ = list.add_partition_offset(
+                    &self.topic,
+                    element.partition(),
+                    Offset::Offset(i64::try_from(next).unwrap_or(i64::MAX)),
+                );
+            }
+        }
+        if list.count() > 0
+            && let Err(error) = consumer.commit(&list, CommitMode::Sync)
+        {
+            warn!(error = %error, group = %self.group, "failed to commit offsets of revoked partitions; their new owner re-reads them");
+        }
+        let mut state = self.state();
+        state.assigned.clear();
+        info!(group = %self.group, member = %self.member, "kafka partitions revoked");
+    }
+}
+
+/// The consumer context: runs the group's rebalances through [`Ownership`].
+struct GroupContext(Arc<Ownership>);
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        error: RDKafkaRespErr,
+        offered: &mut TopicPartitionList,
+    ) {
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                match self.0.prepare_assignment(consumer, offered) {
+                    Ok(assignment) => {
+                        if let Err(error) = consumer.assign(&assignment) {
+                            warn!(error = %error, "failed to assign kafka partitions; rejoining the group");
+                            self.0.state().rejoin = true;
+                        }
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "failed to prepare a kafka assignment; rejoining the group");
+                        let _ = consumer.unassign();
+                        self.0.state().rejoin = true;
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.0.commit_revoked(consumer, offered);
+                let _ = consumer.unassign();
+            }
+            other => {
+                warn!(error = ?other, "kafka rebalance failed");
+                let _ = consumer.unassign();
+                self.0.state().assigned.clear();
+            }
+        }
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Option<Arc<StreamConsumer<GroupContext>>>,
+    ownership: Arc<Ownership>,
+    subscribed: bool,
 }
 
 impl KafkaConsumer {
-    fn consumer(&self) -> Result<&StreamConsumer, BusError> {
+    fn consumer(&self) -> Result<&Arc<StreamConsumer<GroupContext>>, BusError> {
         self.consumer
             .as_ref()
             .ok_or_else(|| BusError::Unavailable("kafka consumer closed".to_owned()))
     }
 
-    /// Assigns every partition: at `positions` where given, else at the group's offset.
-    fn assign(&mut self, positions: &Positions) -> Result<(), BusError> {
-        let mut list = TopicPartitionList::new();
-        for partition in self.partitions.iter() {
-            let offset = match u32::try_from(*partition).ok().and_then(|index| positions.0.get(&index)) {
-                Some(next) => Offset::Offset(i64::try_from(*next).unwrap_or(i64::MAX)),
-                None => Offset::Stored,
-            };
-            list.add_partition_offset(&self.topic, *partition, offset)
-                .map_err(storage("failed to build a kafka assignment"))?;
+    fn subscribe_if_needed(&mut self) -> Result<(), BusError> {
+        let rejoin = std::mem::take(&mut self.ownership.state().rejoin);
+        let consumer = Arc::clone(self.consumer()?);
+        if rejoin {
+            consumer.unsubscribe();
+            self.subscribed = false;
         }
-        self.consumer()?
-            .assign(&list)
-            .map_err(storage("failed to assign kafka partitions"))
+        if !self.subscribed {
+            consumer
+                .subscribe(&[self.ownership.topic.as_str()])
+                .map_err(storage("failed to subscribe to the kafka topic"))?;
+            self.subscribed = true;
+        }
+        Ok(())
+    }
+
+    fn take_events(&self, into: &mut Vec<BusEvent>) {
+        into.append(&mut self.ownership.state().events);
     }
 }
 
@@ -196,42 +569,85 @@ fn record(message: &rdkafka::message::BorrowedMessage<'_>) -> BusRecord {
 #[async_trait]
 impl Consumer for KafkaConsumer {
     async fn seek(&mut self, positions: &Positions) -> Result<(), BusError> {
-        self.assign(positions)
+        self.ownership.state().durable = positions.clone();
+        Ok(())
     }
 
-    async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<BusRecord>, BusError> {
-        let consumer = self.consumer()?;
-        let mut records = Vec::new();
+    async fn poll(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<BusEvent>, BusError> {
+        self.subscribe_if_needed()?;
+        let mut events = Vec::new();
+        self.take_events(&mut events);
+        if !events.is_empty() {
+            return Ok(events);
+        }
+        let consumer = Arc::clone(self.consumer()?);
+        // Rebalances run inside `recv`; their events come before the records that follow.
         match tokio::time::timeout(max_wait, consumer.recv()).await {
-            Err(_elapsed) => return Ok(records),
-            Ok(Err(error)) => return Err(BusError::Unavailable(format!("failed to read kafka: {error}"))),
-            Ok(Ok(message)) => records.push(record(&message)),
+            Err(_elapsed) => {
+                self.take_events(&mut events);
+                return Ok(events);
+            }
+            Ok(Err(error)) => {
+                return Err(BusError::Unavailable(format!(
+                    "failed to read kafka: {error}"
+                )));
+            }
+            Ok(Ok(message)) => {
+                self.take_events(&mut events);
+                events.push(BusEvent::Record(record(&message)));
+            }
         }
         // Take what is already fetched, without waiting for more.
-        while records.len() < max_records {
+        let mut records = 1;
+        while records < max_records {
             match tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
-                Ok(Ok(message)) => records.push(record(&message)),
+                Ok(Ok(message)) => {
+                    self.take_events(&mut events);
+                    events.push(BusEvent::Record(record(&message)));
+                    records += 1;
+                }
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        Ok(records)
+        self.take_events(&mut events);
+        Ok(events)
     }
 
     async fn checkpoint(&mut self, positions: &Positions) -> Result<(), BusError> {
+        let assigned = {
+            let mut state = self.ownership.state();
+            for (partition, next) in &positions.0 {
+                state.durable.0.insert(*partition, *next);
+            }
+            state.assigned.clone()
+        };
         let mut list = TopicPartitionList::new();
         for (partition, next) in &positions.0 {
-            list.add_partition_offset(
-                &self.topic,
-                i32::try_from(*partition).unwrap_or(i32::MAX),
-                Offset::Offset(i64::try_from(*next).unwrap_or(i64::MAX)),
-            )
-            .map_err(storage("failed to build a kafka commit"))?;
+            let Ok(partition) = i32::try_from(*partition) else {
+                continue;
+            };
+            // Only the owner commits a partition: a member that lost it must not move the
+            // offset its new owner works from.
+            if assigned.contains(&partition) && *next > 0 {
+                list.add_partition_offset(
+                    &self.ownership.topic,
+                    partition,
+                    Offset::Offset(i64::try_from(*next).unwrap_or(i64::MAX)),
+                )
+                .map_err(storage("failed to build a kafka commit"))?;
+            }
         }
         if list.count() == 0 {
             return Ok(());
         }
-        self.consumer()?
-            .commit(&list, CommitMode::Async)
+        let consumer = Arc::clone(self.consumer()?);
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|error| BusError::Unavailable(format!("commit task failed: {error}")))?
             .map_err(storage("failed to commit kafka offsets"))
     }
 }

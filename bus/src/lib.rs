@@ -57,7 +57,9 @@ impl Positions {
 
     /// Parses [`Positions::to_json`].
     pub fn from_json(text: &str) -> Result<Positions, SluiceError> {
-        serde_json::from_str(text).map_err(|error| SluiceError::internal(format!("invalid bus positions {text:?}: {error}")))
+        serde_json::from_str(text).map_err(|error| {
+            SluiceError::internal(format!("invalid bus positions {text:?}: {error}"))
+        })
     }
 
     /// For each partition, the smaller of the two positions (a partition missing in either
@@ -65,7 +67,11 @@ impl Positions {
     pub fn min(&self, other: &Positions) -> Positions {
         let mut merged = BTreeMap::new();
         for partition in self.0.keys().chain(other.0.keys()) {
-            merged.insert(*partition, self.next_offset(*partition).min(other.next_offset(*partition)));
+            merged.insert(
+                *partition,
+                self.next_offset(*partition)
+                    .min(other.next_offset(*partition)),
+            );
         }
         Positions(merged)
     }
@@ -80,6 +86,23 @@ pub struct BusRecord {
     pub offset: u64,
     /// The encoded `AgentBatch`.
     pub payload: Bytes,
+}
+
+/// What a consumer reads: records, and instructions that come from changes of ownership.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// A record to process.
+    Record(BusRecord),
+    /// Partition ownership moved (group rebalancing): the consumer must drop whatever it
+    /// holds of `partition` at offsets `to` and later, durable or not, because another member
+    /// of the group holds (or will read) those records. Records of the partition that arrive
+    /// after this event start at `to` or later.
+    Rewind {
+        /// The partition.
+        partition: Partition,
+        /// The first offset to drop.
+        to: u64,
+    },
 }
 
 /// Errors of the bus.
@@ -119,8 +142,10 @@ pub trait Bus: Send + Sync + 'static {
     /// one key keep their order). Returns once the record survives a process crash.
     async fn append(&self, key: &str, payload: Bytes) -> Result<(), BusError>;
 
-    /// Opens a consumer for `group`. Each group sees every record.
-    async fn subscribe(&self, group: &str) -> Result<Box<dyn Consumer>, BusError>;
+    /// Opens a consumer for `group`. Each group sees every record; the members of one group
+    /// share the partitions. `member` names this member durably (it survives restarts with
+    /// the member's data): the bus uses it to tell a member's own earlier work from another's.
+    async fn subscribe(&self, group: &str, member: &str) -> Result<Box<dyn Consumer>, BusError>;
 
     /// A short name for logs and metrics: `wal` or `kafka`.
     fn kind(&self) -> &'static str;
@@ -129,14 +154,21 @@ pub trait Bus: Send + Sync + 'static {
 /// Reads a bus on behalf of one consumer group.
 #[async_trait]
 pub trait Consumer: Send {
-    /// Continues reading from `positions` (partitions not named start at their beginning).
+    /// Tells the consumer the positions held by the member's durable data. Reading continues
+    /// from there (partitions not named start at the group's committed offset, else at their
+    /// beginning); with several members, the bus decides which partitions this one reads.
     async fn seek(&mut self, positions: &Positions) -> Result<(), BusError>;
 
-    /// Returns up to `max_records` records, waiting up to `max_wait` for the first one; an empty
-    /// answer means nothing arrived in time.
-    async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<BusRecord>, BusError>;
+    /// Returns up to `max_records` events in order, waiting up to `max_wait` for the first; an
+    /// empty answer means nothing arrived in time.
+    async fn poll(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<BusEvent>, BusError>;
 
-    /// Everything before `positions` is durable downstream; the bus may release it.
+    /// Everything before `positions` is durable downstream; the bus may release it (and
+    /// Kafka commits it as the group's offset for the partitions this member owns).
     async fn checkpoint(&mut self, positions: &Positions) -> Result<(), BusError>;
 }
 
@@ -166,6 +198,9 @@ mod tests {
         let parsed = Positions::from_json(&positions.to_json()).expect("round trip");
         assert_eq!(parsed, positions);
         let other = Positions([(0, 3), (1, 7)].into_iter().collect());
-        assert_eq!(positions.min(&other), Positions([(0, 3), (1, 0), (3, 0)].into_iter().collect()));
+        assert_eq!(
+            positions.min(&other),
+            Positions([(0, 3), (1, 0), (3, 0)].into_iter().collect())
+        );
     }
 }

@@ -42,7 +42,11 @@ impl BusMetrics {
                 "Appends that failed and were not acknowledged",
                 Counter::default(),
             ),
-            wal_disk_bytes: telemetry.register("sluice_bus_wal_disk_bytes", "Bytes the WAL occupies on disk", Gauge::default()),
+            wal_disk_bytes: telemetry.register(
+                "sluice_bus_wal_disk_bytes",
+                "Bytes the WAL occupies on disk",
+                Gauge::default(),
+            ),
             consumer_lag_records: telemetry.register(
                 "sluice_bus_consumer_lag_records",
                 "Records appended but not yet checkpointed by a consumer group",

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 use crate::metrics::BusMetrics;
-use crate::{Bus, BusError, BusRecord, Consumer, Positions};
+use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Positions};
 
 const QUEUE: &str = "envelopes";
 const PARTITION: u32 = 0;
@@ -50,31 +50,49 @@ impl WalBus {
         let records_dir = dir.join("records");
         tokio::fs::create_dir_all(&records_dir)
             .await
-            .map_err(|error| BusError::Storage(format!("failed to create wal directory {}: {error}", records_dir.display())))?;
-        let mut log = MultiRecordLog::open(&records_dir)
-            .await
-            .map_err(|error| BusError::Storage(format!("failed to open wal at {}: {error}", records_dir.display())))?;
+            .map_err(|error| {
+                BusError::Storage(format!(
+                    "failed to create wal directory {}: {error}",
+                    records_dir.display()
+                ))
+            })?;
+        let mut log = MultiRecordLog::open(&records_dir).await.map_err(|error| {
+            BusError::Storage(format!(
+                "failed to open wal at {}: {error}",
+                records_dir.display()
+            ))
+        })?;
         if !log.queue_exists(QUEUE) {
-            log.create_queue(QUEUE)
-                .await
-                .map_err(|error| BusError::Storage(format!("failed to create wal queue: {error}")))?;
+            log.create_queue(QUEUE).await.map_err(|error| {
+                BusError::Storage(format!("failed to create wal queue: {error}"))
+            })?;
         }
         let groups_path = dir.join("groups.json");
         let groups: BTreeMap<String, u64> = match tokio::fs::read_to_string(&groups_path).await {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|error| BusError::Storage(format!("invalid {}: {error}", groups_path.display())))?,
+            Ok(text) => serde_json::from_str(&text).map_err(|error| {
+                BusError::Storage(format!("invalid {}: {error}", groups_path.display()))
+            })?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(error) => return Err(BusError::Storage(format!("failed to read {}: {error}", groups_path.display()))),
+            Err(error) => {
+                return Err(BusError::Storage(format!(
+                    "failed to read {}: {error}",
+                    groups_path.display()
+                )));
+            }
         };
         let last_offset = log
             .range(QUEUE, ..)
             .map_err(|error| BusError::Storage(format!("{error:?}")))?
             .last()
             .map(|(offset, _)| offset + 1);
-        let next_offset = last_offset.unwrap_or(0).max(groups.values().copied().max().unwrap_or(0));
+        let next_offset = last_offset
+            .unwrap_or(0)
+            .max(groups.values().copied().max().unwrap_or(0));
         metrics.wal_disk_bytes.set(log.on_disk_size() as i64);
         for (group, checkpoint) in &groups {
-            metrics.lag(group).set(next_offset.saturating_sub(*checkpoint) as i64);
+            metrics
+                .lag(group)
+                .set(next_offset.saturating_sub(*checkpoint) as i64);
         }
         info!(dir = %dir.display(), next_offset, groups = groups.len(), "wal opened");
         let (appended, _) = watch::channel(next_offset);
@@ -103,7 +121,10 @@ impl Bus for WalBus {
         let result = log.append_record(QUEUE, None, payload).await;
         match result {
             Ok(Some(offset)) => {
-                self.shared.metrics.wal_disk_bytes.set(log.on_disk_size() as i64);
+                self.shared
+                    .metrics
+                    .wal_disk_bytes
+                    .set(log.on_disk_size() as i64);
                 drop(log);
                 self.shared.metrics.records_appended.inc();
                 self.shared.metrics.bytes_appended.inc_by(length);
@@ -113,12 +134,14 @@ impl Bus for WalBus {
             Ok(None) => Err(BusError::Invalid("empty record".to_owned())),
             Err(error) => {
                 self.shared.metrics.append_failures.inc();
-                Err(BusError::Storage(format!("failed to append to wal: {error}")))
+                Err(BusError::Storage(format!(
+                    "failed to append to wal: {error}"
+                )))
             }
         }
     }
 
-    async fn subscribe(&self, group: &str) -> Result<Box<dyn Consumer>, BusError> {
+    async fn subscribe(&self, group: &str, _member: &str) -> Result<Box<dyn Consumer>, BusError> {
         let mut groups = self.shared.groups.lock().await;
         if !groups.contains_key(group) {
             // A new group holds back everything still in the log from now on.
@@ -162,7 +185,11 @@ impl Consumer for WalConsumer {
         Ok(())
     }
 
-    async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<BusRecord>, BusError> {
+    async fn poll(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<BusEvent>, BusError> {
         let deadline = tokio::time::Instant::now() + max_wait;
         loop {
             // Mark the current append count as seen *before* reading, so an append that lands
@@ -194,7 +221,7 @@ impl Consumer for WalConsumer {
                     );
                 }
                 self.next_offset = last.offset + 1;
-                return Ok(records);
+                return Ok(records.into_iter().map(BusEvent::Record).collect());
             }
             match tokio::time::timeout_at(deadline, self.appended.changed()).await {
                 Ok(Ok(())) => continue,
@@ -222,7 +249,10 @@ impl Consumer for WalConsumer {
             log.truncate(QUEUE, releasable - 1)
                 .await
                 .map_err(|error| BusError::Storage(format!("failed to truncate wal: {error}")))?;
-            self.shared.metrics.wal_disk_bytes.set(log.on_disk_size() as i64);
+            self.shared
+                .metrics
+                .wal_disk_bytes
+                .set(log.on_disk_size() as i64);
         }
         Ok(())
     }
@@ -230,7 +260,8 @@ impl Consumer for WalConsumer {
 
 /// Writes the group checkpoints atomically: temporary file, fsync, rename.
 async fn write_groups(path: &Path, groups: &BTreeMap<String, u64>) -> Result<(), BusError> {
-    let text = serde_json::to_vec(groups).map_err(|error| BusError::Storage(format!("{error:?}")))?;
+    let text =
+        serde_json::to_vec(groups).map_err(|error| BusError::Storage(format!("{error:?}")))?;
     let temporary = path.with_extension("json.tmp");
     let write = async {
         let mut file = tokio::fs::File::create(&temporary).await?;
@@ -249,11 +280,22 @@ mod tests {
     use sluice_common::telemetry::Telemetry;
 
     async fn open(dir: &Path) -> WalBus {
-        WalBus::open(dir, BusMetrics::register(&Telemetry::new())).await.expect("open wal")
+        WalBus::open(dir, BusMetrics::register(&Telemetry::new()))
+            .await
+            .expect("open wal")
     }
 
     async fn poll_all(consumer: &mut Box<dyn Consumer>) -> Vec<BusRecord> {
-        consumer.poll(1_000, Duration::from_millis(50)).await.expect("poll")
+        consumer
+            .poll(1_000, Duration::from_millis(50))
+            .await
+            .expect("poll")
+            .into_iter()
+            .map(|event| match event {
+                BusEvent::Record(record) => record,
+                BusEvent::Rewind { .. } => panic!("the wal never rewinds"),
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -261,13 +303,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         {
             let bus = open(dir.path()).await;
-            let _consumer = bus.subscribe("indexer").await.expect("subscribe");
+            let _consumer = bus.subscribe("indexer", "test").await.expect("subscribe");
             for index in 0..10 {
-                bus.append("key", Bytes::from(format!("record {index}"))).await.expect("append");
+                bus.append("key", Bytes::from(format!("record {index}")))
+                    .await
+                    .expect("append");
             }
         }
         let bus = open(dir.path()).await;
-        let mut consumer = bus.subscribe("indexer").await.expect("subscribe");
+        let mut consumer = bus.subscribe("indexer", "test").await.expect("subscribe");
         let records = poll_all(&mut consumer).await;
         assert_eq!(records.len(), 10);
         assert_eq!(records[3].offset, 3);
@@ -278,20 +322,33 @@ mod tests {
     async fn a_waiting_consumer_wakes_on_append_and_seek_resumes_exactly() {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = open(dir.path()).await;
-        let mut consumer = bus.subscribe("retention").await.expect("subscribe");
+        let mut consumer = bus.subscribe("retention", "test").await.expect("subscribe");
         assert!(poll_all(&mut consumer).await.is_empty());
         let writer = bus.clone();
         let waiter = tokio::spawn(async move { consumer.poll(10, Duration::from_secs(10)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        writer.append("key", Bytes::from_static(b"a")).await.expect("append");
+        writer
+            .append("key", Bytes::from_static(b"a"))
+            .await
+            .expect("append");
         let records = waiter.await.expect("join").expect("poll");
         assert_eq!(records.len(), 1);
         for _ in 0..4 {
-            writer.append("key", Bytes::from_static(b"b")).await.expect("append");
+            writer
+                .append("key", Bytes::from_static(b"b"))
+                .await
+                .expect("append");
         }
-        let mut again = bus.subscribe("retention").await.expect("subscribe");
-        again.seek(&Positions([(0, 3)].into_iter().collect())).await.expect("seek");
-        let offsets: Vec<u64> = poll_all(&mut again).await.iter().map(|record| record.offset).collect();
+        let mut again = bus.subscribe("retention", "test").await.expect("subscribe");
+        again
+            .seek(&Positions([(0, 3)].into_iter().collect()))
+            .await
+            .expect("seek");
+        let offsets: Vec<u64> = poll_all(&mut again)
+            .await
+            .iter()
+            .map(|record| record.offset)
+            .collect();
         assert_eq!(offsets, vec![3, 4]);
     }
 
@@ -299,21 +356,33 @@ mod tests {
     async fn records_are_released_only_after_every_group_checkpointed() {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = open(dir.path()).await;
-        let mut indexer = bus.subscribe("indexer").await.expect("subscribe");
-        let mut retention = bus.subscribe("retention").await.expect("subscribe");
+        let mut indexer = bus.subscribe("indexer", "test").await.expect("subscribe");
+        let mut retention = bus.subscribe("retention", "test").await.expect("subscribe");
         for _ in 0..6 {
-            bus.append("key", Bytes::from_static(b"x")).await.expect("append");
+            bus.append("key", Bytes::from_static(b"x"))
+                .await
+                .expect("append");
         }
-        indexer.checkpoint(&Positions([(0, 6)].into_iter().collect())).await.expect("checkpoint");
+        indexer
+            .checkpoint(&Positions([(0, 6)].into_iter().collect()))
+            .await
+            .expect("checkpoint");
         // Retention has not checkpointed: a fresh reader still sees everything.
-        let mut late = bus.subscribe("retention").await.expect("subscribe");
+        let mut late = bus.subscribe("retention", "test").await.expect("subscribe");
         assert_eq!(poll_all(&mut late).await.len(), 6);
-        retention.checkpoint(&Positions([(0, 4)].into_iter().collect())).await.expect("checkpoint");
+        retention
+            .checkpoint(&Positions([(0, 4)].into_iter().collect()))
+            .await
+            .expect("checkpoint");
         drop((bus, indexer, retention, late));
         // After a restart, the released records are gone and the checkpoints remain.
         let bus = open(dir.path()).await;
-        let mut reader = bus.subscribe("retention").await.expect("subscribe");
-        let offsets: Vec<u64> = poll_all(&mut reader).await.iter().map(|record| record.offset).collect();
+        let mut reader = bus.subscribe("retention", "test").await.expect("subscribe");
+        let offsets: Vec<u64> = poll_all(&mut reader)
+            .await
+            .iter()
+            .map(|record| record.offset)
+            .collect();
         assert_eq!(offsets, vec![4, 5]);
     }
 }

@@ -228,6 +228,9 @@ pub struct RawIndexerConfig {
     /// An hour's writer is closed after this long without new documents.
     #[serde(default = "default_idle_writer")]
     pub close_idle_writer_after: String,
+    /// Where the indexer serves `sluice.v1.IndexSearch` (gRPC, mutual TLS) to query APIs in
+    /// other processes; unset means no search service (`sluice up` searches in process).
+    pub listen: Option<SocketAddr>,
 }
 
 fn default_commit_interval() -> String {
@@ -289,7 +292,10 @@ impl std::fmt::Debug for RawS3Config {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("allow_http", &self.allow_http)
             .field("virtual_hosted_style", &self.virtual_hosted_style)
             .finish()
@@ -322,6 +328,14 @@ pub struct RawQueryApiConfig {
     /// Rows an SQL answer may hold before it is cut (the answer says so).
     #[serde(default = "default_max_sql_rows")]
     pub max_sql_rows: usize,
+    /// Indexers to search, as `host:port` of their search service. Empty means the index
+    /// directory of this process's indexer (`indexer.dir`).
+    #[serde(default)]
+    pub indexers: Vec<String>,
+    /// How long a search waits for each indexer; one that has not answered by then is named
+    /// in the answer as unavailable.
+    #[serde(default = "default_indexer_timeout")]
+    pub indexer_timeout: String,
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -336,6 +350,9 @@ fn default_max_search_limit() -> usize {
 fn default_max_sql_rows() -> usize {
     100_000
 }
+fn default_indexer_timeout() -> String {
+    "10s".to_owned()
+}
 
 macro_rules! default_from_empty_table {
     ($($name:ident),*) => {$(
@@ -346,7 +363,16 @@ macro_rules! default_from_empty_table {
         }
     )*};
 }
-default_from_empty_table!(RawBusConfig, RawKafkaConfig, RawTlsConfig, RawAgentConfig, RawDopplerConfig, RawIndexerConfig, RawRetentionConfig, RawQueryApiConfig);
+default_from_empty_table!(
+    RawBusConfig,
+    RawKafkaConfig,
+    RawTlsConfig,
+    RawAgentConfig,
+    RawDopplerConfig,
+    RawIndexerConfig,
+    RawRetentionConfig,
+    RawQueryApiConfig
+);
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -428,6 +454,8 @@ pub struct IndexerConfig {
     pub writer_memory_bytes: usize,
     /// Idle time after which an hour's writer is closed.
     pub close_idle_writer_after: Duration,
+    /// Search service address, if served.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Where the archive lives.
@@ -470,19 +498,29 @@ pub struct QueryApiConfig {
     pub max_search_limit: usize,
     /// Largest SQL answer.
     pub max_sql_rows: usize,
+    /// Remote indexers' search services; empty means the local index directory.
+    pub indexers: Vec<String>,
+    /// Per-indexer search deadline.
+    pub indexer_timeout: Duration,
 }
 
 impl RawConfig {
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<RawConfig, SluiceError> {
-        toml::from_str(text).map_err(|error| SluiceError::invalid(format!("invalid configuration: {error}")))
+        toml::from_str(text)
+            .map_err(|error| SluiceError::invalid(format!("invalid configuration: {error}")))
     }
 
     /// Reads and parses a TOML file.
     pub fn from_file(path: &Path) -> Result<RawConfig, SluiceError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| SluiceError::invalid(format!("failed to read configuration {}: {error}", path.display())))?;
-        RawConfig::from_toml(&text).map_err(|error| SluiceError::invalid(format!("{}: {error}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            SluiceError::invalid(format!(
+                "failed to read configuration {}: {error}",
+                path.display()
+            ))
+        })?;
+        RawConfig::from_toml(&text)
+            .map_err(|error| SluiceError::invalid(format!("{}: {error}", path.display())))
     }
 
     /// Checks every field and resolves defaults that depend on `data_dir`.
@@ -490,7 +528,9 @@ impl RawConfig {
         let data_dir = self.data_dir;
         let tls = match (self.tls.ca_cert, self.tls.cert, self.tls.key) {
             (None, None, None) => None,
-            (Some(ca_cert), Some(cert), Some(key)) => Some(crate::tls::TlsPaths { ca_cert, cert, key }),
+            (Some(ca_cert), Some(cert), Some(key)) => {
+                Some(crate::tls::TlsPaths { ca_cert, cert, key })
+            }
             _ => {
                 return Err(SluiceError::invalid(
                     "tls: set all of ca_cert, cert and key, or none of them to use the local CA",
@@ -499,11 +539,23 @@ impl RawConfig {
         };
         positive("agent.flush_envelopes", self.agent.flush_envelopes)?;
         positive("agent.max_envelope_bytes", self.agent.max_envelope_bytes)?;
-        positive("agent.max_in_flight_batches", self.agent.max_in_flight_batches)?;
-        positive("agent.max_pending_envelopes", self.agent.max_pending_envelopes)?;
-        positive("doppler.subscriber_buffer_batches", self.doppler.subscriber_buffer_batches)?;
+        positive(
+            "agent.max_in_flight_batches",
+            self.agent.max_in_flight_batches,
+        )?;
+        positive(
+            "agent.max_pending_envelopes",
+            self.agent.max_pending_envelopes,
+        )?;
+        positive(
+            "doppler.subscriber_buffer_batches",
+            self.doppler.subscriber_buffer_batches,
+        )?;
         positive("retention.flush_rows", self.retention.flush_rows)?;
-        positive("query_api.max_search_limit", self.query_api.max_search_limit)?;
+        positive(
+            "query_api.max_search_limit",
+            self.query_api.max_search_limit,
+        )?;
         positive("query_api.max_sql_rows", self.query_api.max_sql_rows)?;
         if self.agent.max_message_bytes < self.agent.max_envelope_bytes {
             return Err(SluiceError::invalid(
@@ -511,7 +563,9 @@ impl RawConfig {
             ));
         }
         if self.agent.dopplers.is_empty() {
-            return Err(SluiceError::invalid("agent.dopplers: name at least one doppler"));
+            return Err(SluiceError::invalid(
+                "agent.dopplers: name at least one doppler",
+            ));
         }
         if self.indexer.writer_memory_bytes < 15_000_000 {
             return Err(SluiceError::invalid(
@@ -519,7 +573,9 @@ impl RawConfig {
             ));
         }
         if !(1..=22).contains(&self.retention.zstd_level) {
-            return Err(SluiceError::invalid("retention.zstd_level: must be between 1 and 22"));
+            return Err(SluiceError::invalid(
+                "retention.zstd_level: must be between 1 and 22",
+            ));
         }
         let bus = match self.bus.kind.as_str() {
             "wal" => BusConfig::Wal {
@@ -528,15 +584,21 @@ impl RawConfig {
             "kafka" => {
                 let kafka = self.bus.kafka;
                 if kafka.brokers.trim().is_empty() || kafka.topic.trim().is_empty() {
-                    return Err(SluiceError::invalid("bus.kafka: brokers and topic must not be empty"));
+                    return Err(SluiceError::invalid(
+                        "bus.kafka: brokers and topic must not be empty",
+                    ));
                 }
                 if kafka.partitions < 1 || kafka.replication < 1 {
-                    return Err(SluiceError::invalid("bus.kafka: partitions and replication must be at least 1"));
+                    return Err(SluiceError::invalid(
+                        "bus.kafka: partitions and replication must be at least 1",
+                    ));
                 }
                 BusConfig::Kafka(kafka)
             }
             other => {
-                return Err(SluiceError::invalid(format!("bus.kind: unknown bus {other:?}; expected \"wal\" or \"kafka\"")));
+                return Err(SluiceError::invalid(format!(
+                    "bus.kind: unknown bus {other:?}; expected \"wal\" or \"kafka\""
+                )));
             }
         };
         let archive = match self.retention.archive {
@@ -565,16 +627,23 @@ impl RawConfig {
             bus,
             indexer: IndexerConfig {
                 dir: self.indexer.dir.unwrap_or_else(|| data_dir.join("index")),
-                commit_interval: parse_duration("indexer.commit_interval", &self.indexer.commit_interval)?,
+                commit_interval: parse_duration(
+                    "indexer.commit_interval",
+                    &self.indexer.commit_interval,
+                )?,
                 writer_memory_bytes: self.indexer.writer_memory_bytes,
                 close_idle_writer_after: parse_duration(
                     "indexer.close_idle_writer_after",
                     &self.indexer.close_idle_writer_after,
                 )?,
+                listen: self.indexer.listen,
             },
             retention: RetentionConfig {
                 archive,
-                flush_interval: parse_duration("retention.flush_interval", &self.retention.flush_interval)?,
+                flush_interval: parse_duration(
+                    "retention.flush_interval",
+                    &self.retention.flush_interval,
+                )?,
                 flush_rows: self.retention.flush_rows,
                 zstd_level: self.retention.zstd_level,
             },
@@ -583,6 +652,11 @@ impl RawConfig {
                 doppler: self.query_api.doppler,
                 max_search_limit: self.query_api.max_search_limit,
                 max_sql_rows: self.query_api.max_sql_rows,
+                indexer_timeout: parse_duration(
+                    "query_api.indexer_timeout",
+                    &self.query_api.indexer_timeout,
+                )?,
+                indexers: self.query_api.indexers,
             },
             data_dir,
         })
@@ -597,7 +671,9 @@ fn parse_archive_location(location: &str, s3: RawS3Config) -> Result<ArchiveLoca
     if let Some(rest) = location.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(SluiceError::invalid(format!("retention.archive: no bucket in {location:?}")));
+            return Err(SluiceError::invalid(format!(
+                "retention.archive: no bucket in {location:?}"
+            )));
         }
         return Ok(ArchiveLocation::S3 {
             bucket: bucket.to_owned(),
@@ -615,7 +691,9 @@ fn parse_archive_location(location: &str, s3: RawS3Config) -> Result<ArchiveLoca
 
 fn positive(field: &str, value: usize) -> Result<(), SluiceError> {
     if value == 0 {
-        return Err(SluiceError::invalid(format!("{field}: must be greater than zero")));
+        return Err(SluiceError::invalid(format!(
+            "{field}: must be greater than zero"
+        )));
     }
     Ok(())
 }
@@ -623,9 +701,15 @@ fn positive(field: &str, value: usize) -> Result<(), SluiceError> {
 /// Parses durations such as `250ms`, `1s`, `5m`, `2h` (a positive integer and a unit).
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, SluiceError> {
     let text = text.trim();
-    let split = text.find(|character: char| !character.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let invalid = || SluiceError::invalid(format!("{field}: invalid duration {text:?}; expected e.g. 250ms, 1s, 5m, 2h"));
+    let invalid = || {
+        SluiceError::invalid(format!(
+            "{field}: invalid duration {text:?}; expected e.g. 250ms, 1s, 5m, 2h"
+        ))
+    };
     let number: u64 = number.parse().map_err(|_| invalid())?;
     let duration = match unit.trim() {
         "ms" => Duration::from_millis(number),
@@ -635,7 +719,9 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, SluiceError> 
         _ => return Err(invalid()),
     };
     if duration.is_zero() {
-        return Err(SluiceError::invalid(format!("{field}: must be greater than zero")));
+        return Err(SluiceError::invalid(format!(
+            "{field}: must be greater than zero"
+        )));
     }
     Ok(duration)
 }
@@ -647,7 +733,10 @@ mod tests {
     #[test]
     fn the_example_config_in_the_repository_loads_and_matches_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sluice.example.toml");
-        let example = RawConfig::from_file(&path).expect("example config parses").validate().expect("valid");
+        let example = RawConfig::from_file(&path)
+            .expect("example config parses")
+            .validate()
+            .expect("valid");
         let defaults = RawConfig::default().validate().expect("defaults are valid");
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
     }
@@ -673,7 +762,10 @@ mod tests {
             .expect("parses")
             .validate()
             .expect_err("bad duration");
-        assert!(error.message().starts_with("indexer.commit_interval"), "{error}");
+        assert!(
+            error.message().starts_with("indexer.commit_interval"),
+            "{error}"
+        );
         let error = RawConfig::from_toml("[tls]\nca_cert = \"ca.pem\"\n")
             .expect("parses")
             .validate()
@@ -700,7 +792,11 @@ mod tests {
         .validate()
         .expect("valid");
         match &config.retention.archive {
-            ArchiveLocation::S3 { bucket, prefix, settings } => {
+            ArchiveLocation::S3 {
+                bucket,
+                prefix,
+                settings,
+            } => {
                 assert_eq!(bucket, "logs-bucket");
                 assert_eq!(prefix, "sluice/prod");
                 assert!(settings.allow_http);
@@ -712,8 +808,14 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!(parse_duration("x", "250ms").expect("ms"), Duration::from_millis(250));
-        assert_eq!(parse_duration("x", "2h").expect("h"), Duration::from_secs(7_200));
+        assert_eq!(
+            parse_duration("x", "250ms").expect("ms"),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_duration("x", "2h").expect("h"),
+            Duration::from_secs(7_200)
+        );
         assert!(parse_duration("x", "0s").is_err());
         assert!(parse_duration("x", "1.5s").is_err());
         assert!(parse_duration("x", "s").is_err());

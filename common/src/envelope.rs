@@ -52,7 +52,11 @@ pub fn merged_tags(envelope: &Envelope) -> BTreeMap<String, String> {
 
 /// Checks one envelope against the ingress limits; `index` is its position in the request,
 /// used in the error message.
-pub fn validate_envelope(envelope: &Envelope, index: usize, max_bytes: usize) -> Result<(), SluiceError> {
+pub fn validate_envelope(
+    envelope: &Envelope,
+    index: usize,
+    max_bytes: usize,
+) -> Result<(), SluiceError> {
     let size = prost::Message::encoded_len(envelope);
     if size > max_bytes {
         return Err(SluiceError::new(
@@ -123,7 +127,9 @@ mod tests {
         assert!(error.message().starts_with("envelope 7 is"), "{error}");
         let empty = Envelope::default();
         assert_eq!(
-            validate_envelope(&empty, 0, 1_000).expect_err("no message").kind(),
+            validate_envelope(&empty, 0, 1_000)
+                .expect_err("no message")
+                .kind(),
             ErrorKind::InvalidArgument
         );
         assert!(validate_envelope(&log_envelope(b"fine"), 0, 1_000).is_ok());

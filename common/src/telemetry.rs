@@ -21,14 +21,20 @@ impl Telemetry {
 
     /// Registers `metric` under `name` (without the `_total` suffix) and returns it.
     pub fn register<M: Metric + Clone>(&self, name: &str, help: &str, metric: M) -> M {
-        let mut registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         registry.register(name, help, metric.clone());
         metric
     }
 
     /// The registry in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
-        let registry = self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut text = String::new();
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
             // Encoding into a String only fails on a formatting bug; say so in the output.

@@ -76,11 +76,16 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
     let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -137,7 +142,11 @@ pub fn parse_time_nanos(text: &str) -> Option<i64> {
 
 fn parse_rfc3339(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
-    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') {
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+    {
         return None;
     }
     let number = |range: std::ops::Range<usize>| -> Option<i64> { text.get(range)?.parse().ok() };
@@ -148,7 +157,12 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
         return None;
     }
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut rest = &text[19..];
@@ -174,7 +188,8 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
             sign * (hours.parse::<i64>().ok()? * 3_600 + minutes.parse::<i64>().ok()? * 60)
         }
     };
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second - offset_seconds;
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second
+        - offset_seconds;
     seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 
@@ -212,13 +227,22 @@ mod tests {
     #[test]
     fn times_parse_in_every_accepted_form() {
         let expected = 1_764_165_787_000_000_000;
-        assert_eq!(format_rfc3339_nanos(expected), "2025-11-26T14:03:07.000000000Z");
+        assert_eq!(
+            format_rfc3339_nanos(expected),
+            "2025-11-26T14:03:07.000000000Z"
+        );
         assert_eq!(parse_time_nanos("2025-11-26T14:03:07Z"), Some(expected));
-        assert_eq!(parse_time_nanos("2025-11-26T15:03:07+01:00"), Some(expected));
+        assert_eq!(
+            parse_time_nanos("2025-11-26T15:03:07+01:00"),
+            Some(expected)
+        );
         assert_eq!(parse_time_nanos("1764165787"), Some(expected));
         assert_eq!(parse_time_nanos("1764165787000"), Some(expected));
         assert_eq!(parse_time_nanos("1764165787000000000"), Some(expected));
-        assert_eq!(parse_time_nanos("2025-11-26T14:03:07.25Z"), Some(expected + 250_000_000));
+        assert_eq!(
+            parse_time_nanos("2025-11-26T14:03:07.25Z"),
+            Some(expected + 250_000_000)
+        );
         assert_eq!(parse_time_nanos("yesterday"), None);
         assert_eq!(parse_time_nanos("2025-13-26T14:03:07Z"), None);
     }

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -49,8 +49,12 @@ impl TlsMaterial {
     /// Reads the three PEM files; `server_name` is the name clients expect in servers' certificates.
     pub fn load(paths: &TlsPaths, server_name: &str) -> Result<TlsMaterial, SluiceError> {
         let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map_err(|error| SluiceError::invalid(format!("failed to read tls file {}: {error}", path.display())))
+            std::fs::read_to_string(path).map_err(|error| {
+                SluiceError::invalid(format!(
+                    "failed to read tls file {}: {error}",
+                    path.display()
+                ))
+            })
         };
         Ok(TlsMaterial {
             ca_pem: read(&paths.ca_cert)?,
@@ -90,7 +94,10 @@ pub fn ensure_local_ca(dir: &Path) -> Result<TlsPaths, SluiceError> {
         cert: dir.join("node.pem"),
         key: dir.join("node-key.pem"),
     };
-    let present = [&paths.ca_cert, &paths.cert, &paths.key].iter().filter(|path| path.exists()).count();
+    let present = [&paths.ca_cert, &paths.cert, &paths.key]
+        .iter()
+        .filter(|path| path.exists())
+        .count();
     match present {
         3 => return Ok(paths),
         0 => {}
@@ -101,9 +108,12 @@ pub fn ensure_local_ca(dir: &Path) -> Result<TlsPaths, SluiceError> {
             )));
         }
     }
-    let generated = generate_local_ca().map_err(|error| SluiceError::internal(format!("failed to generate certificates: {error}")))?;
-    std::fs::create_dir_all(dir)
-        .map_err(|error| SluiceError::internal(format!("failed to create {}: {error}", dir.display())))?;
+    let generated = generate_local_ca().map_err(|error| {
+        SluiceError::internal(format!("failed to generate certificates: {error}"))
+    })?;
+    std::fs::create_dir_all(dir).map_err(|error| {
+        SluiceError::internal(format!("failed to create {}: {error}", dir.display()))
+    })?;
     write_private(&dir.join("ca-key.pem"), &generated.ca_key_pem)?;
     write_private(&paths.key, &generated.node_key_pem)?;
     write_private(&paths.cert, &generated.node_cert_pem)?;
@@ -127,9 +137,15 @@ pub struct GeneratedCertificates {
 /// Generates a CA and one node certificate signed by it.
 pub fn generate_local_ca() -> Result<GeneratedCertificates, rcgen::Error> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "Sluice local CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Sluice local CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate()?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
@@ -137,10 +153,20 @@ pub fn generate_local_ca() -> Result<GeneratedCertificates, rcgen::Error> {
     let mut node_params = CertificateParams::new(vec!["localhost".to_owned()])?;
     node_params
         .subject_alt_names
-        .push(SanType::IpAddress(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
-    node_params.distinguished_name.push(DnType::CommonName, "sluice node");
-    node_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    node_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        .push(SanType::IpAddress(std::net::IpAddr::V4(
+            std::net::Ipv4Addr::LOCALHOST,
+        )));
+    node_params
+        .distinguished_name
+        .push(DnType::CommonName, "sluice node");
+    node_params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    node_params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     let node_key = KeyPair::generate()?;
     let node_cert = node_params.signed_by(&node_key, &ca)?;
     Ok(GeneratedCertificates {
@@ -166,7 +192,9 @@ fn write_private(path: &Path, contents: &str) -> Result<(), SluiceError> {
         file.sync_all()?;
         std::fs::rename(&temporary, path)
     })();
-    result.map_err(|error| SluiceError::internal(format!("failed to write {}: {error}", path.display())))
+    result.map_err(|error| {
+        SluiceError::internal(format!("failed to write {}: {error}", path.display()))
+    })
 }
 
 #[cfg(test)]
@@ -192,6 +220,9 @@ mod tests {
         let paths = ensure_local_ca(dir.path()).expect("generate");
         std::fs::remove_file(&paths.key).expect("remove key");
         let error = ensure_local_ca(dir.path()).expect_err("incomplete");
-        assert!(error.message().contains("incomplete certificate set"), "{error}");
+        assert!(
+            error.message().contains("incomplete certificate set"),
+            "{error}"
+        );
     }
 }

@@ -14,7 +14,9 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use sluice_proto::v2::egress_server::Egress;
-use sluice_proto::v2::{EgressBatchRequest, EgressRequest, Envelope, EnvelopeBatch, Selector, envelope, selector};
+use sluice_proto::v2::{
+    EgressBatchRequest, EgressRequest, Envelope, EnvelopeBatch, Selector, envelope, selector,
+};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -60,7 +62,10 @@ impl Hub {
             shard_id.to_owned()
         };
         {
-            let mut groups = self.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut groups = self
+                .groups
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             groups
                 .entry(group_key.clone())
                 .or_insert_with(|| ShardGroup {
@@ -68,7 +73,11 @@ impl Hub {
                     turn: AtomicUsize::new(0),
                 })
                 .members
-                .push(Member { id, selectors, sender });
+                .push(Member {
+                    id,
+                    selectors,
+                    sender,
+                });
         }
         self.metrics.egress_subscribers.inc();
         Subscription {
@@ -80,7 +89,10 @@ impl Hub {
     }
 
     fn unsubscribe(&self, group_key: &str, id: usize) {
-        let mut groups = self.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut groups = self
+            .groups
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(group) = groups.get_mut(group_key) {
             group.members.retain(|member| member.id != id);
             if group.members.is_empty() {
@@ -92,13 +104,21 @@ impl Hub {
 
     /// Offers `envelopes` to every shard group; never waits.
     pub fn publish(&self, envelopes: &[Envelope]) {
-        let groups = self.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let groups = self
+            .groups
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for group in groups.values() {
             let turn = group.turn.fetch_add(1, Ordering::Relaxed);
             let member = &group.members[turn % group.members.len()];
             let selected: Vec<Envelope> = envelopes
                 .iter()
-                .filter(|envelope| member.selectors.iter().any(|selector| matches(selector, envelope)))
+                .filter(|envelope| {
+                    member
+                        .selectors
+                        .iter()
+                        .any(|selector| matches(selector, envelope))
+                })
                 .cloned()
                 .collect();
             if selected.is_empty() {
@@ -132,7 +152,11 @@ pub fn matches(selector: &Selector, envelope: &Envelope) -> bool {
             wanted.name.is_empty() || wanted.name == counter.name
         }
         (Some(selector::Message::Gauge(wanted)), Some(envelope::Message::Gauge(gauge))) => {
-            wanted.any.is_empty() || wanted.any.iter().any(|name| gauge.metrics.contains_key(name))
+            wanted.any.is_empty()
+                || wanted
+                    .any
+                    .iter()
+                    .any(|name| gauge.metrics.contains_key(name))
         }
         (Some(selector::Message::Timer(_)), Some(envelope::Message::Timer(_))) => true,
         (Some(selector::Message::Event(_)), Some(envelope::Message::Event(_))) => true,
@@ -190,7 +214,10 @@ impl Egress for EgressService {
     type ReceiverStream = BoxStream<Envelope>;
     type BatchedReceiverStream = BoxStream<EnvelopeBatch>;
 
-    async fn receiver(&self, request: Request<EgressRequest>) -> Result<Response<Self::ReceiverStream>, Status> {
+    async fn receiver(
+        &self,
+        request: Request<EgressRequest>,
+    ) -> Result<Response<Self::ReceiverStream>, Status> {
         let request = request.into_inner();
         check_selectors(&request.selectors)?;
         let subscription = self.hub.subscribe(&request.shard_id, request.selectors);
@@ -200,11 +227,16 @@ impl Egress for EgressService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn batched_receiver(&self, request: Request<EgressBatchRequest>) -> Result<Response<Self::BatchedReceiverStream>, Status> {
+    async fn batched_receiver(
+        &self,
+        request: Request<EgressBatchRequest>,
+    ) -> Result<Response<Self::BatchedReceiverStream>, Status> {
         let request = request.into_inner();
         check_selectors(&request.selectors)?;
         let subscription = self.hub.subscribe(&request.shard_id, request.selectors);
-        let stream = futures::StreamExt::map(subscription, |envelopes| Ok(EnvelopeBatch { batch: envelopes }));
+        let stream = futures::StreamExt::map(subscription, |envelopes| {
+            Ok(EnvelopeBatch { batch: envelopes })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -247,7 +279,11 @@ mod tests {
         assert!(matches(&Selector::default(), &counter));
         let named = Selector {
             source_id: String::new(),
-            message: Some(selector::Message::Counter(sluice_proto::v2::CounterSelector { name: "other".into() })),
+            message: Some(selector::Message::Counter(
+                sluice_proto::v2::CounterSelector {
+                    name: "other".into(),
+                },
+            )),
         };
         assert!(!matches(&named, &counter));
     }

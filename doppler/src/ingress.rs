@@ -34,13 +34,21 @@ fn validate(batch: &AgentBatch) -> Result<(), Status> {
         return Err(Status::invalid_argument("batch has no agent_id"));
     }
     if batch.sequence == 0 {
-        return Err(Status::invalid_argument("batch sequence numbers start at 1"));
+        return Err(Status::invalid_argument(
+            "batch sequence numbers start at 1",
+        ));
     }
     if batch.envelopes.is_empty() {
         return Err(Status::invalid_argument("batch holds no envelopes"));
     }
-    if let Some(index) = batch.envelopes.iter().position(|envelope| envelope.message.is_none()) {
-        return Err(Status::invalid_argument(format!("envelope {index} carries no message")));
+    if let Some(index) = batch
+        .envelopes
+        .iter()
+        .position(|envelope| envelope.message.is_none())
+    {
+        return Err(Status::invalid_argument(format!(
+            "envelope {index} carries no message"
+        )));
     }
     Ok(())
 }
@@ -53,7 +61,11 @@ impl DopplerIngress for DopplerIngressService {
             self.metrics.batches_rejected.inc();
             return Err(status);
         }
-        let key = batch.envelopes.first().map(|envelope| envelope.source_id.as_str()).unwrap_or_default();
+        let key = batch
+            .envelopes
+            .first()
+            .map(|envelope| envelope.source_id.as_str())
+            .unwrap_or_default();
         let payload = Bytes::from(batch.encode_to_vec());
         if let Err(error) = self.bus.append(key, payload).await {
             self.metrics.append_failures.inc();
@@ -61,7 +73,9 @@ impl DopplerIngress for DopplerIngressService {
             return Err(Status::unavailable(error.to_string()));
         }
         self.metrics.batches_appended.inc();
-        self.metrics.envelopes_appended.inc_by(batch.envelopes.len() as u64);
+        self.metrics
+            .envelopes_appended
+            .inc_by(batch.envelopes.len() as u64);
         let sequence = batch.sequence;
         self.hub.publish(&batch.envelopes);
         Ok(Response::new(AgentBatchAck { sequence }))

@@ -34,12 +34,20 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
     let metrics = metrics::DopplerMetrics::register(&telemetry);
-    let hub = Arc::new(egress::Hub::new(config.subscriber_buffer_batches, metrics.clone()));
+    let hub = Arc::new(egress::Hub::new(
+        config.subscriber_buffer_batches,
+        metrics.clone(),
+    ));
     let ingress = ingress::DopplerIngressService::new(bus, Arc::clone(&hub), metrics);
     let egress = egress::EgressService::new(hub);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|error| SluiceError::unavailable(format!("failed to listen on {} for the doppler: {error}", config.listen)))?;
+        .map_err(|error| {
+            SluiceError::unavailable(format!(
+                "failed to listen on {} for the doppler: {error}",
+                config.listen
+            ))
+        })?;
     info!(listen = %config.listen, "doppler listening");
     tonic::transport::Server::builder()
         .tls_config(tls.server_config())

@@ -7,6 +7,7 @@
 //! - [`pipeline`]: consume → decode and index → commit and checkpoint, with a bounded channel
 //!   between the async consumer and the indexing thread.
 //! - [`search`]: query parsing and newest-first search over the partitions of a time range.
+//! - [`service`]: `sluice.v1.IndexSearch`, the search service for query APIs elsewhere.
 //! - [`metrics`]: the indexer's counters.
 //!
 //! # Exactly once
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod schema;
 pub mod search;
+pub mod service;
 pub mod store;
 
 pub use pipeline::run;

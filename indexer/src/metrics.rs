@@ -17,6 +17,12 @@ pub struct IndexerMetrics {
     pub records_undecodable: Counter,
     /// Commits of hour indexes.
     pub commits: Counter,
+    /// Bus records delivered again that this indexer had already consumed; skipped.
+    pub records_redelivered: Counter,
+    /// Rewinds: another member of the group took over a partition this indexer held data of.
+    pub rewinds: Counter,
+    /// Documents dropped by rewinds (their new owner indexes them).
+    pub documents_rewound: Counter,
     /// Bytes of all index partitions on disk.
     pub index_bytes: Gauge,
     /// Hour partitions on disk.
@@ -48,6 +54,21 @@ impl IndexerMetrics {
                 Counter::default(),
             ),
             commits: telemetry.register("sluice_indexer_commits", "Commits of hour indexes", Counter::default()),
+            records_redelivered: telemetry.register(
+                "sluice_indexer_records_redelivered",
+                "Bus records delivered again after a rebalance that were already consumed; skipped",
+                Counter::default(),
+            ),
+            rewinds: telemetry.register(
+                "sluice_indexer_rewinds",
+                "Partitions whose data was dropped from an offset because another indexer took them over",
+                Counter::default(),
+            ),
+            documents_rewound: telemetry.register(
+                "sluice_indexer_documents_rewound",
+                "Documents dropped by rewinds; the partition's new owner indexes them",
+                Counter::default(),
+            ),
             index_bytes: telemetry.register("sluice_indexer_index_bytes", "Bytes of all index partitions on disk", Gauge::default()),
             partitions: telemetry.register("sluice_indexer_partitions", "Hour partitions on disk", Gauge::default()),
         }

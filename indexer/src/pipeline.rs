@@ -12,18 +12,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use sluice_bus::{Bus, BusRecord, Positions};
+use std::ops::Bound;
+
+use sluice_bus::{Bus, BusEvent, BusRecord, Positions};
 use sluice_common::SluiceError;
 use sluice_common::config::IndexerConfig;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
 use sluice_common::time::Hour;
 use sluice_proto::v1::AgentBatch;
-use tantivy::{Index, IndexWriter, TantivyDocument};
+use tantivy::query::{BooleanQuery, RangeQuery, TermQuery};
+use tantivy::schema::IndexRecordOption;
+use tantivy::{Index, IndexWriter, TantivyDocument, Term};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::metrics::IndexerMetrics;
+use crate::schema::Origin;
 use crate::store::IndexStore;
 
 /// The bus consumer group of indexers.
@@ -31,19 +36,34 @@ pub const CONSUMER_GROUP: &str = "indexer";
 
 enum StageInput {
     Records(Vec<BusRecord>),
+    /// Drop the data of `partition` from offset `to` on (see [`BusEvent::Rewind`]).
+    Rewind {
+        partition: u32,
+        to: u64,
+    },
     /// Sent every commit interval so an idle indexer still commits on time.
     Tick,
 }
 
 /// Runs the indexer until `shutdown` fires, then commits what it holds.
-pub async fn run(config: IndexerConfig, bus: Arc<dyn Bus>, telemetry: Telemetry, mut shutdown: Shutdown) -> Result<(), SluiceError> {
+pub async fn run(
+    config: IndexerConfig,
+    bus: Arc<dyn Bus>,
+    telemetry: Telemetry,
+    mut shutdown: Shutdown,
+) -> Result<(), SluiceError> {
     let metrics = IndexerMetrics::register(&telemetry);
     let store = IndexStore::new(&config.dir);
-    std::fs::create_dir_all(&config.dir)
-        .map_err(|error| SluiceError::internal(format!("failed to create index directory {}: {error}", config.dir.display())))?;
+    std::fs::create_dir_all(&config.dir).map_err(|error| {
+        SluiceError::internal(format!(
+            "failed to create index directory {}: {error}",
+            config.dir.display()
+        ))
+    })?;
     let checkpoint_path = config.dir.join("checkpoint.json");
     let resume = read_checkpoint(&checkpoint_path)?;
-    let mut consumer = bus.subscribe(CONSUMER_GROUP).await?;
+    let member = member_id(&config.dir)?;
+    let mut consumer = bus.subscribe(CONSUMER_GROUP, &member).await?;
     consumer.seek(&resume).await?;
     info!(dir = %config.dir.display(), resume = %resume.to_json(), "indexer starting");
 
@@ -66,7 +86,9 @@ pub async fn run(config: IndexerConfig, bus: Arc<dyn Bus>, telemetry: Telemetry,
     let thread = std::thread::Builder::new()
         .name("sluice-indexer".to_owned())
         .spawn(move || stage.run(stage_input))
-        .map_err(|error| SluiceError::internal(format!("failed to start the indexing thread: {error}")))?;
+        .map_err(|error| {
+            SluiceError::internal(format!("failed to start the indexing thread: {error}"))
+        })?;
 
     let mut ticker = tokio::time::interval(config.commit_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -89,9 +111,8 @@ pub async fn run(config: IndexerConfig, bus: Arc<dyn Bus>, telemetry: Telemetry,
             }
             polled = consumer.poll(1_000, Duration::from_millis(250)) => {
                 match polled {
-                    Ok(records) if records.is_empty() => {}
-                    Ok(records) => {
-                        if input.send(StageInput::Records(records)).await.is_err() {
+                    Ok(events) => {
+                        if forward(&input, events).await.is_err() {
                             break Err(SluiceError::internal("the indexing thread stopped"));
                         }
                     }
@@ -107,7 +128,9 @@ pub async fn run(config: IndexerConfig, bus: Arc<dyn Bus>, telemetry: Telemetry,
     drop(input);
     let joined = tokio::task::spawn_blocking(move || thread.join())
         .await
-        .map_err(|error| SluiceError::internal(format!("failed to join the indexing thread: {error}")))?;
+        .map_err(|error| {
+            SluiceError::internal(format!("failed to join the indexing thread: {error}"))
+        })?;
     let stage_result = joined.map_err(|_| SluiceError::internal("the indexing thread panicked"))?;
     let final_positions = committed.borrow().clone();
     if let Err(error) = consumer.checkpoint(&final_positions).await {
@@ -117,25 +140,88 @@ pub async fn run(config: IndexerConfig, bus: Arc<dyn Bus>, telemetry: Telemetry,
     stage_result.and(outcome)
 }
 
+/// Hands polled events to the indexing thread in order: runs of records as one message.
+async fn forward(
+    input: &mpsc::Sender<StageInput>,
+    events: Vec<BusEvent>,
+) -> Result<(), mpsc::error::SendError<StageInput>> {
+    let mut records = Vec::new();
+    for event in events {
+        match event {
+            BusEvent::Record(record) => records.push(record),
+            BusEvent::Rewind { partition, to } => {
+                if !records.is_empty() {
+                    input
+                        .send(StageInput::Records(std::mem::take(&mut records)))
+                        .await?;
+                }
+                input.send(StageInput::Rewind { partition, to }).await?;
+            }
+        }
+    }
+    if !records.is_empty() {
+        input.send(StageInput::Records(records)).await?;
+    }
+    Ok(())
+}
+
+/// This indexer's durable name in its consumer group, kept in `<dir>/member-id`.
+fn member_id(dir: &Path) -> Result<String, SluiceError> {
+    use std::hash::{BuildHasher, Hasher};
+    let path = dir.join("member-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(SluiceError::internal(format!(
+                "failed to read {}: {error}",
+                path.display()
+            )));
+        }
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.write_u32(std::process::id());
+    let id = format!("indexer-{:016x}", hasher.finish());
+    write_atomically(&path, id.as_bytes())?;
+    Ok(id)
+}
+
 /// Reads `checkpoint.json`; a missing file means "from the beginning".
 pub fn read_checkpoint(path: &Path) -> Result<Positions, SluiceError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Positions::from_json(&text),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Positions::default()),
-        Err(error) => Err(SluiceError::internal(format!("failed to read {}: {error}", path.display()))),
+        Err(error) => Err(SluiceError::internal(format!(
+            "failed to read {}: {error}",
+            path.display()
+        ))),
     }
 }
 
 fn write_checkpoint(path: &Path, positions: &Positions) -> Result<(), SluiceError> {
+    write_atomically(path, positions.to_json().as_bytes())
+}
+
+/// Writes a small file atomically: temporary file, fsync, rename.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), SluiceError> {
     use std::io::Write;
-    let temporary = path.with_extension("json.tmp");
+    let temporary = path.with_extension("tmp");
     let result = (|| {
         let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(positions.to_json().as_bytes())?;
+        file.write_all(contents)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)
     })();
-    result.map_err(|error| SluiceError::internal(format!("failed to write {}: {error}", path.display())))
+    result.map_err(|error| {
+        SluiceError::internal(format!("failed to write {}: {error}", path.display()))
+    })
 }
 
 struct HourState {
@@ -167,10 +253,14 @@ struct IndexingStage {
 impl IndexingStage {
     fn run(mut self, mut input: mpsc::Receiver<StageInput>) -> Result<(), SluiceError> {
         while let Some(message) = input.blocking_recv() {
-            if let StageInput::Records(records) = message {
-                for record in &records {
-                    self.index_record(record)?;
+            match message {
+                StageInput::Records(records) => {
+                    for record in &records {
+                        self.index_record(record)?;
+                    }
                 }
+                StageInput::Rewind { partition, to } => self.rewind(partition, to)?,
+                StageInput::Tick => {}
             }
             if self.last_commit.elapsed() >= self.commit_interval {
                 self.commit()?;
@@ -182,9 +272,12 @@ impl IndexingStage {
     fn hour_state(&mut self, hour: Hour) -> Result<&mut HourState, SluiceError> {
         if !self.hours.contains_key(&hour) {
             let index = self.store.open_or_create(hour)?;
-            let metas = index
-                .load_metas()
-                .map_err(|error| SluiceError::internal(format!("failed to read index partition {}: {error}", hour.partition_name())))?;
+            let metas = index.load_metas().map_err(|error| {
+                SluiceError::internal(format!(
+                    "failed to read index partition {}: {error}",
+                    hour.partition_name()
+                ))
+            })?;
             let committed = match metas.payload {
                 Some(payload) => Positions::from_json(&payload)?,
                 None => Positions::default(),
@@ -206,6 +299,11 @@ impl IndexingStage {
     }
 
     fn index_record(&mut self, record: &BusRecord) -> Result<(), SluiceError> {
+        if self.consumed.contains(record) {
+            // Delivered again after a rebalance; this indexer already holds it.
+            self.metrics.records_redelivered.inc();
+            return Ok(());
+        }
         let batch = match AgentBatch::decode(record.payload.as_ref()) {
             Ok(batch) => batch,
             Err(error) => {
@@ -219,7 +317,13 @@ impl IndexingStage {
         let writer_memory_bytes = self.writer_memory_bytes;
         let (mut indexed, mut already, mut skipped) = (0_u64, 0_u64, 0_u64);
         for envelope in &batch.envelopes {
-            let Some(document) = fields.document(envelope, &batch.agent_id, batch.sequence) else {
+            let origin = Origin {
+                agent_id: &batch.agent_id,
+                sequence: batch.sequence,
+                partition: record.partition,
+                offset: record.offset,
+            };
+            let Some(document) = fields.document(envelope, origin) else {
                 skipped += 1;
                 continue;
             };
@@ -233,15 +337,23 @@ impl IndexingStage {
                 let writer = state
                     .index
                     .writer_with_num_threads(1, writer_memory_bytes)
-                    .map_err(|error| SluiceError::internal(format!("failed to open index writer for {}: {error}", hour.partition_name())))?;
+                    .map_err(|error| {
+                        SluiceError::internal(format!(
+                            "failed to open index writer for {}: {error}",
+                            hour.partition_name()
+                        ))
+                    })?;
                 state.writer = Some(writer);
             }
             let Some(writer) = state.writer.as_ref() else {
                 return Err(SluiceError::internal("index writer vanished"));
             };
-            writer
-                .add_document(document)
-                .map_err(|error| SluiceError::internal(format!("failed to index into {}: {error}", hour.partition_name())))?;
+            writer.add_document(document).map_err(|error| {
+                SluiceError::internal(format!(
+                    "failed to index into {}: {error}",
+                    hour.partition_name()
+                ))
+            })?;
             state.dirty = true;
             state.last_write = Instant::now();
             indexed += 1;
@@ -253,6 +365,97 @@ impl IndexingStage {
         Ok(())
     }
 
+    /// Drops every document of `partition` at offset `to` or later, from the writers and from
+    /// committed hours alike, and commits: another member of the group owns those records now.
+    fn rewind(&mut self, partition: u32, to: u64) -> Result<(), SluiceError> {
+        if self.consumed.next_offset(partition) <= to {
+            return Ok(());
+        }
+        let fields = self.store.fields().clone();
+        let writer_memory_bytes = self.writer_memory_bytes;
+        let mut dropped = 0_u64;
+        for hour in self.store.list()? {
+            if !self.hours.contains_key(&hour) {
+                // A closed hour holds such documents only if its last commit got that far.
+                let metas = self.store.open(hour)?.load_metas().map_err(|error| {
+                    SluiceError::internal(format!(
+                        "failed to read index partition {}: {error}",
+                        hour.partition_name()
+                    ))
+                })?;
+                let committed = metas
+                    .payload
+                    .as_deref()
+                    .map(Positions::from_json)
+                    .transpose()?
+                    .unwrap_or_default();
+                if committed.next_offset(partition) <= to {
+                    continue;
+                }
+            }
+            let state = self.hour_state(hour)?;
+            if state.committed.next_offset(partition) <= to && !state.dirty {
+                continue;
+            }
+            let query = BooleanQuery::intersection(vec![
+                Box::new(TermQuery::new(
+                    Term::from_field_u64(fields.bus_partition, u64::from(partition)),
+                    IndexRecordOption::Basic,
+                )),
+                Box::new(RangeQuery::new(
+                    Bound::Included(Term::from_field_u64(fields.bus_offset, to)),
+                    Bound::Unbounded,
+                )),
+            ]);
+            dropped += state
+                .index
+                .reader()
+                .map(|reader| {
+                    reader
+                        .searcher()
+                        .search(&query, &tantivy::collector::Count)
+                        .unwrap_or(0) as u64
+                })
+                .unwrap_or(0);
+            if state.writer.is_none() {
+                let writer = state
+                    .index
+                    .writer_with_num_threads(1, writer_memory_bytes)
+                    .map_err(|error| {
+                        SluiceError::internal(format!(
+                            "failed to open index writer for {}: {error}",
+                            hour.partition_name()
+                        ))
+                    })?;
+                state.writer = Some(writer);
+            }
+            let Some(writer) = state.writer.as_ref() else {
+                return Err(SluiceError::internal("index writer vanished"));
+            };
+            writer.delete_query(Box::new(query)).map_err(|error| {
+                SluiceError::internal(format!(
+                    "failed to drop documents from {}: {error}",
+                    hour.partition_name()
+                ))
+            })?;
+            state
+                .committed
+                .0
+                .insert(partition, to.min(state.committed.next_offset(partition)));
+            state.dirty = true;
+        }
+        info!(
+            partition,
+            to,
+            committed_documents = dropped,
+            "another indexer took this partition over; dropped its documents from the offset it starts at"
+        );
+        self.consumed.0.insert(partition, to);
+        self.metrics.rewinds.inc();
+        self.metrics.documents_rewound.inc_by(dropped);
+        self.commit()
+    }
+
     /// Commits every hour with new documents (payload: the consumed positions), then the
     /// checkpoint file, then reports the positions so the bus may release them.
     fn commit(&mut self) -> Result<(), SluiceError> {
@@ -262,14 +465,22 @@ impl IndexingStage {
             if !state.dirty {
                 continue;
             }
-            let Some(writer) = state.writer.as_mut() else { continue };
-            let mut prepared = writer
-                .prepare_commit()
-                .map_err(|error| SluiceError::internal(format!("failed to commit index partition {}: {error}", hour.partition_name())))?;
+            let Some(writer) = state.writer.as_mut() else {
+                continue;
+            };
+            let mut prepared = writer.prepare_commit().map_err(|error| {
+                SluiceError::internal(format!(
+                    "failed to commit index partition {}: {error}",
+                    hour.partition_name()
+                ))
+            })?;
             prepared.set_payload(&payload);
-            prepared
-                .commit()
-                .map_err(|error| SluiceError::internal(format!("failed to commit index partition {}: {error}", hour.partition_name())))?;
+            prepared.commit().map_err(|error| {
+                SluiceError::internal(format!(
+                    "failed to commit index partition {}: {error}",
+                    hour.partition_name()
+                ))
+            })?;
             state.committed = self.consumed.clone();
             state.dirty = false;
             self.metrics.commits.inc();
@@ -284,12 +495,19 @@ impl IndexingStage {
         let idle_after = self.close_idle_writer_after;
         self.hours
             .retain(|_, state| state.dirty || state.last_write.elapsed() < idle_after);
-        if self.last_size_update.elapsed() >= Duration::from_secs(10) || self.metrics.partitions.get() == 0 {
+        if self.last_size_update.elapsed() >= Duration::from_secs(10)
+            || self.metrics.partitions.get() == 0
+        {
             self.last_size_update = Instant::now();
-            self.metrics.index_bytes.set(i64::try_from(self.store.disk_bytes()).unwrap_or(i64::MAX));
             self.metrics
-                .partitions
-                .set(self.store.list().map(|hours| hours.len() as i64).unwrap_or(0));
+                .index_bytes
+                .set(i64::try_from(self.store.disk_bytes()).unwrap_or(i64::MAX));
+            self.metrics.partitions.set(
+                self.store
+                    .list()
+                    .map(|hours| hours.len() as i64)
+                    .unwrap_or(0),
+            );
         }
         Ok(())
     }
@@ -334,12 +552,18 @@ mod tests {
             commit_interval: Duration::from_millis(100),
             writer_memory_bytes: 15_000_000,
             close_idle_writer_after: Duration::from_secs(60),
+            listen: None,
         }
     }
 
     async fn index_everything(dir: &Path, bus: &WalBus, telemetry: &Telemetry) {
         let (trigger, shutdown) = ShutdownTrigger::new();
-        let task = tokio::spawn(run(config(dir), Arc::new(bus.clone()), telemetry.clone(), shutdown));
+        let task = tokio::spawn(run(
+            config(dir),
+            Arc::new(bus.clone()),
+            telemetry.clone(),
+            shutdown,
+        ));
         tokio::time::sleep(Duration::from_millis(600)).await;
         trigger.fire();
         task.await.expect("join").expect("indexer ran");
@@ -352,7 +576,10 @@ mod tests {
             end_ns: None,
             limit: 10,
         };
-        Searcher::new(&dir.join("index")).search(&request).expect("search").total
+        Searcher::new(&dir.join("index"))
+            .search(&request)
+            .expect("search")
+            .total
     }
 
     /// A crash after the hour indexes committed but before `checkpoint.json` was written makes
@@ -361,25 +588,42 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn regression_replay_after_a_crash_before_the_checkpoint_does_not_duplicate() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let bus = WalBus::open(&dir.path().join("wal"), BusMetrics::register(&Telemetry::new()))
-            .await
-            .expect("wal");
+        let bus = WalBus::open(
+            &dir.path().join("wal"),
+            BusMetrics::register(&Telemetry::new()),
+        )
+        .await
+        .expect("wal");
         // Another group that never checkpoints keeps the records in the WAL for the replay.
-        let _holder = bus.subscribe("retention").await.expect("subscribe");
+        let _holder = bus.subscribe("retention", "test").await.expect("subscribe");
         let hour = sluice_common::time::NANOS_PER_HOUR;
         // Two records, each spanning two hours.
-        bus.append("app", batch(1, &[10 * hour + 1, 11 * hour + 1])).await.expect("append");
-        bus.append("app", batch(2, &[10 * hour + 2, 11 * hour + 2])).await.expect("append");
+        bus.append("app", batch(1, &[10 * hour + 1, 11 * hour + 1]))
+            .await
+            .expect("append");
+        bus.append("app", batch(2, &[10 * hour + 2, 11 * hour + 2]))
+            .await
+            .expect("append");
         index_everything(dir.path(), &bus, &Telemetry::new()).await;
         assert_eq!(total(dir.path()), 4);
 
         // Simulate the crash: the partitions committed, the checkpoint never landed.
         std::fs::remove_file(dir.path().join("index/checkpoint.json")).expect("remove checkpoint");
-        bus.append("app", batch(3, &[11 * hour + 3])).await.expect("append");
+        bus.append("app", batch(3, &[11 * hour + 3]))
+            .await
+            .expect("append");
         let telemetry = Telemetry::new();
         index_everything(dir.path(), &bus, &telemetry).await;
-        assert_eq!(total(dir.path()), 5, "replayed records were skipped, the new one indexed");
-        assert!(telemetry.encode().contains("sluice_indexer_documents_already_indexed_total 4"));
+        assert_eq!(
+            total(dir.path()),
+            5,
+            "replayed records were skipped, the new one indexed"
+        );
+        assert!(
+            telemetry
+                .encode()
+                .contains("sluice_indexer_documents_already_indexed_total 4")
+        );
     }
 
     /// Metric-only traffic before any log line must not stop the indexer (it once failed to
@@ -387,9 +631,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn regression_metrics_only_traffic_checkpoints_without_partitions() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let bus = WalBus::open(&dir.path().join("wal"), BusMetrics::register(&Telemetry::new()))
-            .await
-            .expect("wal");
+        let bus = WalBus::open(
+            &dir.path().join("wal"),
+            BusMetrics::register(&Telemetry::new()),
+        )
+        .await
+        .expect("wal");
         let counter = AgentBatch {
             agent_id: "agent".into(),
             sequence: 1,
@@ -399,9 +646,122 @@ mod tests {
                 ..Default::default()
             }],
         };
-        bus.append("app", Bytes::from(counter.encode_to_vec())).await.expect("append");
+        bus.append("app", Bytes::from(counter.encode_to_vec()))
+            .await
+            .expect("append");
         index_everything(dir.path(), &bus, &Telemetry::new()).await;
-        let checkpoint = read_checkpoint(&dir.path().join("index/checkpoint.json")).expect("checkpoint");
+        let checkpoint =
+            read_checkpoint(&dir.path().join("index/checkpoint.json")).expect("checkpoint");
         assert_eq!(checkpoint.next_offset(0), 1);
+    }
+
+    /// A bus that hands out a fixed script of events, for rebalance cases the WAL never has.
+    struct ScriptedBus(std::sync::Mutex<Vec<BusEvent>>);
+
+    struct ScriptedConsumer(Vec<BusEvent>);
+
+    #[async_trait::async_trait]
+    impl sluice_bus::Consumer for ScriptedConsumer {
+        async fn seek(&mut self, _positions: &Positions) -> Result<(), sluice_bus::BusError> {
+            Ok(())
+        }
+        async fn poll(
+            &mut self,
+            _max: usize,
+            max_wait: Duration,
+        ) -> Result<Vec<BusEvent>, sluice_bus::BusError> {
+            if self.0.is_empty() {
+                tokio::time::sleep(max_wait).await;
+            }
+            Ok(std::mem::take(&mut self.0))
+        }
+        async fn checkpoint(&mut self, _positions: &Positions) -> Result<(), sluice_bus::BusError> {
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Bus for ScriptedBus {
+        async fn append(&self, _key: &str, _payload: Bytes) -> Result<(), sluice_bus::BusError> {
+            Ok(())
+        }
+        async fn subscribe(
+            &self,
+            _group: &str,
+            _member: &str,
+        ) -> Result<Box<dyn sluice_bus::Consumer>, sluice_bus::BusError> {
+            let script = std::mem::take(&mut *self.0.lock().expect("script"));
+            Ok(Box::new(ScriptedConsumer(script)))
+        }
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+    }
+
+    fn record(partition: u32, offset: u64, sequence: u64, timestamps: &[i64]) -> BusEvent {
+        BusEvent::Record(BusRecord {
+            partition,
+            offset,
+            payload: batch(sequence, timestamps),
+        })
+    }
+
+    async fn run_script(dir: &Path, script: Vec<BusEvent>, telemetry: &Telemetry) {
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        let bus = Arc::new(ScriptedBus(std::sync::Mutex::new(script)));
+        let task = tokio::spawn(run(config(dir), bus, telemetry.clone(), shutdown));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        trigger.fire();
+        task.await.expect("join").expect("indexer ran");
+    }
+
+    /// When another indexer takes a partition over, this one drops the partition's documents
+    /// from the offset the other starts at (committed ones and ones still in the writer), keeps
+    /// everything else, and skips records delivered again below what it consumed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rewind_drops_exactly_the_partitions_documents_from_its_offset() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hour = sluice_common::time::NANOS_PER_HOUR;
+        // First run: partition 0 offsets 0..4 (two hours), partition 1 offset 0; all committed.
+        let first = vec![
+            record(0, 0, 1, &[10 * hour + 1]),
+            record(0, 1, 2, &[10 * hour + 2, 11 * hour + 2]),
+            record(0, 2, 3, &[11 * hour + 3]),
+            record(0, 3, 4, &[11 * hour + 4]),
+            record(1, 0, 5, &[10 * hour + 5]),
+        ];
+        run_script(dir.path(), first, &Telemetry::new()).await;
+        assert_eq!(total(dir.path()), 6);
+
+        // Second run: partition 0 moved to another indexer at offset 2; a record of partition 1
+        // comes again (skipped) and then a new one; partition 0 offset 4 reaches the writer
+        // before its rewind and must go too.
+        let telemetry = Telemetry::new();
+        let second = vec![
+            record(1, 0, 5, &[10 * hour + 5]),
+            record(1, 1, 6, &[10 * hour + 6]),
+            record(0, 4, 7, &[11 * hour + 7]),
+            BusEvent::Rewind {
+                partition: 0,
+                to: 2,
+            },
+        ];
+        run_script(dir.path(), second, &telemetry).await;
+        // Left: partition 0 offsets 0 and 1 (3 documents), partition 1 offsets 0 and 1.
+        assert_eq!(total(dir.path()), 5);
+        let text = telemetry.encode();
+        assert!(text.contains("sluice_indexer_rewinds_total 1"), "{text}");
+        assert!(
+            text.contains("sluice_indexer_documents_rewound_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_indexer_records_redelivered_total 1"),
+            "{text}"
+        );
+        let checkpoint =
+            read_checkpoint(&dir.path().join("index/checkpoint.json")).expect("checkpoint");
+        assert_eq!(checkpoint.next_offset(0), 2);
+        assert_eq!(checkpoint.next_offset(1), 2);
     }
 }

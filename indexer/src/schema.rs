@@ -8,7 +8,8 @@
 //! | `message` | text, stored | log payload (lossy UTF-8) or `title: body` of an event |
 //! | `invalid_utf8` | bool, indexed, stored | whether the payload had invalid UTF-8 |
 //! | `tags` | JSON object, raw tokens, stored | tags and deprecated tags (`tags.app:web`) |
-//! | `agent_id`, `sequence` | raw string / u64, stored | the batch the envelope came in |
+//! | `agent_id`, `sequence` | raw string / u64, indexed, stored | the batch the envelope came in |
+//! | `bus_partition`, `bus_offset` | u64, indexed, fast | the bus record the envelope came in |
 //!
 //! Only log and event envelopes are indexed; counters, gauges and timers go to the archive.
 
@@ -18,8 +19,8 @@ use sluice_common::envelope::{decode_payload, merged_tags};
 use sluice_proto::v2::{Envelope, envelope, log};
 use tantivy::TantivyDocument;
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, OwnedValue, STORED, STRING, Schema, TEXT,
-    TextFieldIndexing,
+    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, OwnedValue, STORED, STRING, Schema,
+    TEXT, TextFieldIndexing,
 };
 
 /// The schema and its fields.
@@ -45,6 +46,23 @@ pub struct Fields {
     pub agent_id: Field,
     /// `sequence`.
     pub sequence: Field,
+    /// `bus_partition`.
+    pub bus_partition: Field,
+    /// `bus_offset`.
+    pub bus_offset: Field,
+}
+
+/// Where a document came from on the bus.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The batch's agent.
+    pub agent_id: &'a str,
+    /// The batch's sequence number.
+    pub sequence: u64,
+    /// The bus partition of the record.
+    pub partition: u32,
+    /// The record's offset.
+    pub offset: u64,
 }
 
 impl Fields {
@@ -57,14 +75,18 @@ impl Fields {
         let log_type = builder.add_text_field("log_type", STRING | STORED);
         let message = builder.add_text_field("message", TEXT | STORED);
         let invalid_utf8 = builder.add_bool_field("invalid_utf8", INDEXED | STORED);
-        let tags_options = JsonObjectOptions::default().set_stored().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("raw")
-                .set_index_option(IndexRecordOption::Basic),
-        );
+        let tags_options = JsonObjectOptions::default()
+            .set_stored()
+            .set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer("raw")
+                    .set_index_option(IndexRecordOption::Basic),
+            );
         let tags = builder.add_json_field("tags", tags_options);
         let agent_id = builder.add_text_field("agent_id", STRING | STORED);
-        let sequence = builder.add_u64_field("sequence", STORED);
+        let sequence = builder.add_u64_field("sequence", INDEXED | STORED);
+        let bus_partition = builder.add_u64_field("bus_partition", INDEXED | FAST);
+        let bus_offset = builder.add_u64_field("bus_offset", INDEXED | FAST);
         Fields {
             schema: builder.build(),
             timestamp,
@@ -76,18 +98,26 @@ impl Fields {
             tags,
             agent_id,
             sequence,
+            bus_partition,
+            bus_offset,
         }
     }
 
     /// The document for `envelope`, or `None` for envelopes that are not indexed (metrics).
-    pub fn document(&self, envelope: &Envelope, agent_id: &str, sequence: u64) -> Option<TantivyDocument> {
+    pub fn document(&self, envelope: &Envelope, origin: Origin<'_>) -> Option<TantivyDocument> {
         let (log_type, message, invalid_utf8) = match &envelope.message {
             Some(envelope::Message::Log(log)) => {
                 let (text, invalid) = decode_payload(&log.payload);
-                let log_type = if log.r#type == log::Type::Err as i32 { "ERR" } else { "OUT" };
+                let log_type = if log.r#type == log::Type::Err as i32 {
+                    "ERR"
+                } else {
+                    "OUT"
+                };
                 (log_type, text.into_owned(), invalid)
             }
-            Some(envelope::Message::Event(event)) => ("EVENT", format!("{}: {}", event.title, event.body), false),
+            Some(envelope::Message::Event(event)) => {
+                ("EVENT", format!("{}: {}", event.title, event.body), false)
+            }
             _ => return None,
         };
         let mut document = TantivyDocument::new();
@@ -102,8 +132,10 @@ impl Fields {
             .map(|(key, value)| (key, OwnedValue::Str(value)))
             .collect();
         document.add_object(self.tags, tags);
-        document.add_text(self.agent_id, agent_id);
-        document.add_u64(self.sequence, sequence);
+        document.add_text(self.agent_id, origin.agent_id);
+        document.add_u64(self.sequence, origin.sequence);
+        document.add_u64(self.bus_partition, u64::from(origin.partition));
+        document.add_u64(self.bus_offset, origin.offset);
         Some(document)
     }
 }

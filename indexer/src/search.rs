@@ -77,7 +77,11 @@ impl Searcher {
     pub fn new(dir: &Path) -> Searcher {
         let store = IndexStore::new(dir);
         let fields = store.fields().clone();
-        let mut parser = QueryParser::new(fields.schema.clone(), vec![fields.message], TokenizerManager::default());
+        let mut parser = QueryParser::new(
+            fields.schema.clone(),
+            vec![fields.message],
+            TokenizerManager::default(),
+        );
         parser.set_conjunction_by_default();
         Searcher {
             store,
@@ -97,7 +101,10 @@ impl Searcher {
     }
 
     fn reader(&self, hour: Hour) -> Result<IndexReader, SluiceError> {
-        let mut readers = self.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut readers = self
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(reader) = readers.get(&hour) {
             return Ok(reader.clone());
         }
@@ -106,7 +113,12 @@ impl Searcher {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
-            .map_err(|error| SluiceError::internal(format!("failed to open a reader on {}: {error}", hour.partition_name())))?;
+            .map_err(|error| {
+                SluiceError::internal(format!(
+                    "failed to open a reader on {}: {error}",
+                    hour.partition_name()
+                ))
+            })?;
         readers.insert(hour, reader);
         readers
             .get(&hour)
@@ -138,9 +150,12 @@ impl Searcher {
         let mut hits = Vec::new();
         for hour in &hours {
             let reader = self.reader(*hour)?;
-            reader
-                .reload()
-                .map_err(|error| SluiceError::internal(format!("failed to reload {}: {error}", hour.partition_name())))?;
+            reader.reload().map_err(|error| {
+                SluiceError::internal(format!(
+                    "failed to reload {}: {error}",
+                    hour.partition_name()
+                ))
+            })?;
             let searcher = reader.searcher();
             // Only partitions that the range cuts need the timestamp condition.
             let bounded: Box<dyn Query> = if start > hour.start_nanos() || end < hour.end_nanos() {
@@ -148,25 +163,33 @@ impl Searcher {
                     Bound::Included(Term::from_field_i64(fields.timestamp, start)),
                     Bound::Excluded(Term::from_field_i64(fields.timestamp, end)),
                 );
-                Box::new(BooleanQuery::new(vec![(Occur::Must, query.box_clone()), (Occur::Must, Box::new(range))]))
+                Box::new(BooleanQuery::new(vec![
+                    (Occur::Must, query.box_clone()),
+                    (Occur::Must, Box::new(range)),
+                ]))
             } else {
                 query.box_clone()
             };
             let wanted = request.limit.saturating_sub(hits.len());
             if wanted == 0 {
-                total += searcher
-                    .search(&bounded, &Count)
-                    .map_err(|error| SluiceError::internal(format!("search failed on {}: {error}", hour.partition_name())))?
-                    as u64;
+                total += searcher.search(&bounded, &Count).map_err(|error| {
+                    SluiceError::internal(format!(
+                        "search failed on {}: {error}",
+                        hour.partition_name()
+                    ))
+                })? as u64;
                 continue;
             }
             let collector = (
                 Count,
                 TopDocs::with_limit(wanted).order_by_fast_field::<i64>("timestamp", Order::Desc),
             );
-            let (count, top) = searcher
-                .search(&bounded, &collector)
-                .map_err(|error| SluiceError::internal(format!("search failed on {}: {error}", hour.partition_name())))?;
+            let (count, top) = searcher.search(&bounded, &collector).map_err(|error| {
+                SluiceError::internal(format!(
+                    "search failed on {}: {error}",
+                    hour.partition_name()
+                ))
+            })?;
             total += count as u64;
             for (_, address) in top {
                 hits.push(self.hit(&searcher, address)?);
@@ -180,11 +203,18 @@ impl Searcher {
         })
     }
 
-    fn hit(&self, searcher: &tantivy::Searcher, address: DocAddress) -> Result<SearchHit, SluiceError> {
+    fn hit(
+        &self,
+        searcher: &tantivy::Searcher,
+        address: DocAddress,
+    ) -> Result<SearchHit, SluiceError> {
         let fields = self.store.fields();
-        let document: TantivyDocument = searcher
-            .doc(address)
-            .map_err(|error| SluiceError::new(ErrorKind::Internal, format!("failed to load a document: {error}")))?;
+        let document: TantivyDocument = searcher.doc(address).map_err(|error| {
+            SluiceError::new(
+                ErrorKind::Internal,
+                format!("failed to load a document: {error}"),
+            )
+        })?;
         let text = |field| {
             document
                 .get_first(field)
@@ -200,7 +230,9 @@ impl Searcher {
             .and_then(|value| value.as_object())
             .map(|object| {
                 object
-                    .filter_map(|(key, value)| value.as_str().map(|text| (key.to_owned(), text.to_owned())))
+                    .filter_map(|(key, value)| {
+                        value.as_str().map(|text| (key.to_owned(), text.to_owned()))
+                    })
                     .collect()
             })
             .unwrap_or_default();

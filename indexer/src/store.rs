@@ -41,7 +41,10 @@ impl IndexStore {
             Ok(entries) => entries,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(error) => {
-                return Err(SluiceError::internal(format!("failed to list {}: {error}", self.root.display())));
+                return Err(SluiceError::internal(format!(
+                    "failed to list {}: {error}",
+                    self.root.display()
+                )));
             }
         };
         let mut hours: Vec<Hour> = entries
@@ -56,25 +59,43 @@ impl IndexStore {
     /// Opens `hour`'s index, creating it if needed.
     pub fn open_or_create(&self, hour: Hour) -> Result<Index, SluiceError> {
         let dir = self.partition_dir(hour);
-        std::fs::create_dir_all(&dir)
-            .map_err(|error| SluiceError::internal(format!("failed to create index partition {}: {error}", dir.display())))?;
-        let directory = MmapDirectory::open(&dir)
-            .map_err(|error| SluiceError::internal(format!("failed to open index partition {}: {error}", dir.display())))?;
-        Index::open_or_create(directory, self.fields.schema.clone())
-            .map_err(|error| SluiceError::internal(format!("failed to open index partition {}: {error}", dir.display())))
+        std::fs::create_dir_all(&dir).map_err(|error| {
+            SluiceError::internal(format!(
+                "failed to create index partition {}: {error}",
+                dir.display()
+            ))
+        })?;
+        let directory = MmapDirectory::open(&dir).map_err(|error| {
+            SluiceError::internal(format!(
+                "failed to open index partition {}: {error}",
+                dir.display()
+            ))
+        })?;
+        Index::open_or_create(directory, self.fields.schema.clone()).map_err(|error| {
+            SluiceError::internal(format!(
+                "failed to open index partition {}: {error}",
+                dir.display()
+            ))
+        })
     }
 
     /// Opens `hour`'s index if it exists.
     pub fn open(&self, hour: Hour) -> Result<Index, SluiceError> {
         let dir = self.partition_dir(hour);
-        Index::open_in_dir(&dir)
-            .map_err(|error| SluiceError::internal(format!("failed to open index partition {}: {error}", dir.display())))
+        Index::open_in_dir(&dir).map_err(|error| {
+            SluiceError::internal(format!(
+                "failed to open index partition {}: {error}",
+                dir.display()
+            ))
+        })
     }
 
     /// Bytes of every partition on disk.
     pub fn disk_bytes(&self) -> u64 {
         fn size(path: &Path) -> u64 {
-            let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+            let Ok(entries) = std::fs::read_dir(path) else {
+                return 0;
+            };
             entries
                 .filter_map(Result::ok)
                 .map(|entry| match entry.metadata() {

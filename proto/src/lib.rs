@@ -27,5 +27,5 @@ pub mod sluice {
     }
 }
 
-pub use loggregator::v2 as v2;
-pub use sluice::v1 as v1;
+pub use loggregator::v2;
+pub use sluice::v1;

@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /api/v1/search?query=&start=&end=&limit=` | full-text search, newest first, exact total |
+//! | `GET /api/v1/search?query=&start=&end=&limit=` | full-text search, newest first, exact total (over every indexer; `partial` says when one did not answer) |
 //! | `GET /api/v1/tail?source_id=…` | live envelopes as server-sent events |
 //! | `POST /api/v1/sql` | read-only DataFusion SQL over the archive (`{"query": "…"}` or plain text) |
 //! | `GET /healthz` | liveness |
@@ -12,6 +12,7 @@
 
 pub mod metrics;
 mod routes;
+pub mod search;
 pub mod sql;
 pub mod tail;
 
@@ -20,11 +21,11 @@ use std::sync::Arc;
 
 use sluice_common::SluiceError;
 use sluice_common::config::{ArchiveLocation, QueryApiConfig};
-use sluice_retention::store::Archive;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::TlsMaterial;
 use sluice_indexer::Searcher;
+use sluice_retention::store::Archive;
 use tracing::info;
 
 pub use routes::router;
@@ -32,8 +33,8 @@ pub use routes::router;
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// Searches the index directory.
-    pub searcher: Arc<Searcher>,
+    /// Runs searches, locally or over the indexers.
+    pub search: search::SearchBackend,
     /// The archive SQL reads.
     pub archive: Archive,
     /// The process's metric registry, served at `/metrics`.
@@ -56,7 +57,12 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
     let state = AppState {
-        searcher: Arc::new(Searcher::new(&index_dir)),
+        search: search::SearchBackend::new(
+            &config.indexers,
+            config.indexer_timeout,
+            &tls,
+            Arc::new(Searcher::new(&index_dir)),
+        )?,
         archive: Archive::open(&archive)?,
         tail: tail::TailSource::new(&config.doppler, &tls)?,
         metrics: metrics::QueryMetrics::register(&telemetry),
@@ -65,7 +71,12 @@ pub async fn run(
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|error| SluiceError::unavailable(format!("failed to listen on {} for the query api: {error}", config.listen)))?;
+        .map_err(|error| {
+            SluiceError::unavailable(format!(
+                "failed to listen on {} for the query api: {error}",
+                config.listen
+            ))
+        })?;
     info!(listen = %config.listen, "query api listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.wait().await })

@@ -18,7 +18,11 @@ impl QueryMetrics {
     /// Registers the query API's metrics.
     pub fn register(telemetry: &Telemetry) -> QueryMetrics {
         QueryMetrics {
-            requests: telemetry.register("sluice_query_requests", "Requests by endpoint and status class", Family::default()),
+            requests: telemetry.register(
+                "sluice_query_requests",
+                "Requests by endpoint and status class",
+                Family::default(),
+            ),
         }
     }
 

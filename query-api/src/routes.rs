@@ -34,12 +34,21 @@ struct ApiError(SluiceError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(serde_json::json!({ "error": self.0.message() }))).into_response()
+        let status = StatusCode::from_u16(self.0.kind().http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.0.message() })),
+        )
+            .into_response()
     }
 }
 
-fn respond<T: serde::Serialize>(state: &AppState, endpoint: &'static str, result: Result<T, SluiceError>) -> Response {
+fn respond<T: serde::Serialize>(
+    state: &AppState,
+    endpoint: &'static str,
+    result: Result<T, SluiceError>,
+) -> Response {
     match result {
         Ok(body) => {
             state.metrics.request(endpoint, 200);
@@ -86,10 +95,7 @@ async fn search(State(state): State<AppState>, Query(params): Query<SearchParams
             end_ns: parse_time_param("end", params.end.as_ref())?,
             limit,
         };
-        let searcher = state.searcher.clone();
-        tokio::task::spawn_blocking(move || searcher.search(&request))
-            .await
-            .map_err(|error| SluiceError::internal(format!("search task failed: {error}")))?
+        state.search.search(request).await
     }
     .await;
     respond(&state, "search", result)
@@ -116,7 +122,9 @@ async fn tail(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Respons
     state.metrics.request("tail", 200);
     let events = stream.map(|item| -> Result<Event, Infallible> {
         Ok(match item {
-            Ok(envelope) => Event::default().data(crate::tail::envelope_json(&envelope).to_string()),
+            Ok(envelope) => {
+                Event::default().data(crate::tail::envelope_json(&envelope).to_string())
+            }
             Err(status) => Event::default().event("error").data(status.message()),
         })
     });
@@ -127,10 +135,13 @@ async fn tail(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Respons
 
 /// Decodes `application/x-www-form-urlencoded` pairs.
 fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(key), percent_decode(value))
-    })
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
 }
 
 fn percent_decode(text: &str) -> String {
@@ -147,7 +158,9 @@ fn percent_decode(text: &str) -> String {
         if byte == b'%'
             && let Some(hex) = bytes.get(index + 1..index + 3)
             && hex.iter().all(u8::is_ascii_hexdigit)
-            && let Some(value) = std::str::from_utf8(hex).ok().and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            && let Some(value) = std::str::from_utf8(hex)
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
         {
             decoded.push(value);
             index += 3;
@@ -172,10 +185,13 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     let query = if is_json {
         match serde_json::from_slice::<SqlBody>(&body) {
             Ok(parsed) => Ok(parsed.query),
-            Err(error) => Err(SluiceError::invalid(format!("invalid json body: {error}; expected {{\"query\": \"SELECT …\"}}"))),
+            Err(error) => Err(SluiceError::invalid(format!(
+                "invalid json body: {error}; expected {{\"query\": \"SELECT …\"}}"
+            ))),
         }
     } else {
-        String::from_utf8(body.to_vec()).map_err(|_| SluiceError::invalid("the query is not valid UTF-8"))
+        String::from_utf8(body.to_vec())
+            .map_err(|_| SluiceError::invalid("the query is not valid UTF-8"))
     };
     let result = match query {
         Ok(query) => {
@@ -185,7 +201,9 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             // executor thread for others.
             tokio::spawn(async move { crate::sql::run_query(&archive, &query, max_rows).await })
                 .await
-                .unwrap_or_else(|error| Err(SluiceError::internal(format!("sql task failed: {error}"))))
+                .unwrap_or_else(|error| {
+                    Err(SluiceError::internal(format!("sql task failed: {error}")))
+                })
         }
         Err(error) => Err(error),
     };
@@ -198,7 +216,10 @@ async fn healthz() -> &'static str {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.telemetry.encode(),
     )
         .into_response()
@@ -210,7 +231,8 @@ mod tests {
 
     #[test]
     fn query_pairs_decode_percent_and_plus() {
-        let pairs: Vec<(String, String)> = url_pairs("source_id=a%2Fb&source_id=c+d&x=%zz&y=%4").collect();
+        let pairs: Vec<(String, String)> =
+            url_pairs("source_id=a%2Fb&source_id=c+d&x=%zz&y=%4").collect();
         assert_eq!(
             pairs,
             vec![

@@ -41,16 +41,25 @@ pub struct SqlResponse {
 fn classify(error: DataFusionError) -> SluiceError {
     let message = error.to_string();
     match error.find_root() {
-        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_) => SluiceError::invalid(message),
+        DataFusionError::Execution(text)
+            if text.contains("not supported") || text.contains("not allowed") =>
+        {
             SluiceError::invalid(message)
         }
-        DataFusionError::Execution(text) if text.contains("not supported") || text.contains("not allowed") => SluiceError::invalid(message),
         _ => SluiceError::new(ErrorKind::Internal, message),
     }
 }
 
 /// Runs `query` against `archive`, returning at most `max_rows` rows.
-pub async fn run_query(archive: &Archive, query: &str, max_rows: usize) -> Result<SqlResponse, SluiceError> {
+pub async fn run_query(
+    archive: &Archive,
+    query: &str,
+    max_rows: usize,
+) -> Result<SqlResponse, SluiceError> {
     let started = Instant::now();
     if query.trim().is_empty() {
         return Err(SluiceError::invalid("empty query"));
@@ -102,7 +111,9 @@ pub async fn run_query(archive: &Archive, query: &str, max_rows: usize) -> Resul
     let rows: Vec<serde_json::Map<String, serde_json::Value>> = if bytes.is_empty() {
         Vec::new()
     } else {
-        serde_json::from_slice(&bytes).map_err(|error| SluiceError::internal(format!("failed to encode the answer: {error}")))?
+        serde_json::from_slice(&bytes).map_err(|error| {
+            SluiceError::internal(format!("failed to encode the answer: {error}"))
+        })?
     };
     Ok(SqlResponse {
         columns,

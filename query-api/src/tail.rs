@@ -23,9 +23,20 @@ impl TailSource {
     /// A source reading the doppler at `address` (`host:port`); connects lazily.
     pub fn new(address: &str, tls: &TlsMaterial) -> Result<TailSource, SluiceError> {
         let channel = Endpoint::from_shared(format!("https://{address}"))
-            .map_err(|error| SluiceError::invalid(format!("query_api.doppler: invalid address {address:?}: {error}")))?
+            .map_err(|error| {
+                SluiceError::invalid(format!(
+                    "query_api.doppler: invalid address {address:?}: {error}"
+                ))
+            })?
             .tls_config(tls.client_config())
-            .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}: {}", std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default())))?
+            .map_err(|error| {
+                SluiceError::invalid(format!(
+                    "invalid tls configuration: {error}: {}",
+                    std::error::Error::source(&error)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ))
+            })?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
         Ok(TailSource {
@@ -35,7 +46,10 @@ impl TailSource {
 
     /// Subscribes to envelopes from `source_ids` (every source when empty). Each subscription
     /// has its own shard, so it sees every matching envelope.
-    pub async fn subscribe(&self, source_ids: &[String]) -> Result<impl Stream<Item = Result<Envelope, tonic::Status>> + use<>, SluiceError> {
+    pub async fn subscribe(
+        &self,
+        source_ids: &[String],
+    ) -> Result<impl Stream<Item = Result<Envelope, tonic::Status>> + use<>, SluiceError> {
         let selectors = if source_ids.is_empty() {
             vec![Selector::default()]
         } else {
@@ -47,7 +61,10 @@ impl TailSource {
                 })
                 .collect()
         };
-        let shard_id = format!("sluice-tail-{:016x}", RandomState::new().hash_one(sluice_common::time::now_nanos()));
+        let shard_id = format!(
+            "sluice-tail-{:016x}",
+            RandomState::new().hash_one(sluice_common::time::now_nanos())
+        );
         let request = EgressBatchRequest {
             shard_id,
             selectors,
@@ -55,10 +72,12 @@ impl TailSource {
             deterministic_name: String::new(),
         };
         let mut client = self.client.clone();
-        let response = client
-            .batched_receiver(request)
-            .await
-            .map_err(|status| SluiceError::unavailable(format!("failed to subscribe to the doppler: {}", status.message())))?;
+        let response = client.batched_receiver(request).await.map_err(|status| {
+            SluiceError::unavailable(format!(
+                "failed to subscribe to the doppler: {}",
+                status.message()
+            ))
+        })?;
         Ok(response.into_inner().flat_map(|batch| {
             let envelopes: Vec<Result<Envelope, tonic::Status>> = match batch {
                 Ok(batch) => batch.batch.into_iter().map(Ok).collect(),
@@ -82,19 +101,32 @@ pub fn envelope_json(envelope: &Envelope) -> Value {
     let extra = match &envelope.message {
         Some(envelope::Message::Log(entry)) => {
             let (message, invalid) = decode_payload(&entry.payload);
-            let log_type = if entry.r#type == log::Type::Err as i32 { "ERR" } else { "OUT" };
+            let log_type = if entry.r#type == log::Type::Err as i32 {
+                "ERR"
+            } else {
+                "OUT"
+            };
             json!({"log_type": log_type, "message": message, "invalid_utf8": invalid})
         }
-        Some(envelope::Message::Counter(counter)) => json!({"name": counter.name, "delta": counter.delta, "total": counter.total}),
+        Some(envelope::Message::Counter(counter)) => {
+            json!({"name": counter.name, "delta": counter.delta, "total": counter.total})
+        }
         Some(envelope::Message::Gauge(gauge)) => {
             let metrics: serde_json::Map<String, Value> = gauge
                 .metrics
                 .iter()
-                .map(|(name, metric)| (name.clone(), json!({"unit": metric.unit, "value": metric.value})))
+                .map(|(name, metric)| {
+                    (
+                        name.clone(),
+                        json!({"unit": metric.unit, "value": metric.value}),
+                    )
+                })
                 .collect();
             json!({"metrics": metrics})
         }
-        Some(envelope::Message::Timer(timer)) => json!({"name": timer.name, "start": timer.start, "stop": timer.stop}),
+        Some(envelope::Message::Timer(timer)) => {
+            json!({"name": timer.name, "start": timer.start, "stop": timer.stop})
+        }
         Some(envelope::Message::Event(event)) => json!({"title": event.title, "body": event.body}),
         None => json!({}),
     };

@@ -34,7 +34,13 @@ pub struct Commit {
 }
 
 /// The path of a data file.
-pub fn data_file_path(table: Table, hour: Hour, commit: u64, partition: u32, first_offset: u64) -> ObjectPath {
+pub fn data_file_path(
+    table: Table,
+    hour: Hour,
+    commit: u64,
+    partition: u32,
+    first_offset: u64,
+) -> ObjectPath {
     ObjectPath::from(format!(
         "{}/date={}/hour={}/{commit:010}-{partition}-{first_offset:020}.parquet",
         table.name(),
@@ -54,22 +60,31 @@ pub fn commit_of_file(path: &ObjectPath) -> Option<u64> {
 pub async fn read_checkpoint(store: &Arc<dyn ObjectStore>) -> Result<Commit, SluiceError> {
     match store.get(&ObjectPath::from(CHECKPOINT)).await {
         Ok(result) => {
-            let bytes = result
-                .bytes()
-                .await
-                .map_err(|error| SluiceError::unavailable(format!("failed to read the archive checkpoint: {error}")))?;
-            serde_json::from_slice(&bytes)
-                .map_err(|error| SluiceError::internal(format!("invalid archive checkpoint {CHECKPOINT}: {error}")))
+            let bytes = result.bytes().await.map_err(|error| {
+                SluiceError::unavailable(format!("failed to read the archive checkpoint: {error}"))
+            })?;
+            serde_json::from_slice(&bytes).map_err(|error| {
+                SluiceError::internal(format!("invalid archive checkpoint {CHECKPOINT}: {error}"))
+            })
         }
         Err(object_store::Error::NotFound { .. }) => Ok(Commit::default()),
-        Err(error) => Err(SluiceError::unavailable(format!("failed to read the archive checkpoint: {error}"))),
+        Err(error) => Err(SluiceError::unavailable(format!(
+            "failed to read the archive checkpoint: {error}"
+        ))),
     }
 }
 
 /// Records `commit`: its commit record first, then the checkpoint that makes it current.
-pub async fn write_commit(store: &Arc<dyn ObjectStore>, commit: &Commit) -> Result<(), SluiceError> {
-    let text = serde_json::to_vec_pretty(commit).map_err(|error| SluiceError::internal(error.to_string()))?;
-    let record = ObjectPath::from(format!("_sluice/retention/commits/{:010}.json", commit.commit));
+pub async fn write_commit(
+    store: &Arc<dyn ObjectStore>,
+    commit: &Commit,
+) -> Result<(), SluiceError> {
+    let text = serde_json::to_vec_pretty(commit)
+        .map_err(|error| SluiceError::internal(error.to_string()))?;
+    let record = ObjectPath::from(format!(
+        "_sluice/retention/commits/{:010}.json",
+        commit.commit
+    ));
     store
         .put(&record, PutPayload::from(text.clone()))
         .await
@@ -77,12 +92,16 @@ pub async fn write_commit(store: &Arc<dyn ObjectStore>, commit: &Commit) -> Resu
     store
         .put(&ObjectPath::from(CHECKPOINT), PutPayload::from(text))
         .await
-        .map_err(|error| SluiceError::unavailable(format!("failed to write {CHECKPOINT}: {error}")))?;
+        .map_err(|error| {
+            SluiceError::unavailable(format!("failed to write {CHECKPOINT}: {error}"))
+        })?;
     Ok(())
 }
 
 /// Every data file of every table.
-async fn list_data_files(store: &Arc<dyn ObjectStore>) -> Result<Vec<object_store::ObjectMeta>, SluiceError> {
+async fn list_data_files(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Vec<object_store::ObjectMeta>, SluiceError> {
     let mut files = Vec::new();
     for table in Table::ALL {
         let prefix = ObjectPath::from(table.name());
@@ -90,7 +109,9 @@ async fn list_data_files(store: &Arc<dyn ObjectStore>) -> Result<Vec<object_stor
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(|error| SluiceError::unavailable(format!("failed to list {prefix}: {error}")))?;
+            .map_err(|error| {
+                SluiceError::unavailable(format!("failed to list {prefix}: {error}"))
+            })?;
         files.extend(objects);
     }
     Ok(files)
@@ -98,14 +119,16 @@ async fn list_data_files(store: &Arc<dyn ObjectStore>) -> Result<Vec<object_stor
 
 /// Deletes data files written by commits after `last_commit` (a flush that crashed before it
 /// committed); returns how many went.
-pub async fn remove_uncommitted(store: &Arc<dyn ObjectStore>, last_commit: u64) -> Result<u64, SluiceError> {
+pub async fn remove_uncommitted(
+    store: &Arc<dyn ObjectStore>,
+    last_commit: u64,
+) -> Result<u64, SluiceError> {
     let mut removed = 0;
     for object in list_data_files(store).await? {
         if commit_of_file(&object.location).is_some_and(|commit| commit > last_commit) {
-            store
-                .delete(&object.location)
-                .await
-                .map_err(|error| SluiceError::unavailable(format!("failed to delete {}: {error}", object.location)))?;
+            store.delete(&object.location).await.map_err(|error| {
+                SluiceError::unavailable(format!("failed to delete {}: {error}", object.location))
+            })?;
             removed += 1;
         }
     }
@@ -114,7 +137,11 @@ pub async fn remove_uncommitted(store: &Arc<dyn ObjectStore>, last_commit: u64) 
 
 /// Bytes of every data file.
 pub async fn archive_bytes(store: &Arc<dyn ObjectStore>) -> Result<u64, SluiceError> {
-    Ok(list_data_files(store).await?.iter().map(|object| object.size).sum())
+    Ok(list_data_files(store)
+        .await?
+        .iter()
+        .map(|object| object.size)
+        .sum())
 }
 
 #[cfg(test)]
@@ -136,12 +163,16 @@ mod tests {
     #[tokio::test]
     async fn files_of_an_uncommitted_flush_are_removed_and_committed_ones_kept() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("store"));
+        let store: Arc<dyn ObjectStore> = Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("store"),
+        );
         let hour = Hour(500_000);
         for commit in [1, 2, 3] {
             store
-                .put(&data_file_path(Table::Logs, hour, commit, 0, commit), PutPayload::from_static(b"x"))
+                .put(
+                    &data_file_path(Table::Logs, hour, commit, 0, commit),
+                    PutPayload::from_static(b"x"),
+                )
                 .await
                 .expect("put");
         }
@@ -152,7 +183,12 @@ mod tests {
         write_commit(&store, &checkpoint).await.expect("commit");
         let read = read_checkpoint(&store).await.expect("read");
         assert_eq!(read.commit, 2);
-        assert_eq!(remove_uncommitted(&store, read.commit).await.expect("remove"), 1);
+        assert_eq!(
+            remove_uncommitted(&store, read.commit)
+                .await
+                .expect("remove"),
+            1
+        );
         assert_eq!(archive_bytes(&store).await.expect("size"), 2);
     }
 }

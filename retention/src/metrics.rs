@@ -25,6 +25,10 @@ pub struct RetentionMetrics {
     pub orphan_files_removed: Counter,
     /// Bus records that could not be decoded; counted and skipped.
     pub records_undecodable: Counter,
+    /// Bus records delivered again after a rebalance, already buffered or archived; skipped.
+    pub records_redelivered: Counter,
+    /// Takeovers by another retention member that would need archived rows removed; refused.
+    pub rewinds_refused: Counter,
     /// Bytes of the archive in object storage.
     pub archive_bytes: Gauge,
     /// Rows buffered, waiting for the next flush.
@@ -52,6 +56,16 @@ impl RetentionMetrics {
             records_undecodable: telemetry.register(
                 "sluice_retention_records_undecodable",
                 "Bus records that could not be decoded and were skipped",
+                Counter::default(),
+            ),
+            records_redelivered: telemetry.register(
+                "sluice_retention_records_redelivered",
+                "Bus records delivered again after a rebalance that were already buffered or archived; skipped",
+                Counter::default(),
+            ),
+            rewinds_refused: telemetry.register(
+                "sluice_retention_rewinds_refused",
+                "Partition takeovers by another retention process that would need archived rows removed (run one retention process per group)",
                 Counter::default(),
             ),
             archive_bytes: telemetry.register("sluice_retention_archive_bytes", "Bytes of the archive in object storage", Gauge::default()),

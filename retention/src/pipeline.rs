@@ -19,14 +19,14 @@ use object_store::WriteMultipart;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use prost::Message;
-use sluice_bus::{Bus, BusRecord, Consumer, Positions};
+use sluice_bus::{Bus, BusEvent, BusRecord, Consumer, Positions};
 use sluice_common::SluiceError;
 use sluice_common::config::RetentionConfig;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
 use sluice_common::time::Hour;
 use sluice_proto::v1::AgentBatch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::archive::{self, Commit};
 use crate::metrics::RetentionMetrics;
@@ -54,7 +54,9 @@ struct HourBuffers<'a> {
 
 impl BufferSet for HourBuffers<'_> {
     fn buffer(&mut self, table: Table) -> &mut TableBuffer {
-        self.tables.entry((table, self.hour)).or_insert_with(|| TableBuffer::new(table))
+        self.tables
+            .entry((table, self.hour))
+            .or_insert_with(|| TableBuffer::new(table))
     }
 }
 
@@ -65,7 +67,12 @@ struct PreparedCommit {
 }
 
 /// Runs retention until `shutdown` fires, then flushes what it holds.
-pub async fn run(config: RetentionConfig, bus: Arc<dyn Bus>, telemetry: Telemetry, mut shutdown: Shutdown) -> Result<(), SluiceError> {
+pub async fn run(
+    config: RetentionConfig,
+    bus: Arc<dyn Bus>,
+    telemetry: Telemetry,
+    mut shutdown: Shutdown,
+) -> Result<(), SluiceError> {
     let metrics = RetentionMetrics::register(&telemetry);
     let archive = Archive::open(&config.archive)?;
     let store = Arc::clone(&archive.store);
@@ -73,12 +80,19 @@ pub async fn run(config: RetentionConfig, bus: Arc<dyn Bus>, telemetry: Telemetr
     let removed = archive::remove_uncommitted(&store, checkpoint.commit).await?;
     metrics.orphan_files_removed.inc_by(removed);
     if removed > 0 {
-        warn!(removed, commit = checkpoint.commit, "removed files of a flush that did not commit");
+        warn!(
+            removed,
+            commit = checkpoint.commit,
+            "removed files of a flush that did not commit"
+        );
     }
     metrics
         .archive_bytes
         .set(i64::try_from(archive::archive_bytes(&store).await?).unwrap_or(i64::MAX));
-    let mut consumer = bus.subscribe(CONSUMER_GROUP).await?;
+    // One retention process per consumer group: the archive cannot take rows back, so a second
+    // member sharing the partitions could duplicate rows after a takeover (it is refused and
+    // counted instead, see `sluice_retention_rewinds_refused`).
+    let mut consumer = bus.subscribe(CONSUMER_GROUP, CONSUMER_GROUP).await?;
     consumer.seek(&checkpoint.positions).await?;
     info!(archive = %archive.describe(), commit = checkpoint.commit, resume = %checkpoint.positions.to_json(), "retention starting");
 
@@ -112,9 +126,17 @@ pub async fn run(config: RetentionConfig, bus: Arc<dyn Bus>, telemetry: Telemetr
         tokio::select! {
             () = shutdown.wait() => break,
             polled = consumer.poll(1_000, wait) => match polled {
-                Ok(records) => {
-                    for record in &records {
-                        buffer_record(&mut buffers, record, &metrics)?;
+                Ok(events) => {
+                    for event in &events {
+                        match event {
+                            BusEvent::Record(record) => buffer_record(&mut buffers, record, &metrics)?,
+                            BusEvent::Rewind { partition, to } => {
+                                if buffers.positions.next_offset(*partition) > *to {
+                                    metrics.rewinds_refused.inc();
+                                    error!(partition, to, "another retention process took over a partition this one archived past the takeover offset; rows may be archived twice (run one retention process per consumer group)");
+                                }
+                            }
+                        }
                     }
                     metrics.buffered_rows.set(buffers.rows as i64);
                 }
@@ -129,7 +151,11 @@ pub async fn run(config: RetentionConfig, bus: Arc<dyn Bus>, telemetry: Telemetr
         let prepared = prepare(&mut buffers, last_commit + 1, config.zstd_level).await?;
         // A final flush gets a fresh signal so it is not cut short by the one that fired.
         let (_trigger, mut patient) = sluice_common::shutdown::ShutdownTrigger::new();
-        let outcome = tokio::time::timeout(Duration::from_secs(30), publish(&store, &prepared, &metrics, &mut patient)).await;
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(30),
+            publish(&store, &prepared, &metrics, &mut patient),
+        )
+        .await;
         match outcome {
             Ok(Ok(())) => checkpoint_bus(consumer.as_mut(), &prepared.commit.positions).await,
             Ok(Err(error)) => return Err(error),
@@ -145,7 +171,16 @@ async fn checkpoint_bus(consumer: &mut dyn Consumer, positions: &Positions) {
     }
 }
 
-fn buffer_record(buffers: &mut Buffers, record: &BusRecord, metrics: &RetentionMetrics) -> Result<(), SluiceError> {
+fn buffer_record(
+    buffers: &mut Buffers,
+    record: &BusRecord,
+    metrics: &RetentionMetrics,
+) -> Result<(), SluiceError> {
+    if buffers.positions.contains(record) {
+        // Delivered again after a rebalance: already buffered or archived.
+        metrics.records_redelivered.inc();
+        return Ok(());
+    }
     match AgentBatch::decode(record.payload.as_ref()) {
         Ok(batch) => {
             for envelope in &batch.envelopes {
@@ -154,8 +189,9 @@ fn buffer_record(buffers: &mut Buffers, record: &BusRecord, metrics: &RetentionM
                     tables: &mut buffers.tables,
                     hour,
                 };
-                push_envelope(envelope, &batch.agent_id, batch.sequence, &mut target)
-                .map_err(|error| SluiceError::internal(format!("failed to buffer an envelope: {error}")))?;
+                push_envelope(envelope, &batch.agent_id, batch.sequence, &mut target).map_err(
+                    |error| SluiceError::internal(format!("failed to buffer an envelope: {error}")),
+                )?;
             }
         }
         Err(error) => {
@@ -164,14 +200,20 @@ fn buffer_record(buffers: &mut Buffers, record: &BusRecord, metrics: &RetentionM
         }
     }
     buffers.rows = buffers.tables.values().map(TableBuffer::rows).sum();
-    buffers.first_record.get_or_insert((record.partition, record.offset));
+    buffers
+        .first_record
+        .get_or_insert((record.partition, record.offset));
     buffers.first_buffered_at.get_or_insert_with(Instant::now);
     buffers.positions.advance_past(record);
     Ok(())
 }
 
 /// Encodes every buffered table and hour into a Parquet file of commit `commit`.
-async fn prepare(buffers: &mut Buffers, commit: u64, zstd_level: i32) -> Result<PreparedCommit, SluiceError> {
+async fn prepare(
+    buffers: &mut Buffers,
+    commit: u64,
+    zstd_level: i32,
+) -> Result<PreparedCommit, SluiceError> {
     let (partition, first_offset) = buffers.first_record.take().unwrap_or((0, 0));
     buffers.first_buffered_at = None;
     buffers.rows = 0;
@@ -181,22 +223,29 @@ async fn prepare(buffers: &mut Buffers, commit: u64, zstd_level: i32) -> Result<
         if buffer.rows() == 0 {
             continue;
         }
-        let batch = buffer
-            .finish()
-            .map_err(|error| SluiceError::internal(format!("failed to build a {} batch: {error}", table.name())))?;
+        let batch = buffer.finish().map_err(|error| {
+            SluiceError::internal(format!("failed to build a {} batch: {error}", table.name()))
+        })?;
         batches.push((table, hour, batch));
     }
     let positions_json = positions.to_json();
-    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(ObjectPath, Bytes, Table, u64)>, SluiceError> {
-        batches
-            .into_iter()
-            .map(|(table, hour, batch)| {
-                let rows = batch.num_rows() as u64;
-                let bytes = encode_parquet(&batch, zstd_level, &positions_json, commit)?;
-                Ok((archive::data_file_path(table, hour, commit, partition, first_offset), bytes, table, rows))
-            })
-            .collect()
-    })
+    let encoded = tokio::task::spawn_blocking(
+        move || -> Result<Vec<(ObjectPath, Bytes, Table, u64)>, SluiceError> {
+            batches
+                .into_iter()
+                .map(|(table, hour, batch)| {
+                    let rows = batch.num_rows() as u64;
+                    let bytes = encode_parquet(&batch, zstd_level, &positions_json, commit)?;
+                    Ok((
+                        archive::data_file_path(table, hour, commit, partition, first_offset),
+                        bytes,
+                        table,
+                        rows,
+                    ))
+                })
+                .collect()
+        },
+    )
     .await
     .map_err(|error| SluiceError::internal(format!("parquet encoding task failed: {error}")))??;
     let commit_record = Commit {
@@ -213,8 +262,14 @@ async fn prepare(buffers: &mut Buffers, commit: u64, zstd_level: i32) -> Result<
 
 /// Encodes `batch` as zstd Parquet, with the bus positions and commit number in the file's
 /// key-value metadata.
-pub fn encode_parquet(batch: &RecordBatch, zstd_level: i32, positions_json: &str, commit: u64) -> Result<Bytes, SluiceError> {
-    let level = ZstdLevel::try_new(zstd_level).map_err(|error| SluiceError::invalid(format!("invalid zstd level: {error}")))?;
+pub fn encode_parquet(
+    batch: &RecordBatch,
+    zstd_level: i32,
+    positions_json: &str,
+    commit: u64,
+) -> Result<Bytes, SluiceError> {
+    let level = ZstdLevel::try_new(zstd_level)
+        .map_err(|error| SluiceError::invalid(format!("invalid zstd level: {error}")))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_key_value_metadata(Some(vec![
@@ -223,20 +278,27 @@ pub fn encode_parquet(batch: &RecordBatch, zstd_level: i32, positions_json: &str
         ]))
         .build();
     let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, batch.schema(), Some(properties))
-        .map_err(|error| SluiceError::internal(format!("failed to start a parquet file: {error}")))?;
+    let mut writer =
+        ArrowWriter::try_new(&mut buffer, batch.schema(), Some(properties)).map_err(|error| {
+            SluiceError::internal(format!("failed to start a parquet file: {error}"))
+        })?;
     writer
         .write(batch)
         .map_err(|error| SluiceError::internal(format!("failed to encode parquet: {error}")))?;
-    writer
-        .close()
-        .map_err(|error| SluiceError::internal(format!("failed to finish a parquet file: {error}")))?;
+    writer.close().map_err(|error| {
+        SluiceError::internal(format!("failed to finish a parquet file: {error}"))
+    })?;
     Ok(Bytes::from(buffer))
 }
 
 /// Uploads the files, then the commit record and checkpoint; retries until it succeeds or
 /// shutdown is requested.
-async fn publish(store: &Arc<dyn ObjectStore>, prepared: &PreparedCommit, metrics: &RetentionMetrics, shutdown: &mut Shutdown) -> Result<(), SluiceError> {
+async fn publish(
+    store: &Arc<dyn ObjectStore>,
+    prepared: &PreparedCommit,
+    metrics: &RetentionMetrics,
+    shutdown: &mut Shutdown,
+) -> Result<(), SluiceError> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match try_publish(store, prepared).await {
@@ -259,7 +321,9 @@ async fn publish(store: &Arc<dyn ObjectStore>, prepared: &PreparedCommit, metric
     }
     metrics.files_written.inc_by(prepared.files.len() as u64);
     metrics.bytes_written.inc_by(bytes);
-    metrics.archive_bytes.inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    metrics
+        .archive_bytes
+        .inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
     metrics.commits.inc();
     metrics.buffered_rows.set(0);
     Ok(())
@@ -268,16 +332,24 @@ async fn publish(store: &Arc<dyn ObjectStore>, prepared: &PreparedCommit, metric
 /// Files larger than this go up as multipart uploads.
 const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 
-async fn try_publish(store: &Arc<dyn ObjectStore>, prepared: &PreparedCommit) -> Result<(), SluiceError> {
+async fn try_publish(
+    store: &Arc<dyn ObjectStore>,
+    prepared: &PreparedCommit,
+) -> Result<(), SluiceError> {
     for (path, data, ..) in &prepared.files {
-        let failed = |error: object_store::Error| SluiceError::unavailable(format!("failed to write {path}: {error}"));
+        let failed = |error: object_store::Error| {
+            SluiceError::unavailable(format!("failed to write {path}: {error}"))
+        };
         if data.len() > MULTIPART_THRESHOLD {
             let upload = store.put_multipart(path).await.map_err(failed)?;
             let mut writer = WriteMultipart::new(upload);
             writer.put(data.clone());
             writer.finish().await.map_err(failed)?;
         } else {
-            store.put(path, PutPayload::from(data.clone())).await.map_err(failed)?;
+            store
+                .put(path, PutPayload::from(data.clone()))
+                .await
+                .map_err(failed)?;
         }
     }
     archive::write_commit(store, &prepared.commit).await

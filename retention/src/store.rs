@@ -31,21 +31,33 @@ impl Archive {
             ArchiveLocation::Local(dir) => {
                 for table in Table::ALL {
                     let table_dir = dir.join(table.name());
-                    std::fs::create_dir_all(&table_dir)
-                        .map_err(|error| SluiceError::internal(format!("failed to create {}: {error}", table_dir.display())))?;
+                    std::fs::create_dir_all(&table_dir).map_err(|error| {
+                        SluiceError::internal(format!(
+                            "failed to create {}: {error}",
+                            table_dir.display()
+                        ))
+                    })?;
                 }
-                let root = dir
-                    .canonicalize()
-                    .map_err(|error| SluiceError::internal(format!("failed to resolve {}: {error}", dir.display())))?;
-                let store = LocalFileSystem::new_with_prefix(&root)
-                    .map_err(|error| SluiceError::internal(format!("failed to open archive directory {}: {error}", root.display())))?;
+                let root = dir.canonicalize().map_err(|error| {
+                    SluiceError::internal(format!("failed to resolve {}: {error}", dir.display()))
+                })?;
+                let store = LocalFileSystem::new_with_prefix(&root).map_err(|error| {
+                    SluiceError::internal(format!(
+                        "failed to open archive directory {}: {error}",
+                        root.display()
+                    ))
+                })?;
                 Ok(Archive {
                     store: Arc::new(store),
                     base_url: format!("file://{}", root.display()),
                     bucket_store: None,
                 })
             }
-            ArchiveLocation::S3 { bucket, prefix, settings } => {
+            ArchiveLocation::S3 {
+                bucket,
+                prefix,
+                settings,
+            } => {
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_virtual_hosted_style_request(settings.virtual_hosted_style);
@@ -64,18 +76,22 @@ impl Archive {
                 if settings.allow_http {
                     builder = builder.with_allow_http(true);
                 }
-                let bucket_level: Arc<dyn ObjectStore> = Arc::new(
-                    builder
-                        .build()
-                        .map_err(|error| SluiceError::invalid(format!("retention.s3: invalid settings for bucket {bucket}: {error}")))?,
-                );
+                let bucket_level: Arc<dyn ObjectStore> =
+                    Arc::new(builder.build().map_err(|error| {
+                        SluiceError::invalid(format!(
+                            "retention.s3: invalid settings for bucket {bucket}: {error}"
+                        ))
+                    })?);
                 let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
                     Arc::clone(&bucket_level)
                 } else {
                     Arc::new(PrefixStore::new(Arc::clone(&bucket_level), prefix.as_str()))
                 };
-                let bucket_url = Url::parse(&format!("s3://{bucket}"))
-                    .map_err(|error| SluiceError::invalid(format!("retention.archive: invalid bucket name {bucket:?}: {error}")))?;
+                let bucket_url = Url::parse(&format!("s3://{bucket}")).map_err(|error| {
+                    SluiceError::invalid(format!(
+                        "retention.archive: invalid bucket name {bucket:?}: {error}"
+                    ))
+                })?;
                 let base_url = if prefix.is_empty() {
                     format!("s3://{bucket}")
                 } else {

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder,
-    TimestampNanosecondBuilder, UInt64Builder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, MapBuilder,
+    StringBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
@@ -44,7 +44,13 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 5] = [Table::Logs, Table::Counters, Table::Gauges, Table::Timers, Table::Events];
+    pub const ALL: [Table; 5] = [
+        Table::Logs,
+        Table::Counters,
+        Table::Gauges,
+        Table::Timers,
+        Table::Events,
+    ];
 
     /// The table's name in SQL and in the archive's paths.
     pub fn name(self) -> &'static str {
@@ -159,7 +165,9 @@ impl TableBuffer {
             .fields()
             .iter()
             .map(|field| match field.data_type() {
-                DataType::Timestamp(_, _) => Column::Timestamp(TimestampNanosecondBuilder::new().with_timezone("UTC")),
+                DataType::Timestamp(_, _) => {
+                    Column::Timestamp(TimestampNanosecondBuilder::new().with_timezone("UTC"))
+                }
                 DataType::Utf8 => Column::Text(StringBuilder::new()),
                 DataType::UInt64 => Column::Unsigned(UInt64Builder::new()),
                 DataType::Int64 => Column::Signed(Int64Builder::new()),
@@ -198,7 +206,9 @@ impl TableBuffer {
         }
         for (column, cell) in self.columns.iter_mut().zip(cells) {
             match (column, cell) {
-                (Column::Timestamp(builder), Cell::Timestamp(value)) => builder.append_value(*value),
+                (Column::Timestamp(builder), Cell::Timestamp(value)) => {
+                    builder.append_value(*value)
+                }
                 (Column::Text(builder), Cell::Text(value)) => builder.append_value(value),
                 (Column::Unsigned(builder), Cell::Unsigned(value)) => builder.append_value(*value),
                 (Column::Signed(builder), Cell::Signed(value)) => builder.append_value(*value),
@@ -256,13 +266,22 @@ impl BufferSet for BTreeMap<Table, TableBuffer> {
 }
 
 /// Pushes the rows `envelope` becomes into `buffers`.
-pub fn push_envelope(envelope: &Envelope, agent_id: &str, sequence: u64, buffers: &mut impl BufferSet) -> Result<(), ArrowError> {
+pub fn push_envelope(
+    envelope: &Envelope,
+    agent_id: &str,
+    sequence: u64,
+    buffers: &mut impl BufferSet,
+) -> Result<(), ArrowError> {
     let tags = merged_tags(envelope);
     let timestamp = envelope.timestamp;
     match &envelope.message {
         Some(envelope::Message::Log(log)) => {
             let (message, invalid) = decode_payload(&log.payload);
-            let log_type = if log.r#type == log::Type::Err as i32 { "ERR" } else { "OUT" };
+            let log_type = if log.r#type == log::Type::Err as i32 {
+                "ERR"
+            } else {
+                "OUT"
+            };
             buffers.buffer(Table::Logs).push(&[
                 Cell::Timestamp(timestamp),
                 Cell::Text(&envelope.source_id),
@@ -339,7 +358,10 @@ mod tests {
 
     #[test]
     fn every_kind_of_envelope_lands_in_its_table_with_a_valid_batch() {
-        let mut buffers: BTreeMap<Table, TableBuffer> = Table::ALL.iter().map(|table| (*table, TableBuffer::new(*table))).collect();
+        let mut buffers: BTreeMap<Table, TableBuffer> = Table::ALL
+            .iter()
+            .map(|table| (*table, TableBuffer::new(*table)))
+            .collect();
         let mut log_envelope = Envelope {
             timestamp: 5,
             source_id: "app".into(),
@@ -353,8 +375,20 @@ mod tests {
         let gauge = Envelope {
             message: Some(envelope::Message::Gauge(Gauge {
                 metrics: [
-                    ("cpu".to_owned(), GaugeValue { unit: "%".into(), value: 1.5 }),
-                    ("mem".to_owned(), GaugeValue { unit: "B".into(), value: 2.0 }),
+                    (
+                        "cpu".to_owned(),
+                        GaugeValue {
+                            unit: "%".into(),
+                            value: 1.5,
+                        },
+                    ),
+                    (
+                        "mem".to_owned(),
+                        GaugeValue {
+                            unit: "B".into(),
+                            value: 2.0,
+                        },
+                    ),
                 ]
                 .into_iter()
                 .collect(),
@@ -372,14 +406,25 @@ mod tests {
         for envelope in [&log_envelope, &gauge, &timer] {
             push_envelope(envelope, "agent", 1, &mut buffers).expect("push");
         }
-        let logs = buffers.get_mut(&Table::Logs).expect("logs").finish().expect("batch");
+        let logs = buffers
+            .get_mut(&Table::Logs)
+            .expect("logs")
+            .finish()
+            .expect("batch");
         assert_eq!(logs.num_rows(), 1);
         assert_eq!(logs.schema(), Table::Logs.schema());
         assert_eq!(buffers[&Table::Gauges].rows(), 2);
-        let timers = buffers.get_mut(&Table::Timers).expect("timers").finish().expect("batch");
-        let duration = timers
-            .column_by_name("duration_ns")
-            .and_then(|column| column.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().map(|array| array.value(0)));
+        let timers = buffers
+            .get_mut(&Table::Timers)
+            .expect("timers")
+            .finish()
+            .expect("batch");
+        let duration = timers.column_by_name("duration_ns").and_then(|column| {
+            column
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .map(|array| array.value(0))
+        });
         assert_eq!(duration, Some(25));
     }
 }

@@ -24,8 +24,12 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
         cert: tls_dir.join("node.pem"),
         key: tls_dir.join("node-key.pem"),
     };
-    let tls = TlsMaterial::load(&paths, "localhost")
-        .with_context(|| format!("no client certificate in {} (start `sluice up` there first, or pass --data-dir)", tls_dir.display()))?;
+    let tls = TlsMaterial::load(&paths, "localhost").with_context(|| {
+        format!(
+            "no client certificate in {} (start `sluice up` there first, or pass --data-dir)",
+            tls_dir.display()
+        )
+    })?;
     let channel = Endpoint::from_shared(format!("https://{}", args.agent))
         .context("invalid --agent address")?
         .tls_config(tls.client_config())?
@@ -56,14 +60,23 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
                 batch: std::mem::take(pending),
             })
             .await
-            .map_err(|status| anyhow!("the agent refused the batch: {:?}: {}", status.code(), status.message()))?;
+            .map_err(|status| {
+                anyhow!(
+                    "the agent refused the batch: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })?;
         *sent += count;
         Ok(())
     };
     match args.count {
         Some(count) => {
             for index in 1..=count {
-                pending.push(make(format!("sluice emit line {index} of {count} from {}", args.source_id)));
+                pending.push(make(format!(
+                    "sluice emit line {index} of {count} from {}",
+                    args.source_id
+                )));
                 if pending.len() >= args.batch {
                     flush(&mut pending, &mut sent).await?;
                 }
@@ -82,7 +95,10 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
     }
     flush(&mut pending, &mut sent).await?;
     match args.output {
-        OutputFormat::Json => println!("{}", serde_json::json!({"sent": sent, "source_id": args.source_id})),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({"sent": sent, "source_id": args.source_id})
+        ),
         OutputFormat::Table => println!("sent {sent} envelopes from source_id {}", args.source_id),
     }
     Ok(())
@@ -99,9 +115,15 @@ async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Val
 
 async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
-    let body: Value = response.json().await.context("the query API answered with something that is not JSON")?;
+    let body: Value = response
+        .json()
+        .await
+        .context("the query API answered with something that is not JSON")?;
     if !status.is_success() {
-        let message = body.get("error").and_then(Value::as_str).unwrap_or("no reason given");
+        let message = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
         bail!("{status}: {message}");
     }
     Ok(body)
@@ -109,7 +131,10 @@ async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
 
 /// `sluice search`.
 pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
-    let mut params = vec![("query", args.query.clone()), ("limit", args.limit.to_string())];
+    let mut params = vec![
+        ("query", args.query.clone()),
+        ("limit", args.limit.to_string()),
+    ];
     if let Some(start) = &args.start {
         params.push(("start", start.clone()));
     }
@@ -121,8 +146,14 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     match args.client.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Table => {
-            let hits = body.get("hits").and_then(Value::as_array).cloned().unwrap_or_default();
-            let headers: Vec<String> = ["time", "source_id", "instance_id", "type", "message"].map(str::to_owned).to_vec();
+            let hits = body
+                .get("hits")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let headers: Vec<String> = ["time", "source_id", "instance_id", "type", "message"]
+                .map(str::to_owned)
+                .to_vec();
             let rows: Vec<Vec<String>> = hits
                 .iter()
                 .map(|hit| {
@@ -139,6 +170,18 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
                 cell(body.get("total")),
                 cell(body.get("took_ms"))
             );
+            let unavailable = body
+                .pointer("/indexers/unavailable")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for failure in &unavailable {
+                eprintln!(
+                    "warning: indexer {} did not answer ({}); these results may miss lines",
+                    cell(failure.get("indexer")),
+                    cell(failure.get("error"))
+                );
+            }
         }
     }
     Ok(())
@@ -147,7 +190,9 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
 /// `sluice sql`.
 pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/sql", args.client.api.trim_end_matches('/'));
-    let request = reqwest::Client::new().post(&url).json(&serde_json::json!({"query": args.query}));
+    let request = reqwest::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({"query": args.query}));
     let body = call(request, &url).await?;
     match args.client.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
@@ -155,7 +200,12 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
             let headers: Vec<String> = body
                 .get("columns")
                 .and_then(Value::as_array)
-                .map(|columns| columns.iter().map(|column| cell(column.get("name"))).collect())
+                .map(|columns| {
+                    columns
+                        .iter()
+                        .map(|column| cell(column.get("name")))
+                        .collect()
+                })
                 .unwrap_or_default();
             let rows: Vec<Vec<String>> = body
                 .get("rows")
@@ -167,7 +217,10 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
                 })
                 .unwrap_or_default();
             print_table(&headers, &rows, 120);
-            let truncated = body.get("truncated").and_then(Value::as_bool).unwrap_or(false);
+            let truncated = body
+                .get("truncated")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             println!(
                 "{} rows{} ({} ms)",
                 rows.len(),
@@ -182,7 +235,11 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
 /// `sluice tail`: prints envelopes as they arrive.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/tail", args.client.api.trim_end_matches('/'));
-    let params: Vec<(&str, String)> = args.source_id.iter().map(|id| ("source_id", id.clone())).collect();
+    let params: Vec<(&str, String)> = args
+        .source_id
+        .iter()
+        .map(|id| ("source_id", id.clone()))
+        .collect();
     let response = reqwest::Client::new()
         .get(&url)
         .query(&params)

@@ -6,15 +6,24 @@ pub fn print_table(headers: &[String], rows: &[Vec<String>], max_width: usize) {
     let cut = |cell: &str| -> String {
         let single_line = cell.replace(['\n', '\r'], " ");
         if single_line.chars().count() > max_width {
-            let mut kept: String = single_line.chars().take(max_width.saturating_sub(1)).collect();
+            let mut kept: String = single_line
+                .chars()
+                .take(max_width.saturating_sub(1))
+                .collect();
             kept.push('…');
             kept
         } else {
             single_line
         }
     };
-    let rows: Vec<Vec<String>> = rows.iter().map(|row| row.iter().map(|cell| cut(cell)).collect()).collect();
-    let mut widths: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| cut(cell)).collect())
+        .collect();
+    let mut widths: Vec<usize> = headers
+        .iter()
+        .map(|header| header.chars().count())
+        .collect();
     for row in &rows {
         for (index, cell) in row.iter().enumerate() {
             if let Some(width) = widths.get_mut(index) {

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sluice_bus::Bus;
-use sluice_bus::metrics::BusMetrics;
 use sluice_bus::kafka::KafkaBus;
+use sluice_bus::metrics::BusMetrics;
 use sluice_bus::wal::WalBus;
 use sluice_common::SluiceError;
-use sluice_common::config::{BusConfig, Config, RawConfig};
+use sluice_common::config::{BusConfig, Config, IndexerConfig, RawConfig};
 use sluice_common::shutdown::{Shutdown, ShutdownTrigger};
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::{TlsMaterial, ensure_local_ca};
@@ -85,11 +85,19 @@ async fn open_bus(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<
 /// A running role: its name and how it ended.
 type RoleHandle = JoinHandle<(&'static str, Result<(), SluiceError>)>;
 
-fn spawn_role(name: &'static str, task: impl Future<Output = Result<(), SluiceError>> + Send + 'static) -> RoleHandle {
+fn spawn_role(
+    name: &'static str,
+    task: impl Future<Output = Result<(), SluiceError>> + Send + 'static,
+) -> RoleHandle {
     tokio::spawn(async move { (name, task.await) })
 }
 
-fn spawn_query_api(config: &Config, tls: TlsMaterial, telemetry: Telemetry, shutdown: Shutdown) -> RoleHandle {
+fn spawn_query_api(
+    config: &Config,
+    tls: TlsMaterial,
+    telemetry: Telemetry,
+    shutdown: Shutdown,
+) -> RoleHandle {
     spawn_role(
         "query-api",
         sluice_query_api::run(
@@ -147,11 +155,35 @@ async fn join_stage(handles: Vec<RoleHandle>, deadline: Duration) -> Option<Stri
     first_error
 }
 
+/// The indexer, and its search service when `indexer.listen` is set.
+async fn run_indexer(
+    config: IndexerConfig,
+    bus: Arc<dyn Bus>,
+    telemetry: Telemetry,
+    shutdown: Shutdown,
+    tls: TlsMaterial,
+) -> Result<(), SluiceError> {
+    let Some(listen) = config.listen else {
+        return sluice_indexer::run(config, bus, telemetry, shutdown).await;
+    };
+    let searcher = Arc::new(sluice_indexer::Searcher::new(&config.dir));
+    let service = sluice_indexer::service::serve(listen, searcher, tls, shutdown.clone());
+    tokio::try_join!(
+        sluice_indexer::run(config, bus, telemetry, shutdown),
+        service
+    )
+    .map(|_| ())
+}
+
 /// `sluice up`: every role in this process.
 pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("failed to create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "failed to create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let tls = load_tls(&config)?;
     let telemetry = Telemetry::new();
     let bus = open_bus(&config, &telemetry).await?;
@@ -163,23 +195,45 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
     let consumers = vec![
         spawn_role(
             "indexer",
-            sluice_indexer::run(config.indexer.clone(), Arc::clone(&bus), telemetry.clone(), consumers_shutdown.clone()),
+            run_indexer(
+                config.indexer.clone(),
+                Arc::clone(&bus),
+                telemetry.clone(),
+                consumers_shutdown.clone(),
+                tls.clone(),
+            ),
         ),
         spawn_role(
             "retention",
-            sluice_retention::run(config.retention.clone(), Arc::clone(&bus), telemetry.clone(), consumers_shutdown),
+            sluice_retention::run(
+                config.retention.clone(),
+                Arc::clone(&bus),
+                telemetry.clone(),
+                consumers_shutdown,
+            ),
         ),
     ];
     let serving = vec![
         spawn_role(
             "doppler",
-            sluice_doppler::run(config.doppler.clone(), tls.clone(), Arc::clone(&bus), telemetry.clone(), serving_shutdown.clone()),
+            sluice_doppler::run(
+                config.doppler.clone(),
+                tls.clone(),
+                Arc::clone(&bus),
+                telemetry.clone(),
+                serving_shutdown.clone(),
+            ),
         ),
         spawn_query_api(&config, tls.clone(), telemetry.clone(), serving_shutdown),
     ];
     let ingress = vec![spawn_role(
         "agent",
-        sluice_agent::run(config.agent.clone(), tls, telemetry.clone(), ingress_shutdown),
+        sluice_agent::run(
+            config.agent.clone(),
+            tls,
+            telemetry.clone(),
+            ingress_shutdown,
+        ),
     )];
     info!(
         agent = %config.agent.listen,
@@ -197,7 +251,11 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
     );
 
     // Run until a signal, or until any role stops on its own (which is a failure).
-    let all: Vec<&JoinHandle<_>> = consumers.iter().chain(serving.iter()).chain(ingress.iter()).collect();
+    let all: Vec<&JoinHandle<_>> = consumers
+        .iter()
+        .chain(serving.iter())
+        .chain(ingress.iter())
+        .collect();
     let early_exit = async {
         loop {
             if all.iter().any(|handle| handle.is_finished()) {
@@ -230,12 +288,18 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
     let handle = match role {
         Role::Agent => {
             let tls = load_tls(&config)?;
-            spawn_role("agent", sluice_agent::run(config.agent.clone(), tls, telemetry, shutdown))
+            spawn_role(
+                "agent",
+                sluice_agent::run(config.agent.clone(), tls, telemetry, shutdown),
+            )
         }
         Role::Doppler => {
             let tls = load_tls(&config)?;
             let bus = open_bus(&config, &telemetry).await?;
-            spawn_role("doppler", sluice_doppler::run(config.doppler.clone(), tls, bus, telemetry, shutdown))
+            spawn_role(
+                "doppler",
+                sluice_doppler::run(config.doppler.clone(), tls, bus, telemetry, shutdown),
+            )
         }
         Role::Indexer | Role::Retention => {
             if let BusConfig::Wal { .. } = &config.bus {
@@ -246,9 +310,16 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
             }
             let bus = open_bus(&config, &telemetry).await?;
             if role == Role::Indexer {
-                spawn_role("indexer", sluice_indexer::run(config.indexer.clone(), bus, telemetry, shutdown))
+                let tls = load_tls(&config)?;
+                spawn_role(
+                    "indexer",
+                    run_indexer(config.indexer.clone(), bus, telemetry, shutdown, tls),
+                )
             } else {
-                spawn_role("retention", sluice_retention::run(config.retention.clone(), bus, telemetry, shutdown))
+                spawn_role(
+                    "retention",
+                    sluice_retention::run(config.retention.clone(), bus, telemetry, shutdown),
+                )
             }
         }
         Role::QueryApi => spawn_query_api(&config, load_tls(&config)?, telemetry, shutdown),

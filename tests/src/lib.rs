@@ -34,7 +34,11 @@ pub fn sluice_binary() -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (free when asked; the OS does not hand it out again at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `sluice up`.
@@ -68,10 +72,19 @@ impl Sluice {
     pub async fn start_with_config(data_dir: &Path, config: &str) -> Sluice {
         let path = data_dir.with_extension("toml");
         std::fs::write(&path, config).unwrap();
-        Sluice::start_with(data_dir, (free_port(), free_port(), free_port()), Some(path)).await
+        Sluice::start_with(
+            data_dir,
+            (free_port(), free_port(), free_port()),
+            Some(path),
+        )
+        .await
     }
 
-    async fn start_with(data_dir: &Path, ports: (u16, u16, u16), config: Option<PathBuf>) -> Sluice {
+    async fn start_with(
+        data_dir: &Path,
+        ports: (u16, u16, u16),
+        config: Option<PathBuf>,
+    ) -> Sluice {
         let log_path = data_dir.with_extension(format!("log-{}", ports.0));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(sluice_binary());
@@ -122,7 +135,11 @@ impl Sluice {
             if healthy && agent_up {
                 return;
             }
-            assert!(Instant::now() < deadline, "sluice did not become ready; its log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not become ready; its log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -173,11 +190,16 @@ impl Sluice {
 
     /// This node's certificates, as a client presents them.
     pub fn client_tls(&self) -> ClientTlsConfig {
-        TlsMaterial::load(&self.tls_paths(), "localhost").unwrap().client_config()
+        TlsMaterial::load(&self.tls_paths(), "localhost")
+            .unwrap()
+            .client_config()
     }
 
     /// A channel to `address` with the given TLS settings.
-    pub async fn channel(address: &str, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+    pub async fn channel(
+        address: &str,
+        tls: ClientTlsConfig,
+    ) -> Result<Channel, tonic::transport::Error> {
         Endpoint::from_shared(format!("https://{address}"))
             .unwrap()
             .tls_config(tls)?
@@ -187,7 +209,9 @@ impl Sluice {
 
     /// A Loggregator ingress client with this node's certificate.
     pub async fn ingress(&self) -> IngressClient<Channel> {
-        let channel = Sluice::channel(&self.agent, self.client_tls()).await.unwrap();
+        let channel = Sluice::channel(&self.agent, self.client_tls())
+            .await
+            .unwrap();
         IngressClient::new(channel).max_encoding_message_size(64 * 1024 * 1024)
     }
 
@@ -260,7 +284,11 @@ impl Drop for Sluice {
         self.kill_hard();
         // A failing test shows what the server said, so CI logs explain the failure.
         if std::thread::panicking() {
-            eprintln!("--- sluice log ({}) ---\n{}", self.log_path.display(), self.log());
+            eprintln!(
+                "--- sluice log ({}) ---\n{}",
+                self.log_path.display(),
+                self.log()
+            );
         }
     }
 }
@@ -280,8 +308,14 @@ pub fn log_envelope(source_id: &str, message: impl Into<Vec<u8>>) -> Envelope {
 }
 
 /// Sends one batch with `Send`.
-pub async fn send(client: &mut IngressClient<Channel>, envelopes: Vec<Envelope>) -> Result<(), tonic::Status> {
-    client.send(EnvelopeBatch { batch: envelopes }).await.map(|_| ())
+pub async fn send(
+    client: &mut IngressClient<Channel>,
+    envelopes: Vec<Envelope>,
+) -> Result<(), tonic::Status> {
+    client
+        .send(EnvelopeBatch { batch: envelopes })
+        .await
+        .map(|_| ())
 }
 
 /// Subscribes to `/api/v1/tail` and returns a receiver of the JSON envelopes it streams.
@@ -380,7 +414,10 @@ impl Drop for RoleProcess {
 pub async fn wait_listening(address: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while tokio::net::TcpStream::connect(address).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {address} after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {address} after {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -18,7 +18,11 @@ struct Garbage {
 }
 
 /// Connects with `tls` and sends one line; any failure on the way is the answer.
-async fn try_send(sluice: &Sluice, tls: ClientTlsConfig, line: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn try_send(
+    sluice: &Sluice,
+    tls: ClientTlsConfig,
+    line: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = Sluice::channel(&sluice.agent, tls).await?;
     IngressClient::new(channel)
         .send(sluice_proto::v2::EnvelopeBatch {
@@ -30,7 +34,9 @@ async fn try_send(sluice: &Sluice, tls: ClientTlsConfig, line: &str) -> Result<(
 
 async fn accepted_so_far(sluice: &Sluice, expected: u64) {
     sluice
-        .wait_for("accepted lines", expected, Duration::from_secs(30), || sluice.search_total("keepme"))
+        .wait_for("accepted lines", expected, Duration::from_secs(30), || {
+            sluice.search_total("keepme")
+        })
         .await;
 }
 
@@ -39,12 +45,19 @@ async fn malformed_oversized_and_invalid_utf8_input() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data")).await;
     let mut client = sluice.ingress().await;
-    send(&mut client, (0..10).map(|index| log_envelope("bad", format!("keepme {index}"))).collect())
-        .await
-        .unwrap();
+    send(
+        &mut client,
+        (0..10)
+            .map(|index| log_envelope("bad", format!("keepme {index}")))
+            .collect(),
+    )
+    .await
+    .unwrap();
 
     // Malformed protobuf: INVALID_ARGUMENT, the connection stays usable.
-    let channel = Sluice::channel(&sluice.agent, sluice.client_tls()).await.unwrap();
+    let channel = Sluice::channel(&sluice.agent, sluice.client_tls())
+        .await
+        .unwrap();
     let mut raw = tonic::client::Grpc::new(channel);
     raw.ready().await.unwrap();
     let garbage = Garbage {
@@ -52,26 +65,45 @@ async fn malformed_oversized_and_invalid_utf8_input() {
     };
     let codec: tonic_prost::ProstCodec<Garbage, SendResponse> = tonic_prost::ProstCodec::default();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/loggregator.v2.Ingress/Send");
-    let status = raw.unary(tonic::Request::new(garbage), path, codec).await.unwrap_err();
+    let status = raw
+        .unary(tonic::Request::new(garbage), path, codec)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("malformed protobuf"), "{}", status.message());
+    assert!(
+        status.message().contains("malformed protobuf"),
+        "{}",
+        status.message()
+    );
 
     // An envelope over 1 MiB: the request is refused, naming the envelope and the limit.
     let mut oversized = vec![log_envelope("bad", "keepme-not small")];
     oversized.push(log_envelope("bad", vec![b'x'; 1024 * 1024 + 1]));
     let status = send(&mut client, oversized).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("envelope 1 is"), "{}", status.message());
+    assert!(
+        status.message().contains("envelope 1 is"),
+        "{}",
+        status.message()
+    );
     assert!(status.message().contains("1048576"), "{}", status.message());
 
     // An envelope without a message.
-    let status = send(&mut client, vec![sluice_proto::v2::Envelope::default()]).await.unwrap_err();
+    let status = send(&mut client, vec![sluice_proto::v2::Envelope::default()])
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
 
     // Invalid UTF-8 in a payload: kept, decoded lossily, flagged.
-    send(&mut client, vec![log_envelope("bad", b"keepme utf8check \xff\xfe end".to_vec())])
-        .await
-        .unwrap();
+    send(
+        &mut client,
+        vec![log_envelope(
+            "bad",
+            b"keepme utf8check \xff\xfe end".to_vec(),
+        )],
+    )
+    .await
+    .unwrap();
     accepted_so_far(&sluice, 11).await;
     let (_, body) = sluice.search("utf8check", 10).await;
     let hit = &body["hits"][0];
@@ -86,8 +118,16 @@ async fn malformed_oversized_and_invalid_utf8_input() {
     // Nothing accepted before the bad requests went missing, and the refused ones left nothing.
     assert_eq!(sluice.search_total("keepme").await, 11);
     assert_eq!(sluice.search_total("small").await, 0);
-    let metrics = reqwest::get(format!("{}/metrics", sluice.api)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("sluice_agent_envelopes_rejected_total{reason=\"too_large\"} 2"), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", sluice.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_agent_envelopes_rejected_total{reason=\"too_large\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +141,9 @@ async fn clients_without_a_certificate_from_our_ca_are_refused() {
         .ca_certificate(Certificate::from_pem(ours.ca_pem()))
         .domain_name("localhost");
     assert!(
-        try_send(&sluice, anonymous, "no certificate").await.is_err(),
+        try_send(&sluice, anonymous, "no certificate")
+            .await
+            .is_err(),
         "a client without a certificate was let in"
     );
 
@@ -118,7 +160,9 @@ async fn clients_without_a_certificate_from_our_ca_are_refused() {
     )
     .unwrap();
     assert!(
-        try_send(&sluice, stranger.client_config(), "wrong ca").await.is_err(),
+        try_send(&sluice, stranger.client_config(), "wrong ca")
+            .await
+            .is_err(),
         "a client with another CA's certificate was let in"
     );
 
@@ -132,7 +176,12 @@ async fn clients_without_a_certificate_from_our_ca_are_refused() {
             .await;
         assert!(answer.is_err(), "the doppler let a stranger subscribe");
     }
-    assert_eq!(sluice.search_total("intruder OR certificate OR wrong").await, 0);
+    assert_eq!(
+        sluice
+            .search_total("intruder OR certificate OR wrong")
+            .await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +200,10 @@ async fn sql_that_writes_and_bad_queries_are_refused_with_400() {
     ] {
         let (status, body) = sluice.sql(statement).await;
         assert_eq!(status, 400, "{statement}: {body}");
-        assert!(!body["error"].as_str().unwrap().is_empty(), "{statement}: {body}");
+        assert!(
+            !body["error"].as_str().unwrap().is_empty(),
+            "{statement}: {body}"
+        );
     }
     let (status, _) = sluice.sql("SELECT count(*) FROM logs").await;
     assert_eq!(status, 200);

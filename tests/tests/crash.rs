@@ -17,7 +17,12 @@ const BATCHES: usize = 100;
 
 fn batch(number: usize) -> Vec<sluice_proto::v2::Envelope> {
     (0..BATCH)
-        .map(|index| log_envelope("crash-app", format!("crashtest b{number:03} line {index} crashline")))
+        .map(|index| {
+            log_envelope(
+                "crash-app",
+                format!("crashtest b{number:03} line {index} crashline"),
+            )
+        })
         .collect()
 }
 
@@ -44,7 +49,10 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
         acked.push(acknowledged.recv().await.unwrap());
     }
     sluice.kill_hard();
-    let in_flight = tokio::time::timeout(Duration::from_secs(30), sender).await.unwrap().unwrap();
+    let in_flight = tokio::time::timeout(Duration::from_secs(30), sender)
+        .await
+        .unwrap()
+        .unwrap();
     while let Ok(number) = acknowledged.try_recv() {
         acked.push(number);
     }
@@ -78,19 +86,37 @@ async fn kill_9_mid_stream_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let in_flight_lines = sluice
-        .sql_number(&format!("SELECT count(*) FROM logs WHERE message LIKE 'crashtest b{in_flight:03} %'"))
+        .sql_number(&format!(
+            "SELECT count(*) FROM logs WHERE message LIKE 'crashtest b{in_flight:03} %'"
+        ))
         .await;
     assert!(
         in_flight_lines == 0 || in_flight_lines == BATCH as u64,
         "the batch in flight at the crash is whole or absent, found {in_flight_lines} lines"
     );
     let expected = acknowledged_lines + in_flight_lines;
-    assert_eq!(sluice.sql_number("SELECT count(*) FROM logs").await, expected, "sql count");
-    assert_eq!(sluice.sql_number("SELECT count(DISTINCT message) FROM logs").await, expected, "no duplicates in sql");
-    assert_eq!(sluice.search_total("crashline").await, expected, "search count");
+    assert_eq!(
+        sluice.sql_number("SELECT count(*) FROM logs").await,
+        expected,
+        "sql count"
+    );
+    assert_eq!(
+        sluice
+            .sql_number("SELECT count(DISTINCT message) FROM logs")
+            .await,
+        expected,
+        "no duplicates in sql"
+    );
+    assert_eq!(
+        sluice.search_total("crashline").await,
+        expected,
+        "search count"
+    );
     for number in &acked {
         let lines = sluice
-            .sql_number(&format!("SELECT count(*) FROM logs WHERE message LIKE 'crashtest b{number:03} %'"))
+            .sql_number(&format!(
+                "SELECT count(*) FROM logs WHERE message LIKE 'crashtest b{number:03} %'"
+            ))
             .await;
         assert_eq!(lines, BATCH as u64, "acknowledged batch {number}");
     }

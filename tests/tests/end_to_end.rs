@@ -22,7 +22,10 @@ async fn ten_thousand_envelopes_are_searchable_countable_and_tailed() {
         let envelopes: Vec<Envelope> = (0..100)
             .map(|index| {
                 let number = batch * 100 + index;
-                let mut envelope = log_envelope("e2e-app", format!("request e2emsg{number:05} handled in {index} ms"));
+                let mut envelope = log_envelope(
+                    "e2e-app",
+                    format!("request e2emsg{number:05} handled in {index} ms"),
+                );
                 envelope.instance_id = (number % 3).to_string();
                 envelope.tags.insert("job".to_owned(), "web".to_owned());
                 envelope
@@ -33,7 +36,12 @@ async fn ten_thousand_envelopes_are_searchable_countable_and_tailed() {
 
     // Search: the exact total, then every message, newest first.
     sluice
-        .wait_for("search total", TOTAL as u64, Duration::from_secs(30), || sluice.search_total("handled"))
+        .wait_for(
+            "search total",
+            TOTAL as u64,
+            Duration::from_secs(30),
+            || sluice.search_total("handled"),
+        )
         .await;
     let (status, body) = sluice.search("handled", TOTAL).await;
     assert_eq!(status, 200);
@@ -41,14 +49,39 @@ async fn ten_thousand_envelopes_are_searchable_countable_and_tailed() {
     assert_eq!(hits.len(), TOTAL);
     let tokens: BTreeSet<String> = hits
         .iter()
-        .map(|hit| hit["message"].as_str().unwrap().split(' ').nth(1).unwrap().to_owned())
+        .map(|hit| {
+            hit["message"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .nth(1)
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    let expected: BTreeSet<String> = (0..TOTAL).map(|number| format!("e2emsg{number:05}")).collect();
+    let expected: BTreeSet<String> = (0..TOTAL)
+        .map(|number| format!("e2emsg{number:05}"))
+        .collect();
     assert_eq!(tokens, expected, "every envelope is found by search");
-    let timestamps: Vec<i64> = hits.iter().map(|hit| hit["timestamp"].as_i64().unwrap()).collect();
-    assert!(timestamps.windows(2).all(|pair| pair[0] >= pair[1]), "hits are newest first");
-    assert_eq!(sluice.search_total("e2emsg04242").await, 1, "a single token finds its one line");
-    assert_eq!(sluice.search_total("tags.job:web AND source_id:e2e-app").await, TOTAL as u64);
+    let timestamps: Vec<i64> = hits
+        .iter()
+        .map(|hit| hit["timestamp"].as_i64().unwrap())
+        .collect();
+    assert!(
+        timestamps.windows(2).all(|pair| pair[0] >= pair[1]),
+        "hits are newest first"
+    );
+    assert_eq!(
+        sluice.search_total("e2emsg04242").await,
+        1,
+        "a single token finds its one line"
+    );
+    assert_eq!(
+        sluice
+            .search_total("tags.job:web AND source_id:e2e-app")
+            .await,
+        TOTAL as u64
+    );
 
     // SQL: the exact count, no duplicates, tags and partitions queryable.
     sluice
@@ -56,10 +89,22 @@ async fn ten_thousand_envelopes_are_searchable_countable_and_tailed() {
             sluice.sql_number("SELECT count(*) AS n FROM logs WHERE source_id = 'e2e-app'")
         })
         .await;
-    assert_eq!(sluice.sql_number("SELECT count(DISTINCT message) AS n FROM logs").await, TOTAL as u64);
-    assert_eq!(sluice.sql_number("SELECT count(*) AS n FROM logs WHERE tags['job'] = 'web'").await, TOTAL as u64);
+    assert_eq!(
+        sluice
+            .sql_number("SELECT count(DISTINCT message) AS n FROM logs")
+            .await,
+        TOTAL as u64
+    );
+    assert_eq!(
+        sluice
+            .sql_number("SELECT count(*) AS n FROM logs WHERE tags['job'] = 'web'")
+            .await,
+        TOTAL as u64
+    );
     let (status, body) = sluice
-        .sql("SELECT instance_id, count(*) AS n FROM logs GROUP BY instance_id ORDER BY instance_id")
+        .sql(
+            "SELECT instance_id, count(*) AS n FROM logs GROUP BY instance_id ORDER BY instance_id",
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"].as_array().unwrap().len(), 3);
@@ -104,8 +149,20 @@ async fn metrics_envelopes_land_in_their_own_tables() {
             source_id: "metrics-app".into(),
             message: Some(envelope::Message::Gauge(Gauge {
                 metrics: [
-                    ("cpu".to_owned(), GaugeValue { unit: "percentage".into(), value: index as f64 }),
-                    ("memory".to_owned(), GaugeValue { unit: "bytes".into(), value: 1024.0 }),
+                    (
+                        "cpu".to_owned(),
+                        GaugeValue {
+                            unit: "percentage".into(),
+                            value: index as f64,
+                        },
+                    ),
+                    (
+                        "memory".to_owned(),
+                        GaugeValue {
+                            unit: "bytes".into(),
+                            value: 1024.0,
+                        },
+                    ),
                 ]
                 .into_iter()
                 .collect(),
@@ -115,12 +172,26 @@ async fn metrics_envelopes_land_in_their_own_tables() {
     }
     send(&mut client, envelopes).await.unwrap();
     sluice
-        .wait_for("counters", 40, Duration::from_secs(30), || sluice.sql_number("SELECT count(*) FROM counters"))
+        .wait_for("counters", 40, Duration::from_secs(30), || {
+            sluice.sql_number("SELECT count(*) FROM counters")
+        })
         .await;
-    assert_eq!(sluice.sql_number("SELECT max(total) FROM counters").await, 40);
+    assert_eq!(
+        sluice.sql_number("SELECT max(total) FROM counters").await,
+        40
+    );
     assert_eq!(sluice.sql_number("SELECT count(*) FROM gauges").await, 80);
-    assert_eq!(sluice.sql_number("SELECT count(*) FROM gauges WHERE name = 'cpu' AND value >= 20").await, 20);
-    assert_eq!(sluice.search_total("*").await, 0, "metrics are archived, not indexed");
+    assert_eq!(
+        sluice
+            .sql_number("SELECT count(*) FROM gauges WHERE name = 'cpu' AND value >= 20")
+            .await,
+        20
+    );
+    assert_eq!(
+        sluice.search_total("*").await,
+        0,
+        "metrics are archived, not indexed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,20 +200,34 @@ async fn every_loggregator_ingress_method_delivers() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data")).await;
     let mut client = sluice.ingress().await;
-    let singles: Vec<Envelope> = (0..30).map(|index| log_envelope("methods", format!("viasender {index}"))).collect();
+    let singles: Vec<Envelope> = (0..30)
+        .map(|index| log_envelope("methods", format!("viasender {index}")))
+        .collect();
     client.sender(futures::stream::iter(singles)).await.unwrap();
     let batches: Vec<EnvelopeBatch> = (0..3)
         .map(|batch| EnvelopeBatch {
-            batch: (0..10).map(|index| log_envelope("methods", format!("viabatchsender {batch} {index}"))).collect(),
+            batch: (0..10)
+                .map(|index| log_envelope("methods", format!("viabatchsender {batch} {index}")))
+                .collect(),
         })
         .collect();
-    client.batch_sender(futures::stream::iter(batches)).await.unwrap();
-    send(&mut client, (0..30).map(|index| log_envelope("methods", format!("viasend {index}"))).collect())
+    client
+        .batch_sender(futures::stream::iter(batches))
         .await
         .unwrap();
+    send(
+        &mut client,
+        (0..30)
+            .map(|index| log_envelope("methods", format!("viasend {index}")))
+            .collect(),
+    )
+    .await
+    .unwrap();
     for method in ["viasender", "viabatchsender", "viasend"] {
         sluice
-            .wait_for(method, 30, Duration::from_secs(30), || sluice.search_total(method))
+            .wait_for(method, 30, Duration::from_secs(30), || {
+                sluice.search_total(method)
+            })
             .await;
     }
 }

@@ -25,26 +25,41 @@ async fn sql_over_an_s3_archive_counts_exactly_across_a_crash() {
         send(&mut client, envelopes).await.unwrap();
     }
     sluice
-        .wait_for("rows in s3", 2_000, Duration::from_secs(30), || sluice.sql_number("SELECT count(*) FROM logs"))
+        .wait_for("rows in s3", 2_000, Duration::from_secs(30), || {
+            sluice.sql_number("SELECT count(*) FROM logs")
+        })
         .await;
     let (status, body) = sluice
         .sql("SELECT date, hour, count(*) AS n FROM logs WHERE source_id = 's3-app' GROUP BY date, hour")
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(!body["rows"].as_array().unwrap().is_empty());
-    assert!(!sluice.data_dir.join("archive").exists(), "nothing was archived locally");
+    assert!(
+        !sluice.data_dir.join("archive").exists(),
+        "nothing was archived locally"
+    );
 
     sluice.restart().await;
     let mut client = sluice.ingress().await;
-    send(&mut client, (0..500).map(|index| log_envelope("s3-app", format!("s3line after n{index}"))).collect())
-        .await
-        .unwrap();
+    send(
+        &mut client,
+        (0..500)
+            .map(|index| log_envelope("s3-app", format!("s3line after n{index}")))
+            .collect(),
+    )
+    .await
+    .unwrap();
     sluice
         .wait_for("rows after restart", 2_500, Duration::from_secs(30), || {
             sluice.sql_number("SELECT count(*) FROM logs")
         })
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(sluice.sql_number("SELECT count(DISTINCT message) FROM logs").await, 2_500);
+    assert_eq!(
+        sluice
+            .sql_number("SELECT count(DISTINCT message) FROM logs")
+            .await,
+        2_500
+    );
     assert_eq!(sluice.sql_number("SELECT count(*) FROM logs").await, 2_500);
 }

@@ -15,7 +15,9 @@ use sluice_common::shutdown::Shutdown;
 use sluice_common::tls::TlsMaterial;
 use sluice_common::{ErrorKind, SluiceError};
 use sluice_proto::v2::ingress_server::{Ingress, IngressServer};
-use sluice_proto::v2::{BatchSenderResponse, Envelope, EnvelopeBatch, IngressResponse, SendResponse};
+use sluice_proto::v2::{
+    BatchSenderResponse, Envelope, EnvelopeBatch, IngressResponse, SendResponse,
+};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
@@ -32,7 +34,11 @@ pub struct LoggregatorIngress {
 
 impl LoggregatorIngress {
     /// An ingress feeding `forwarder`.
-    pub fn new(forwarder: Arc<Forwarder>, config: &AgentConfig, metrics: AgentMetrics) -> LoggregatorIngress {
+    pub fn new(
+        forwarder: Arc<Forwarder>,
+        config: &AgentConfig,
+        metrics: AgentMetrics,
+    ) -> LoggregatorIngress {
         LoggregatorIngress {
             forwarder,
             max_envelope_bytes: config.max_envelope_bytes,
@@ -50,7 +56,11 @@ impl LoggregatorIngress {
     ) -> Result<(), SluiceError> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|error| SluiceError::unavailable(format!("failed to listen on {listen} for the agent ingress: {error}")))?;
+            .map_err(|error| {
+                SluiceError::unavailable(format!(
+                    "failed to listen on {listen} for the agent ingress: {error}"
+                ))
+            })?;
         info!(listen = %listen, "loggregator ingress listening");
         let service = IngressServer::new(self)
             .max_decoding_message_size(max_message_bytes)
@@ -69,13 +79,23 @@ impl LoggregatorIngress {
 
     /// Validates every envelope of one message; on success stamps missing timestamps.
     fn admit(&self, envelopes: &mut [Envelope]) -> Result<(), Status> {
-        match admit_envelopes(envelopes, self.max_envelope_bytes, sluice_common::time::now_nanos()) {
+        match admit_envelopes(
+            envelopes,
+            self.max_envelope_bytes,
+            sluice_common::time::now_nanos(),
+        ) {
             Ok(()) => {
-                self.metrics.envelopes_received.inc_by(envelopes.len() as u64);
+                self.metrics
+                    .envelopes_received
+                    .inc_by(envelopes.len() as u64);
                 Ok(())
             }
             Err(error) => {
-                let reason = if error.kind() == ErrorKind::TooLarge { "too_large" } else { "invalid" };
+                let reason = if error.kind() == ErrorKind::TooLarge {
+                    "too_large"
+                } else {
+                    "invalid"
+                };
                 self.metrics.rejected(reason, envelopes.len() as u64);
                 Err(error.into())
             }
@@ -90,7 +110,11 @@ impl LoggregatorIngress {
 
 /// Checks every envelope of one message against the limits and, only if all pass, stamps
 /// those without a timestamp with `now`. All or nothing: a refused message leaves no trace.
-pub(super) fn admit_envelopes(envelopes: &mut [Envelope], max_envelope_bytes: usize, now: i64) -> Result<(), SluiceError> {
+pub(super) fn admit_envelopes(
+    envelopes: &mut [Envelope],
+    max_envelope_bytes: usize,
+    now: i64,
+) -> Result<(), SluiceError> {
     for (index, envelope) in envelopes.iter().enumerate() {
         validate_envelope(envelope, index, max_envelope_bytes)?;
     }
@@ -102,15 +126,22 @@ pub(super) fn admit_envelopes(envelopes: &mut [Envelope], max_envelope_bytes: us
     Ok(())
 }
 
-async fn completed(receiver: tokio::sync::oneshot::Receiver<Result<(), Status>>) -> Result<(), Status> {
-    receiver
-        .await
-        .unwrap_or_else(|_| Err(Status::unavailable("agent stopped before the envelopes were acknowledged")))
+async fn completed(
+    receiver: tokio::sync::oneshot::Receiver<Result<(), Status>>,
+) -> Result<(), Status> {
+    receiver.await.unwrap_or_else(|_| {
+        Err(Status::unavailable(
+            "agent stopped before the envelopes were acknowledged",
+        ))
+    })
 }
 
 #[tonic::async_trait]
 impl Ingress for LoggregatorIngress {
-    async fn sender(&self, request: Request<Streaming<Envelope>>) -> Result<Response<IngressResponse>, Status> {
+    async fn sender(
+        &self,
+        request: Request<Streaming<Envelope>>,
+    ) -> Result<Response<IngressResponse>, Status> {
         let mut stream = request.into_inner();
         let (ticket, done) = Ticket::new();
         // Envelopes accepted before a bad one stay accepted: they are forwarded either way,
@@ -132,10 +163,15 @@ impl Ingress for LoggregatorIngress {
         }
         drop(ticket);
         let delivered = completed(done).await;
-        outcome.and(delivered).map(|()| Response::new(IngressResponse {}))
+        outcome
+            .and(delivered)
+            .map(|()| Response::new(IngressResponse {}))
     }
 
-    async fn batch_sender(&self, request: Request<Streaming<EnvelopeBatch>>) -> Result<Response<BatchSenderResponse>, Status> {
+    async fn batch_sender(
+        &self,
+        request: Request<Streaming<EnvelopeBatch>>,
+    ) -> Result<Response<BatchSenderResponse>, Status> {
         let mut stream = request.into_inner();
         let (ticket, done) = Ticket::new();
         let mut outcome = Ok(());
@@ -155,10 +191,15 @@ impl Ingress for LoggregatorIngress {
         }
         drop(ticket);
         let delivered = completed(done).await;
-        outcome.and(delivered).map(|()| Response::new(BatchSenderResponse {}))
+        outcome
+            .and(delivered)
+            .map(|()| Response::new(BatchSenderResponse {}))
     }
 
-    async fn send(&self, request: Request<EnvelopeBatch>) -> Result<Response<SendResponse>, Status> {
+    async fn send(
+        &self,
+        request: Request<EnvelopeBatch>,
+    ) -> Result<Response<SendResponse>, Status> {
         let (ticket, done) = Ticket::new();
         self.accept(request.into_inner().batch, &ticket).await?;
         drop(ticket);
