@@ -19,6 +19,8 @@ pub struct IndexerMetrics {
     pub commits: Counter,
     /// Bus records delivered again that this indexer had already consumed; skipped.
     pub records_redelivered: Counter,
+    /// Batches that reached the bus twice (an agent's retry); the second copy is dropped.
+    pub batches_duplicate: Counter,
     /// Rewinds: another member of the group took over a partition this indexer held data of.
     pub rewinds: Counter,
     /// Documents dropped by rewinds (their new owner indexes them).
@@ -57,6 +59,11 @@ impl IndexerMetrics {
             records_redelivered: telemetry.register(
                 "sluice_indexer_records_redelivered",
                 "Bus records delivered again after a rebalance that were already consumed; skipped",
+                Counter::default(),
+            ),
+            batches_duplicate: telemetry.register(
+                "sluice_indexer_batches_duplicate",
+                "Batches seen a second time by (agent_id, sequence), after an agent retried on another doppler; dropped",
                 Counter::default(),
             ),
             rewinds: telemetry.register(

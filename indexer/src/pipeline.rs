@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use std::ops::Bound;
 
+use sluice_bus::dedup::Deduplicator;
 use sluice_bus::{Bus, BusEvent, BusRecord, Positions};
 use sluice_common::SluiceError;
 use sluice_common::config::IndexerConfig;
@@ -33,6 +34,9 @@ use crate::store::IndexStore;
 
 /// The bus consumer group of indexers.
 pub const CONSUMER_GROUP: &str = "indexer";
+
+/// Recent batches remembered to drop a second copy of one (see [`Deduplicator`]).
+const DEDUP_CAPACITY: usize = 100_000;
 
 enum StageInput {
     Records(Vec<BusRecord>),
@@ -82,6 +86,7 @@ pub async fn run(
         last_size_update: Instant::now(),
         metrics,
         committed: committed_sender,
+        dedup: Deduplicator::new(DEDUP_CAPACITY),
     };
     let thread = std::thread::Builder::new()
         .name("sluice-indexer".to_owned())
@@ -248,6 +253,7 @@ struct IndexingStage {
     last_size_update: Instant,
     metrics: IndexerMetrics,
     committed: watch::Sender<Positions>,
+    dedup: Deduplicator,
 }
 
 impl IndexingStage {
@@ -313,6 +319,11 @@ impl IndexingStage {
                 return Ok(());
             }
         };
+        if !self.dedup.first_time(&batch.agent_id, batch.sequence, record) {
+            self.metrics.batches_duplicate.inc();
+            self.consumed.advance_past(record);
+            return Ok(());
+        }
         let fields = self.store.fields().clone();
         let writer_memory_bytes = self.writer_memory_bytes;
         let (mut indexed, mut already, mut skipped) = (0_u64, 0_u64, 0_u64);
@@ -371,6 +382,7 @@ impl IndexingStage {
         if self.consumed.next_offset(partition) <= to {
             return Ok(());
         }
+        self.dedup.rewind(partition, to);
         let fields = self.store.fields().clone();
         let writer_memory_bytes = self.writer_memory_bytes;
         let mut dropped = 0_u64;
@@ -763,5 +775,24 @@ mod tests {
             read_checkpoint(&dir.path().join("index/checkpoint.json")).expect("checkpoint");
         assert_eq!(checkpoint.next_offset(0), 2);
         assert_eq!(checkpoint.next_offset(1), 2);
+    }
+
+    /// A batch an agent retried on another doppler reaches the bus twice; the indexer keeps
+    /// one copy. After a rewind, the batches it let through from there are new again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_reaches_the_bus_twice_is_indexed_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hour = sluice_common::time::NANOS_PER_HOUR;
+        let telemetry = Telemetry::new();
+        let script = vec![
+            record(0, 0, 1, &[10 * hour + 1]),
+            record(0, 1, 2, &[10 * hour + 2]),
+            record(0, 2, 1, &[10 * hour + 1]),
+            BusEvent::Rewind { partition: 0, to: 1 },
+            record(0, 1, 2, &[10 * hour + 2]),
+        ];
+        run_script(dir.path(), script, &telemetry).await;
+        assert_eq!(total(dir.path()), 2);
+        assert!(telemetry.encode().contains("sluice_indexer_batches_duplicate_total 1"));
     }
 }

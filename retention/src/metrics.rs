@@ -27,6 +27,8 @@ pub struct RetentionMetrics {
     pub records_undecodable: Counter,
     /// Bus records delivered again after a rebalance, already buffered or archived; skipped.
     pub records_redelivered: Counter,
+    /// Batches that reached the bus twice (an agent's retry); the second copy is dropped.
+    pub batches_duplicate: Counter,
     /// Takeovers by another retention member that would need archived rows removed; refused.
     pub rewinds_refused: Counter,
     /// Bytes of the archive in object storage.
@@ -61,6 +63,11 @@ impl RetentionMetrics {
             records_redelivered: telemetry.register(
                 "sluice_retention_records_redelivered",
                 "Bus records delivered again after a rebalance that were already buffered or archived; skipped",
+                Counter::default(),
+            ),
+            batches_duplicate: telemetry.register(
+                "sluice_retention_batches_duplicate",
+                "Batches seen a second time by (agent_id, sequence), after an agent retried on another doppler; dropped",
                 Counter::default(),
             ),
             rewinds_refused: telemetry.register(

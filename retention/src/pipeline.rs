@@ -19,6 +19,7 @@ use object_store::WriteMultipart;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use prost::Message;
+use sluice_bus::dedup::Deduplicator;
 use sluice_bus::{Bus, BusEvent, BusRecord, Consumer, Positions};
 use sluice_common::SluiceError;
 use sluice_common::config::RetentionConfig;
@@ -44,6 +45,8 @@ struct Buffers {
     first_buffered_at: Option<Instant>,
     /// Positions after the last record buffered.
     positions: Positions,
+    /// Recent batches, to drop a second copy of one.
+    dedup: Deduplicator,
 }
 
 /// The buffers of one hour, for [`push_envelope`].
@@ -104,6 +107,7 @@ pub async fn run(
         first_record: None,
         first_buffered_at: None,
         positions: checkpoint.positions,
+        dedup: Deduplicator::new(100_000),
     };
     loop {
         let due = buffers
@@ -182,6 +186,9 @@ fn buffer_record(
         return Ok(());
     }
     match AgentBatch::decode(record.payload.as_ref()) {
+        Ok(batch) if !buffers.dedup.first_time(&batch.agent_id, batch.sequence, record) => {
+            metrics.batches_duplicate.inc();
+        }
         Ok(batch) => {
             for envelope in &batch.envelopes {
                 let hour = Hour::of_nanos(envelope.timestamp);
