@@ -51,7 +51,9 @@ impl Deduplicator {
         self.by_position.entry(position).or_default().push(key);
         self.order.push_back(position);
         while self.seen.len() > self.capacity {
-            let Some(oldest) = self.order.pop_front() else { break };
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
             if let Some(keys) = self.by_position.remove(&oldest) {
                 for key in keys {
                     self.seen.remove(&key);
@@ -105,10 +107,19 @@ mod tests {
     fn a_second_copy_is_caught_and_rewinds_and_capacity_forget() {
         let mut dedup = Deduplicator::new(3);
         assert!(dedup.first_time("agent-a", 1, &at(0, 10)));
-        assert!(!dedup.first_time("agent-a", 1, &at(0, 11)), "the retried copy");
-        assert!(dedup.first_time("agent-b", 1, &at(0, 12)), "another agent's sequence 1");
+        assert!(
+            !dedup.first_time("agent-a", 1, &at(0, 11)),
+            "the retried copy"
+        );
+        assert!(
+            dedup.first_time("agent-b", 1, &at(0, 12)),
+            "another agent's sequence 1"
+        );
         assert!(dedup.first_time("", 1, &at(0, 13)));
-        assert!(dedup.first_time("", 1, &at(0, 14)), "no agent id: never a duplicate");
+        assert!(
+            dedup.first_time("", 1, &at(0, 14)),
+            "no agent id: never a duplicate"
+        );
 
         // A rewind of partition 0 to offset 12 forgets agent-b's batch, not agent-a's.
         dedup.rewind(0, 12);
@@ -120,6 +131,9 @@ mod tests {
         assert!(dedup.first_time("agent-c", 1, &at(1, 0)));
         assert!(dedup.first_time("agent-c", 2, &at(1, 1)));
         assert_eq!(dedup.len(), 3);
-        assert!(dedup.first_time("agent-a", 1, &at(0, 30)), "forgotten: oldest");
+        assert!(
+            dedup.first_time("agent-a", 1, &at(0, 30)),
+            "forgotten: oldest"
+        );
     }
 }

@@ -47,7 +47,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use sluice_common::config::RawKafkaConfig;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::BusMetrics;
 use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Partition, Positions};
@@ -397,6 +397,7 @@ impl Ownership {
                 .and_then(|element| offset_value(element.offset()))
         };
         let stints = self.read_stints()?;
+        debug!(group = %self.group, stints = stints.len(), "read the stint log");
 
         let mut assignment = TopicPartitionList::new();
         let mut new_stints = Vec::new();
@@ -649,6 +650,30 @@ impl Consumer for KafkaConsumer {
             .await
             .map_err(|error| BusError::Unavailable(format!("commit task failed: {error}")))?
             .map_err(storage("failed to commit kafka offsets"))
+    }
+
+    async fn close(mut self: Box<Self>) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        // Closing commits the revoked partitions and leaves the group; it can block in
+        // librdkafka, so it runs on its own thread and is waited for a bounded time.
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("sluice-kafka-close".to_owned())
+            .spawn(move || {
+                drop(consumer);
+                let _ = done.send(());
+            });
+        if spawned.is_ok()
+            && tokio::time::timeout(Duration::from_secs(10), finished)
+                .await
+                .is_err()
+        {
+            warn!(
+                "the kafka consumer did not close within 10 s; its partitions move when the group notices"
+            );
+        }
     }
 }
 

@@ -171,6 +171,10 @@ pub trait Consumer: Send {
     /// Everything before `positions` is durable downstream; the bus may release it (and
     /// Kafka commits it as the group's offset for the partitions this member owns).
     async fn checkpoint(&mut self, positions: &Positions) -> Result<(), BusError>;
+
+    /// Leaves the consumer group, so the member's partitions move to the others at once
+    /// instead of after the group notices it is gone. Bounded in time.
+    async fn close(self: Box<Self>) {}
 }
 
 #[cfg(test)]

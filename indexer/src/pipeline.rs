@@ -141,6 +141,7 @@ pub async fn run(
     if let Err(error) = consumer.checkpoint(&final_positions).await {
         warn!(error = %error, "failed to checkpoint the bus at shutdown");
     }
+    consumer.close().await;
     // The thread's own error says more than "the thread stopped".
     stage_result.and(outcome)
 }
@@ -319,7 +320,10 @@ impl IndexingStage {
                 return Ok(());
             }
         };
-        if !self.dedup.first_time(&batch.agent_id, batch.sequence, record) {
+        if !self
+            .dedup
+            .first_time(&batch.agent_id, batch.sequence, record)
+        {
             self.metrics.batches_duplicate.inc();
             self.consumed.advance_past(record);
             return Ok(());
@@ -788,11 +792,18 @@ mod tests {
             record(0, 0, 1, &[10 * hour + 1]),
             record(0, 1, 2, &[10 * hour + 2]),
             record(0, 2, 1, &[10 * hour + 1]),
-            BusEvent::Rewind { partition: 0, to: 1 },
+            BusEvent::Rewind {
+                partition: 0,
+                to: 1,
+            },
             record(0, 1, 2, &[10 * hour + 2]),
         ];
         run_script(dir.path(), script, &telemetry).await;
         assert_eq!(total(dir.path()), 2);
-        assert!(telemetry.encode().contains("sluice_indexer_batches_duplicate_total 1"));
+        assert!(
+            telemetry
+                .encode()
+                .contains("sluice_indexer_batches_duplicate_total 1")
+        );
     }
 }

@@ -201,7 +201,9 @@ async fn fan_out(
         )));
     }
     // Newest first across indexers; ties keep a stable order.
-    answer.hits.sort_by_key(|hit| std::cmp::Reverse(hit.timestamp));
+    answer
+        .hits
+        .sort_by_key(|hit| std::cmp::Reverse(hit.timestamp));
     answer.hits.truncate(request.limit);
     answer.partial = !unavailable.is_empty();
     answer.indexers = Some(IndexersReport {

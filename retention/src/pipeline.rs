@@ -166,6 +166,7 @@ pub async fn run(
             Err(_) => warn!("final flush did not finish in 30 s; the bus still holds its records"),
         }
     }
+    consumer.close().await;
     Ok(())
 }
 
@@ -186,7 +187,11 @@ fn buffer_record(
         return Ok(());
     }
     match AgentBatch::decode(record.payload.as_ref()) {
-        Ok(batch) if !buffers.dedup.first_time(&batch.agent_id, batch.sequence, record) => {
+        Ok(batch)
+            if !buffers
+                .dedup
+                .first_time(&batch.agent_id, batch.sequence, record) =>
+        {
             metrics.batches_duplicate.inc();
         }
         Ok(batch) => {

@@ -373,7 +373,9 @@ pub fn kafka_brokers() -> String {
 
 /// One role (`agent`, `doppler`, `indexer`, `retention`, `query-api`) as its own process.
 pub struct RoleProcess {
-    child: Child,
+    child: Option<Child>,
+    role: String,
+    config: PathBuf,
     log_path: PathBuf,
 }
 
@@ -381,17 +383,70 @@ impl RoleProcess {
     /// Starts `sluice <role> --config <config>`, logging to `<config>.<role>.log`.
     pub fn start(role: &str, config: &Path) -> RoleProcess {
         let log_path = config.with_extension(format!("{role}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
+        let mut process = RoleProcess {
+            child: None,
+            role: role.to_owned(),
+            config: config.to_path_buf(),
+            log_path,
+        };
+        process.spawn();
+        process
+    }
+
+    fn spawn(&mut self) {
+        // Append, so the log of a restarted process keeps its earlier life.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
         let child = Command::new(sluice_binary())
-            .arg(role)
+            .arg(&self.role)
             .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
+            .arg(&self.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        RoleProcess { child, log_path }
+        self.child = Some(child);
+    }
+
+    /// `kill -9`.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `kill -TERM`, then waits up to 60 s for the process to finish its orderly shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} did not stop within 60 s of SIGTERM", self.role);
+        }
+    }
+
+    /// Starts the process again after [`RoleProcess::kill_hard`] or [`RoleProcess::stop`].
+    pub fn restart(&mut self) {
+        self.kill_hard();
+        self.spawn();
     }
 
     /// What the process wrote to stderr.
@@ -402,11 +457,120 @@ impl RoleProcess {
 
 impl Drop for RoleProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill_hard();
         if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.log_path.display(), self.log());
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "--- {} (last lines) ---\n{}",
+                self.log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
+    }
+}
+
+/// A test server of the test's own (a Kafka-protocol broker or an S3 server) on a fixed
+/// loopback port, which the test can stop and start again to make it unreachable for a while.
+pub struct PrivateServer {
+    program: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+    /// `127.0.0.1:port`.
+    pub address: String,
+    child: Option<Child>,
+}
+
+fn binary_from_env(name: &str) -> PathBuf {
+    let path = std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: install and start the test servers with `scripts/services start s3 kafka` and load their variables with `eval \"$(scripts/services env)\"` (scripts/test does both)")
+    });
+    PathBuf::from(path)
+}
+
+impl PrivateServer {
+    /// A tansu broker on SQLite storage in `dir`.
+    pub async fn kafka(dir: &Path) -> PrivateServer {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let args = [
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "sqlite://tansu.db",
+            "--silent",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        PrivateServer::launch(binary_from_env("SLUICE_TEST_TANSU_BIN"), args, dir, port).await
+    }
+
+    /// An s3s-fs server over `dir` with one bucket, `sluice-test`; credentials as in
+    /// [`s3_server`].
+    pub async fn s3(dir: &Path) -> PrivateServer {
+        std::fs::create_dir_all(dir.join("sluice-test")).unwrap();
+        let port = free_port();
+        let args = vec![
+            "--host".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--port".to_owned(),
+            port.to_string(),
+            "--access-key".to_owned(),
+            "sluice-test-key".to_owned(),
+            "--secret-key".to_owned(),
+            "sluice-test-secret".to_owned(),
+            dir.display().to_string(),
+        ];
+        PrivateServer::launch(binary_from_env("SLUICE_TEST_S3S_FS_BIN"), args, dir, port).await
+    }
+
+    async fn launch(program: PathBuf, args: Vec<String>, dir: &Path, port: u16) -> PrivateServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut server = PrivateServer {
+            program,
+            args,
+            dir: dir.to_path_buf(),
+            address: format!("127.0.0.1:{port}"),
+            child: None,
+        };
+        server.start().await;
+        server
+    }
+
+    /// Stops the server (`kill -9`): clients see connections refused.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage, and waits until it listens.
+    pub async fn start(&mut self) {
+        self.stop();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("failed to start {}: {error}", self.program.display()));
+        self.child = Some(child);
+        wait_listening(&self.address, Duration::from_secs(60)).await;
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

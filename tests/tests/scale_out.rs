@@ -1,0 +1,360 @@
+//! Scale-out over real servers: agents, dopplers, indexers, retention and the query API as
+//! separate processes on a real Kafka-protocol broker (tansu) and a real S3 server (s3s-fs),
+//! both started by `scripts/services`, with faults injected while data flows. Every phase ends
+//! with exact counts by search and by SQL.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_proto::v1::SearchRequest;
+use sluice_proto::v1::index_search_client::IndexSearchClient;
+use sluice_tests::{
+    RoleProcess, Sluice, free_port, kafka_brokers, log_envelope, s3_server, send, wait_listening,
+};
+
+/// Where the topology's bus and archive live.
+struct Servers {
+    brokers: String,
+    s3_endpoint: String,
+    bucket: String,
+    key_id: String,
+    secret: String,
+}
+
+impl Servers {
+    fn shared() -> Servers {
+        let (s3_endpoint, bucket, key_id, secret) = s3_server();
+        Servers {
+            brokers: kafka_brokers(),
+            s3_endpoint,
+            bucket,
+            key_id,
+            secret,
+        }
+    }
+}
+
+/// Processes of every role, each from its own configuration file.
+struct Topology {
+    dir: PathBuf,
+    data_dir: PathBuf,
+    base: String,
+    agents: Vec<String>,
+    dopplers: Vec<String>,
+    indexers: Vec<String>,
+    api: String,
+    processes: BTreeMap<String, RoleProcess>,
+}
+
+impl Topology {
+    async fn start(
+        dir: &Path,
+        servers: &Servers,
+        agents: usize,
+        dopplers: usize,
+        indexers: usize,
+    ) -> Topology {
+        let name = format!("scale-{}", sluice_common::time::now_nanos());
+        let data_dir = dir.join("data");
+        // One CA for every process, made before any of them starts.
+        sluice_common::tls::ensure_local_ca(&data_dir.join("tls")).unwrap();
+        let base = format!(
+            "data_dir = \"{data}\"\n\n\
+             [bus]\nkind = \"kafka\"\n\n\
+             [bus.kafka]\nbrokers = \"{brokers}\"\ntopic = \"{name}\"\npartitions = 4\ngroup_prefix = \"{name}\"\n\n\
+             [bus.kafka.client]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n\
+             [retention]\narchive = \"s3://{bucket}/{name}\"\nflush_interval = \"1s\"\n\n\
+             [retention.s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"{key}\"\n\
+             secret_access_key = \"{secret}\"\nallow_http = true\n",
+            data = data_dir.display(),
+            brokers = servers.brokers,
+            bucket = servers.bucket,
+            endpoint = servers.s3_endpoint,
+            key = servers.key_id,
+            secret = servers.secret,
+        );
+        let address = |_| format!("127.0.0.1:{}", free_port());
+        let mut topology = Topology {
+            dir: dir.to_path_buf(),
+            data_dir,
+            base,
+            agents: (0..agents).map(address).collect(),
+            dopplers: (0..dopplers).map(address).collect(),
+            indexers: (0..indexers).map(address).collect(),
+            api: format!("127.0.0.1:{}", free_port()),
+            processes: BTreeMap::new(),
+        };
+        for index in 0..dopplers {
+            let listen = topology.dopplers[index].clone();
+            topology.launch(
+                &format!("doppler-{index}"),
+                "doppler",
+                &format!("[doppler]\nlisten = \"{listen}\"\n"),
+            );
+        }
+        for doppler in topology.dopplers.clone() {
+            wait_listening(&doppler, Duration::from_secs(60)).await;
+        }
+        for index in 0..indexers {
+            let section = format!(
+                "[indexer]\ndir = \"{}\"\nlisten = \"{}\"\n",
+                topology.dir.join(format!("indexer-{index}")).display(),
+                topology.indexers[index]
+            );
+            topology.launch(&format!("indexer-{index}"), "indexer", &section);
+        }
+        topology.launch("retention", "retention", "");
+        let quoted = |list: &[String]| {
+            list.iter()
+                .map(|item| format!("\"{item}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let section = format!(
+            "[query_api]\nlisten = \"{}\"\ndoppler = \"{}\"\nindexers = [{}]\nindexer_timeout = \"3s\"\n",
+            topology.api,
+            topology.dopplers[0],
+            quoted(&topology.indexers)
+        );
+        topology.launch("query-api", "query-api", &section);
+        for index in 0..agents {
+            let section = format!(
+                "[agent]\nlisten = \"{}\"\ndopplers = [{}]\n",
+                topology.agents[index],
+                quoted(&topology.dopplers)
+            );
+            topology.launch(&format!("agent-{index}"), "agent", &section);
+        }
+        let mut waits = topology.agents.clone();
+        waits.extend(topology.indexers.clone());
+        waits.push(topology.api.clone());
+        for address in waits {
+            wait_listening(&address, Duration::from_secs(90)).await;
+        }
+        topology
+    }
+
+    fn launch(&mut self, name: &str, role: &str, section: &str) {
+        let path = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, format!("{}\n{section}", self.base)).unwrap();
+        self.processes
+            .insert(name.to_owned(), RoleProcess::start(role, &path));
+    }
+
+    fn process(&mut self, name: &str) -> &mut RoleProcess {
+        self.processes.get_mut(name).unwrap()
+    }
+
+    /// The harness's client helpers, pointed at agent `index` and the query API.
+    fn client(&self, index: usize) -> Sluice {
+        Sluice::attach(
+            &self.data_dir,
+            &self.agents[index],
+            &format!("http://{}", self.api),
+        )
+    }
+
+    /// Total of lines matching `token` held by indexer `index` alone, asked over its search
+    /// service directly.
+    async fn indexer_total(&self, index: usize, token: &str) -> u64 {
+        let sluice = self.client(0);
+        let channel = Sluice::channel(&self.indexers[index], sluice.client_tls())
+            .await
+            .unwrap();
+        let response = IndexSearchClient::new(channel)
+            .search(SearchRequest {
+                query: token.to_owned(),
+                start_ns: None,
+                end_ns: None,
+                limit: 1,
+            })
+            .await
+            .unwrap();
+        response.into_inner().total
+    }
+}
+
+/// Sends `batches` batches of `per_batch` lines through agent `agent`; every line holds
+/// `token` and is unique; each batch comes from one of 16 sources, so batches spread over the
+/// topic's partitions.
+async fn send_lines(
+    topology: &Topology,
+    agent: usize,
+    token: &str,
+    batches: usize,
+    per_batch: usize,
+) {
+    let sluice = topology.client(agent);
+    let mut client = sluice.ingress().await;
+    for batch in 0..batches {
+        let source = format!("app-{}", (batch + agent * 7) % 16);
+        let envelopes = (0..per_batch)
+            .map(|index| log_envelope(&source, format!("{token} a{agent} b{batch} n{index}")))
+            .collect();
+        send(&mut client, envelopes).await.unwrap();
+    }
+}
+
+/// The search answer for `token` (total, partial, responded).
+async fn search(sluice: &Sluice, token: &str) -> (u64, bool, u64) {
+    let (status, body) = sluice.search(token, 1).await;
+    if status != 200 {
+        return (0, true, 0);
+    }
+    (
+        body["total"].as_u64().unwrap_or(0),
+        body["partial"].as_bool().unwrap_or(true),
+        body.pointer("/indexers/responded")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    )
+}
+
+/// Waits until a complete (not partial) search for `token` counts `expected`, and SQL too.
+async fn wait_exact(sluice: &Sluice, token: &str, expected: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut last = (0, true, 0);
+    while Instant::now() < deadline {
+        last = search(sluice, token).await;
+        if last.0 == expected && !last.1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        (last.0, last.1),
+        (expected, false),
+        "search for {token}: (total, partial, indexers responded) = {last:?}"
+    );
+    let like = format!("SELECT count(*) FROM logs WHERE message LIKE '{token} %'");
+    let mut rows = 0;
+    while Instant::now() < deadline + Duration::from_secs(60) {
+        rows = sluice.sql_number(&like).await;
+        if rows == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(rows, expected, "{like}");
+    let distinct = sluice
+        .sql_number(&format!(
+            "SELECT count(DISTINCT message) FROM logs WHERE message LIKE '{token} %'"
+        ))
+        .await;
+    assert_eq!(distinct, expected, "distinct lines for {token}");
+}
+
+/// 2 agents → 2 dopplers → Kafka (4 partitions) → 2 indexers + 1 retention → S3, 100,000
+/// lines, exact by search and by SQL, while one indexer is killed with `kill -9` mid-stream
+/// (searches say it did not answer; it restarts and rejoins), and later stopped in order
+/// mid-stream (its partitions move to the other, which alone then holds lines sent to every
+/// partition; it restarts and takes partitions back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_by_two_by_two_counts_100k_exactly_across_indexer_crash_and_handover() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = Servers::shared();
+    let mut topology = Topology::start(dir.path(), &servers, 2, 2, 2).await;
+    let sluice = topology.client(0);
+    eprintln!("topology up in {:?}", started.elapsed());
+
+    // 30,000 lines through both agents at once; indexer-0 is killed while it consumes them.
+    let phase = Instant::now();
+    tokio::join!(
+        send_lines(&topology, 0, "scaleline", 15, 1_000),
+        send_lines(&topology, 1, "scaleline", 15, 1_000)
+    );
+    let sent_in = phase.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (searchable, _, _) = search(&sluice, "scaleline").await;
+    topology.process("indexer-0").kill_hard();
+    let killed = Instant::now();
+    eprintln!(
+        "30,000 lines sent in {sent_in:?}; indexer-0 killed with {searchable} of them searchable"
+    );
+    let (_, partial, responded) = search(&sluice, "scaleline").await;
+    assert!(
+        partial,
+        "a search while indexer-0 is down must say it is partial"
+    );
+    assert_eq!(responded, 1);
+    // Restart after the group's session timeout (6 s here), then 20,000 more lines.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    topology.process("indexer-0").restart();
+    wait_listening(&topology.indexers[0], Duration::from_secs(60)).await;
+    tokio::join!(
+        send_lines(&topology, 0, "lateline", 10, 1_000),
+        send_lines(&topology, 1, "lateline", 10, 1_000)
+    );
+    wait_exact(&sluice, "scaleline", 30_000, Duration::from_secs(180)).await;
+    wait_exact(&sluice, "lateline", 20_000, Duration::from_secs(180)).await;
+    eprintln!(
+        "after kill -9 and restart of indexer-0: 50,000 exact, {:?} after the kill",
+        killed.elapsed()
+    );
+
+    // 20,000 lines while indexer-0 stops in order: its partitions move to indexer-1.
+    let mut indexer0 = topology.processes.remove("indexer-0").unwrap();
+    let ((), (), stopped) = tokio::join!(
+        send_lines(&topology, 0, "moving", 10, 1_000),
+        send_lines(&topology, 1, "moving", 10, 1_000),
+        async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::task::block_in_place(|| indexer0.stop());
+            Instant::now()
+        }
+    );
+    topology.processes.insert("indexer-0".to_owned(), indexer0);
+    // Lines to every partition are now all found on indexer-1 alone.
+    tokio::join!(
+        send_lines(&topology, 0, "takeover", 16, 100),
+        send_lines(&topology, 1, "takeover", 16, 100)
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let alone = topology.indexer_total(1, "takeover").await;
+        if alone == 3_200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "indexer-1 did not take over every partition: {alone} of 3200"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "indexer-1 held every partition {:?} after indexer-0 stopped",
+        stopped.elapsed()
+    );
+
+    // indexer-0 comes back and takes partitions back; 26,800 lines to reach 100,000.
+    topology.process("indexer-0").restart();
+    wait_listening(&topology.indexers[0], Duration::from_secs(60)).await;
+    let restarted = Instant::now();
+    tokio::join!(
+        send_lines(&topology, 0, "rejoin", 67, 200),
+        send_lines(&topology, 1, "rejoin", 67, 200)
+    );
+    wait_exact(&sluice, "moving", 20_000, Duration::from_secs(180)).await;
+    wait_exact(&sluice, "takeover", 3_200, Duration::from_secs(60)).await;
+    wait_exact(&sluice, "rejoin", 26_800, Duration::from_secs(180)).await;
+    let rejoined = topology.indexer_total(0, "rejoin").await;
+    assert!(
+        rejoined > 0,
+        "indexer-0 took no partition back after rejoining"
+    );
+    assert_eq!(
+        sluice.sql_number("SELECT count(*) FROM logs").await,
+        100_000
+    );
+    let (total, partial, responded) = search(&sluice, "*").await;
+    assert_eq!((total, partial, responded), (100_000, false, 2));
+    eprintln!(
+        "100,000 lines exact by search and SQL; indexer-0 rejoined (holds {rejoined} of the 26,800 lines sent after), {:?} after its restart; whole test {:?}",
+        restarted.elapsed(),
+        started.elapsed()
+    );
+}
