@@ -12,7 +12,8 @@ use serde_json::Value;
 use sluice_proto::v1::SearchRequest;
 use sluice_proto::v1::index_search_client::IndexSearchClient;
 use sluice_tests::{
-    RoleProcess, Sluice, free_port, kafka_brokers, log_envelope, s3_server, send, wait_listening,
+    PrivateServer, RoleProcess, Sluice, free_port, kafka_brokers, log_envelope, s3_server, send,
+    wait_listening,
 };
 
 /// Where the topology's bus and archive live.
@@ -25,6 +26,16 @@ struct Servers {
 }
 
 impl Servers {
+    fn private(kafka: &PrivateServer, s3: &PrivateServer) -> Servers {
+        Servers {
+            brokers: kafka.address.clone(),
+            s3_endpoint: format!("http://{}", s3.address),
+            bucket: "sluice-test".to_owned(),
+            key_id: "sluice-test-key".to_owned(),
+            secret: "sluice-test-secret".to_owned(),
+        }
+    }
+
     fn shared() -> Servers {
         let (s3_endpoint, bucket, key_id, secret) = s3_server();
         Servers {
@@ -66,7 +77,7 @@ impl Topology {
              [bus]\nkind = \"kafka\"\n\n\
              [bus.kafka]\nbrokers = \"{brokers}\"\ntopic = \"{name}\"\npartitions = 4\ngroup_prefix = \"{name}\"\n\n\
              [bus.kafka.client]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\n\
-             [retention]\narchive = \"s3://{bucket}/{name}\"\nflush_interval = \"1s\"\n\n\
+             [retention]\narchive = \"s3://{bucket}/{name}\"\nflush_interval = \"1s\"\nflush_rows = 2000\n\n\
              [retention.s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"{key}\"\n\
              secret_access_key = \"{secret}\"\nallow_http = true\n",
             data = data_dir.display(),
@@ -355,6 +366,130 @@ async fn two_by_two_by_two_counts_100k_exactly_across_indexer_crash_and_handover
     eprintln!(
         "100,000 lines exact by search and SQL; indexer-0 rejoined (holds {rejoined} of the 26,800 lines sent after), {:?} after its restart; whole test {:?}",
         restarted.elapsed(),
+        started.elapsed()
+    );
+}
+
+/// Faults on a broker and an S3 server of the test's own, each followed by exact counts:
+/// retention killed with `kill -9` mid-upload and restarted; a doppler killed (agents fail over
+/// to the other and take it back when it returns); the broker stopped for 20 s; the S3 server
+/// unreachable for 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_retention_crash_doppler_crash_broker_and_s3_outages_lose_nothing() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = PrivateServer::kafka(&dir.path().join("kafka")).await;
+    let mut s3 = PrivateServer::s3(&dir.path().join("s3")).await;
+    let servers = Servers::private(&kafka, &s3);
+    let mut topology = Topology::start(&dir.path().join("sluice"), &servers, 2, 2, 1).await;
+    let sluice = topology.client(0);
+
+    // Retention killed while it uploads (it flushes every 2,000 rows), then restarted.
+    let mut retention = topology.processes.remove("retention").unwrap();
+    tokio::join!(
+        send_lines(&topology, 0, "retentionline", 10, 1_000),
+        send_lines(&topology, 1, "retentionline", 10, 1_000),
+        async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            retention.kill_hard();
+        }
+    );
+    retention.restart();
+    topology.processes.insert("retention".to_owned(), retention);
+    let phase = Instant::now();
+    wait_exact(&sluice, "retentionline", 20_000, Duration::from_secs(180)).await;
+    let orphans = topology.processes["retention"]
+        .log()
+        .contains("removed files of a flush that did not commit");
+    eprintln!(
+        "retention kill -9 mid-stream ({}): 20,000 exact, {:?} after its restart",
+        if orphans {
+            "an upload was cut short and its files removed on restart"
+        } else {
+            "between uploads"
+        },
+        phase.elapsed()
+    );
+
+    // A doppler killed while agents send: they fail over to the other.
+    let mut doppler = topology.processes.remove("doppler-0").unwrap();
+    let phase = Instant::now();
+    tokio::join!(
+        send_lines(&topology, 0, "dopplerline", 10, 1_000),
+        send_lines(&topology, 1, "dopplerline", 10, 1_000),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            doppler.kill_hard();
+        }
+    );
+    eprintln!(
+        "doppler-0 killed mid-stream: 20,000 lines acknowledged in {:?}",
+        phase.elapsed()
+    );
+    doppler.restart();
+    topology.processes.insert("doppler-0".to_owned(), doppler);
+    wait_listening(&topology.dopplers[0], Duration::from_secs(60)).await;
+    tokio::join!(
+        send_lines(&topology, 0, "dopplerback", 10, 100),
+        send_lines(&topology, 1, "dopplerback", 10, 100)
+    );
+    wait_exact(&sluice, "dopplerline", 20_000, Duration::from_secs(180)).await;
+    wait_exact(&sluice, "dopplerback", 2_000, Duration::from_secs(60)).await;
+    let back = topology.processes["doppler-0"]
+        .log()
+        .matches("doppler listening")
+        .count();
+    assert_eq!(back, 2, "doppler-0 restarted");
+
+    // The broker stopped for 20 s: sends wait (backpressure), nothing is lost.
+    kafka.stop();
+    let phase = Instant::now();
+    let ((), (), ()) = tokio::join!(
+        send_lines(&topology, 0, "brokerline", 5, 1_000),
+        send_lines(&topology, 1, "brokerline", 5, 1_000),
+        async {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            kafka.start().await;
+        }
+    );
+    eprintln!(
+        "broker down 20 s: 10,000 lines acknowledged {:?} after it stopped",
+        phase.elapsed()
+    );
+    wait_exact(&sluice, "brokerline", 10_000, Duration::from_secs(180)).await;
+    eprintln!(
+        "broker outage: 10,000 exact {:?} after it stopped",
+        phase.elapsed()
+    );
+
+    // The S3 server unreachable for 20 s: search keeps working, retention retries.
+    s3.stop();
+    let phase = Instant::now();
+    tokio::join!(
+        send_lines(&topology, 0, "s3line", 5, 1_000),
+        send_lines(&topology, 1, "s3line", 5, 1_000)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while search(&sluice, "s3line").await.0 != 10_000 {
+        assert!(
+            Instant::now() < deadline,
+            "search stopped while S3 was down"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let searchable = phase.elapsed();
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(phase.elapsed())).await;
+    s3.start().await;
+    wait_exact(&sluice, "s3line", 10_000, Duration::from_secs(180)).await;
+    eprintln!(
+        "s3 down 20 s: searchable after {searchable:?}; 10,000 exact by SQL {:?} after it stopped",
+        phase.elapsed()
+    );
+
+    let everything = sluice.sql_number("SELECT count(*) FROM logs").await;
+    assert_eq!(everything, 62_000);
+    eprintln!(
+        "faults test: 62,000 lines exact; whole test {:?}",
         started.elapsed()
     );
 }
