@@ -742,6 +742,32 @@ mod tests {
     }
 
     #[test]
+    fn the_role_examples_in_the_repository_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/roles");
+        for role in ["agent", "doppler", "indexer", "retention", "query-api"] {
+            let path = dir.join(format!("{role}.toml"));
+            let config = RawConfig::from_file(&path)
+                .and_then(RawConfig::validate)
+                .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            match role {
+                "doppler" | "indexer" | "retention" => {
+                    assert!(matches!(config.bus, BusConfig::Kafka(_)), "{role} on kafka")
+                }
+                "query-api" => {
+                    assert_eq!(config.query_api.indexers, vec!["127.0.0.1:8090".to_owned()])
+                }
+                _ => {}
+            }
+            if matches!(role, "retention" | "query-api") {
+                assert!(
+                    matches!(config.retention.archive, ArchiveLocation::S3 { .. }),
+                    "{role} archive on s3"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn defaults_match_the_documented_addresses_and_batching() {
         let config = RawConfig::default().validate().expect("valid");
         assert_eq!(config.agent.listen.to_string(), "127.0.0.1:3458");

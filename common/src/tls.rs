@@ -111,15 +111,36 @@ pub fn ensure_local_ca(dir: &Path) -> Result<TlsPaths, SluiceError> {
     let generated = generate_local_ca().map_err(|error| {
         SluiceError::internal(format!("failed to generate certificates: {error}"))
     })?;
-    std::fs::create_dir_all(dir).map_err(|error| {
-        SluiceError::internal(format!("failed to create {}: {error}", dir.display()))
+    // Written into a staging directory and renamed into place, so processes starting at the
+    // same time on one data directory end up with one CA: the first rename wins and the
+    // others use its set.
+    let parent = dir.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|error| {
+        SluiceError::internal(format!("failed to create {}: {error}", parent.display()))
     })?;
-    write_private(&dir.join("ca-key.pem"), &generated.ca_key_pem)?;
-    write_private(&paths.key, &generated.node_key_pem)?;
-    write_private(&paths.cert, &generated.node_cert_pem)?;
-    // The CA certificate goes last: its presence marks the set complete.
-    write_private(&paths.ca_cert, &generated.ca_cert_pem)?;
-    Ok(paths)
+    let staging = parent.join(format!(".tls-staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|error| {
+        SluiceError::internal(format!("failed to create {}: {error}", staging.display()))
+    })?;
+    write_private(&staging.join("ca-key.pem"), &generated.ca_key_pem)?;
+    write_private(&staging.join("node-key.pem"), &generated.node_key_pem)?;
+    write_private(&staging.join("node.pem"), &generated.node_cert_pem)?;
+    write_private(&staging.join("ca.pem"), &generated.ca_cert_pem)?;
+    match std::fs::rename(&staging, dir) {
+        Ok(()) => Ok(paths),
+        Err(_) if paths.ca_cert.exists() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(paths)
+        }
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(SluiceError::internal(format!(
+                "failed to create the certificates in {}: {error}",
+                dir.display()
+            )))
+        }
+    }
 }
 
 /// PEM texts of a freshly generated CA and node certificate.

@@ -135,3 +135,67 @@ async fn every_role_as_its_own_process_gives_the_same_answers() {
         })
         .await;
 }
+
+/// A Kafka client that is not Sluice's (Python confluent-kafka, installed by
+/// `scripts/services`) reads the topic and decodes records by the documented format
+/// (docs/bus-format.md): agent id, sequence, and each envelope's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_kafka_client_reads_and_decodes_the_topic() {
+    let python = std::env::var("SLUICE_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("SLUICE_TEST_PYTHON is not set: create it with `scripts/services start kafka` and load its variables with `eval \"$(scripts/services env)\"` (scripts/test does both)")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("python");
+    let sluice = Sluice::start_with_config(&dir.path().join("data"), &kafka_section(&topic)).await;
+    let mut client = sluice.ingress().await;
+    let mut envelope = log_envelope("checkout", "payment accepted order=17");
+    envelope.instance_id = "3".to_owned();
+    envelope.tags.insert("region".to_owned(), "eu".to_owned());
+    send(
+        &mut client,
+        vec![
+            envelope,
+            log_envelope("checkout", "payment failed order=18"),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/read_bus.py");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(kafka_brokers())
+            .arg(&topic)
+            .arg("2")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "read_bus.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let first = &records[0];
+    assert_eq!(first["message"], "payment accepted order=17");
+    assert_eq!(first["source_id"], "checkout");
+    assert_eq!(first["instance_id"], "3");
+    assert_eq!(first["type"], "OUT");
+    assert_eq!(first["tags"]["region"], "eu");
+    assert_eq!(first["key"], "checkout", "records are keyed by source_id");
+    assert!(
+        first["timestamp"].as_i64().unwrap() > 1_600_000_000_000_000_000,
+        "timestamp in ns: {first}"
+    );
+    assert!(!first["agent_id"].as_str().unwrap().is_empty());
+    assert!(first["sequence"].as_u64().unwrap() >= 1);
+    assert_eq!(records[1]["message"], "payment failed order=18");
+    assert_eq!(records[1]["sequence"], first["sequence"], "one batch");
+}
