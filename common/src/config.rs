@@ -43,6 +43,19 @@ pub struct RawConfig {
     /// The HTTP query API.
     #[serde(default)]
     pub query_api: RawQueryApiConfig,
+    /// The process's own metrics endpoint.
+    #[serde(default)]
+    pub telemetry: RawTelemetryConfig,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetryConfig {
+    /// Serve `/metrics` (Prometheus text of every component in the process) and `/healthz` on
+    /// this address. Unset: only the query API serves `/metrics`. Set it for each role that runs
+    /// as its own process.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for RawConfig {
@@ -395,6 +408,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Query API settings.
     pub query_api: QueryApiConfig,
+    /// Where the process serves its own `/metrics`, if anywhere.
+    pub telemetry_listen: Option<SocketAddr>,
 }
 
 /// Validated `[agent]`.
@@ -658,6 +673,7 @@ impl RawConfig {
                 )?,
                 indexers: self.query_api.indexers,
             },
+            telemetry_listen: self.telemetry.listen,
             data_dir,
         })
     }

@@ -83,3 +83,40 @@ pub async fn run(
         .await
         .map_err(|error| SluiceError::internal(format!("query api failed: {error}")))
 }
+
+/// Serves `/metrics` and `/healthz` of `telemetry` on `listen` until `shutdown` fires: the
+/// monitoring endpoint of a role that runs as its own process.
+pub async fn serve_telemetry(
+    listen: std::net::SocketAddr,
+    telemetry: Telemetry,
+    mut shutdown: Shutdown,
+) -> Result<(), SluiceError> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let telemetry = telemetry.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        telemetry.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|error| {
+            SluiceError::unavailable(format!("failed to listen on {listen} for metrics: {error}"))
+        })?;
+    info!(listen = %listen, "metrics listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+        .map_err(|error| SluiceError::internal(format!("metrics endpoint failed: {error}")))
+}

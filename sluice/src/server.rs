@@ -213,7 +213,7 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
             ),
         ),
     ];
-    let serving = vec![
+    let mut serving = vec![
         spawn_role(
             "doppler",
             sluice_doppler::run(
@@ -224,8 +224,19 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
                 serving_shutdown.clone(),
             ),
         ),
-        spawn_query_api(&config, tls.clone(), telemetry.clone(), serving_shutdown),
+        spawn_query_api(
+            &config,
+            tls.clone(),
+            telemetry.clone(),
+            serving_shutdown.clone(),
+        ),
     ];
+    if let Some(listen) = config.telemetry_listen {
+        serving.push(spawn_role(
+            "metrics",
+            sluice_query_api::serve_telemetry(listen, telemetry.clone(), serving_shutdown),
+        ));
+    }
     let ingress = vec![spawn_role(
         "agent",
         sluice_agent::run(
@@ -284,7 +295,9 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
 pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     let telemetry = Telemetry::new();
+    let telemetry_for_endpoint = telemetry.clone();
     let (trigger, shutdown) = ShutdownTrigger::new();
+    let metrics_shutdown = shutdown.clone();
     let handle = match role {
         Role::Agent => {
             let tls = load_tls(&config)?;
@@ -324,12 +337,19 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
         }
         Role::QueryApi => spawn_query_api(&config, load_tls(&config)?, telemetry, shutdown),
     };
+    let mut handles = vec![handle];
+    if let Some(listen) = config.telemetry_listen {
+        handles.push(spawn_role(
+            "metrics",
+            sluice_query_api::serve_telemetry(listen, telemetry_for_endpoint, metrics_shutdown),
+        ));
+    }
     tokio::select! {
         () = termination() => info!("stopping"),
-        _ = async { while !handle.is_finished() { tokio::time::sleep(Duration::from_millis(200)).await; } } => {}
+        _ = async { while !handles.iter().any(JoinHandle::is_finished) { tokio::time::sleep(Duration::from_millis(200)).await; } } => {}
     }
     trigger.fire();
-    match join_stage(vec![handle], Duration::from_secs(60)).await {
+    match join_stage(handles, Duration::from_secs(60)).await {
         Some(message) => bail!("{message}"),
         None => Ok(()),
     }

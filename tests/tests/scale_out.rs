@@ -58,6 +58,8 @@ struct Topology {
     indexers: Vec<String>,
     api: String,
     processes: BTreeMap<String, RoleProcess>,
+    /// Each process's `/metrics` address.
+    metrics: BTreeMap<String, String>,
 }
 
 impl Topology {
@@ -97,6 +99,7 @@ impl Topology {
             indexers: (0..indexers).map(address).collect(),
             api: format!("127.0.0.1:{}", free_port()),
             processes: BTreeMap::new(),
+            metrics: BTreeMap::new(),
         };
         for index in 0..dopplers {
             let listen = topology.dopplers[index].clone();
@@ -150,9 +153,28 @@ impl Topology {
 
     fn launch(&mut self, name: &str, role: &str, section: &str) {
         let path = self.dir.join(format!("{name}.toml"));
-        std::fs::write(&path, format!("{}\n{section}", self.base)).unwrap();
+        let metrics = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n{section}\n[telemetry]\nlisten = \"{metrics}\"\n",
+                self.base
+            ),
+        )
+        .unwrap();
+        self.metrics.insert(name.to_owned(), metrics);
         self.processes
             .insert(name.to_owned(), RoleProcess::start(role, &path));
+    }
+
+    /// The value of metric `name` (summed over its label sets) served by process `process`.
+    async fn metric(&self, process: &str, name: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.metrics[process]);
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     fn process(&mut self, name: &str) -> &mut RoleProcess {
@@ -357,6 +379,18 @@ async fn two_by_two_by_two_counts_100k_exactly_across_indexer_crash_and_handover
         rejoined > 0,
         "indexer-0 took no partition back after rejoining"
     );
+    eprintln!(
+        "indexer-1: {} rewinds, {} committed documents dropped by them, {} records skipped as redelivered",
+        topology
+            .metric("indexer-1", "sluice_indexer_rewinds_total")
+            .await,
+        topology
+            .metric("indexer-1", "sluice_indexer_documents_rewound_total")
+            .await,
+        topology
+            .metric("indexer-1", "sluice_indexer_records_redelivered_total")
+            .await
+    );
     assert_eq!(
         sluice.sql_number("SELECT count(*) FROM logs").await,
         100_000
@@ -435,6 +469,21 @@ async fn faults_retention_crash_doppler_crash_broker_and_s3_outages_lose_nothing
     );
     wait_exact(&sluice, "dopplerline", 20_000, Duration::from_secs(180)).await;
     wait_exact(&sluice, "dopplerback", 2_000, Duration::from_secs(60)).await;
+    eprintln!(
+        "doppler-0 killed: agents retried {} sends; the indexer dropped {} duplicate batches, retention {}",
+        topology
+            .metric("agent-0", "sluice_agent_batch_send_retries_total")
+            .await
+            + topology
+                .metric("agent-1", "sluice_agent_batch_send_retries_total")
+                .await,
+        topology
+            .metric("indexer-0", "sluice_indexer_batches_duplicate_total")
+            .await,
+        topology
+            .metric("retention", "sluice_retention_batches_duplicate_total")
+            .await
+    );
     let back = topology.processes["doppler-0"]
         .log()
         .matches("doppler listening")
