@@ -163,10 +163,7 @@ impl Forwarder {
             flush_interval: config.flush_interval,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_batches)),
             max_in_flight: u32::try_from(config.max_in_flight_batches).unwrap_or(u32::MAX),
-            senders: Arc::new(DopplerSet {
-                clients,
-                next: AtomicUsize::new(0),
-            }),
+            senders: Arc::new(DopplerSet::new(clients)),
             metrics,
         };
         let handle = tokio::spawn(batcher.run(receiver));
@@ -240,6 +237,75 @@ impl Forwarder {
 struct DopplerSet {
     clients: Vec<(String, DopplerIngressClient<Channel>)>,
     next: AtomicUsize,
+    /// Per doppler: consecutive failed sends and when it may be tried again.
+    health: Vec<Mutex<DopplerHealth>>,
+}
+
+#[derive(Default)]
+struct DopplerHealth {
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl DopplerSet {
+    fn new(clients: Vec<(String, DopplerIngressClient<Channel>)>) -> DopplerSet {
+        let health = clients
+            .iter()
+            .map(|_| Mutex::new(DopplerHealth::default()))
+            .collect();
+        DopplerSet {
+            clients,
+            next: AtomicUsize::new(0),
+            health,
+        }
+    }
+
+    fn health(&self, index: usize) -> std::sync::MutexGuard<'_, DopplerHealth> {
+        self.health[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next doppler in turn that is not resting after failures; when all are, the one
+    /// that may be tried soonest (and when).
+    fn choose(&self) -> (usize, Option<tokio::time::Instant>) {
+        let count = self.clients.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let mut soonest: Option<(usize, tokio::time::Instant)> = None;
+        for step in 0..count {
+            let index = (start + step) % count;
+            match self.health(index).retry_at {
+                Some(at) if at > now => {
+                    if soonest.is_none_or(|(_, best)| at < best) {
+                        soonest = Some((index, at));
+                    }
+                }
+                _ => return (index, None),
+            }
+        }
+        let (index, at) = soonest.unwrap_or((start % count, now));
+        (index, Some(at))
+    }
+
+    /// A send failed: the doppler rests, longer after each consecutive failure (0.25 s doubling
+    /// up to 5 s), and comes back into rotation after that.
+    fn failed(&self, index: usize) {
+        let mut health = self.health(index);
+        health.failures = health.failures.saturating_add(1);
+        let rest = Duration::from_millis(250)
+            .saturating_mul(1 << health.failures.min(5).saturating_sub(1))
+            .min(Duration::from_secs(5));
+        health.retry_at = Some(tokio::time::Instant::now() + rest);
+    }
+
+    fn succeeded(&self, index: usize) {
+        let mut health = self.health(index);
+        if health.failures > 0 {
+            debug!(doppler = %self.clients[index].0, "doppler back in rotation");
+        }
+        *health = DopplerHealth::default();
+    }
 }
 
 struct Batcher {
@@ -363,22 +429,30 @@ async fn send_until_acknowledged(
     batch: AgentBatch,
     metrics: &AgentMetrics,
 ) -> Result<(), tonic::Status> {
-    let mut backoff = Duration::from_millis(50);
     let mut attempt: u64 = 0;
     loop {
-        let index = senders.next.fetch_add(1, Ordering::Relaxed) % senders.clients.len();
+        // A doppler that just failed rests; another one gets the batch at once. Only when every
+        // doppler rests does the send wait, until the first may be tried again.
+        let (index, wait_until) = senders.choose();
+        if let Some(at) = wait_until {
+            tokio::time::sleep_until(at).await;
+        }
         let (address, client) = &senders.clients[index];
         let mut client = client.clone();
         let mut request = tonic::Request::new(batch.clone());
         request.set_timeout(Duration::from_secs(30));
         match client.push(request).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                senders.succeeded(index);
+                return Ok(());
+            }
             Err(status) if is_final(&status) => {
                 warn!(doppler = %address, sequence = batch.sequence, error = %status.message(), "doppler refused batch");
                 return Err(status);
             }
             Err(status) => {
                 attempt += 1;
+                senders.failed(index);
                 metrics.send_retries.inc();
                 // One line per doubling of attempts keeps a long outage from flooding the log.
                 if attempt.is_power_of_two() {
@@ -386,8 +460,6 @@ async fn send_until_acknowledged(
                 } else {
                     debug!(doppler = %address, sequence = batch.sequence, attempt, "failed to send batch, retrying");
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }

@@ -158,6 +158,21 @@ pub struct RawDopplerConfig {
     /// Largest accepted gRPC message from an agent, in bytes.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Bytes of batches waiting for the bus at once. While the bus is slow or away, a batch
+    /// past this waits up to `pending_wait`, then is refused with `RESOURCE_EXHAUSTED` (and
+    /// counted); its agent keeps it and retries, pushing back on its own clients.
+    #[serde(default = "default_max_pending_bytes")]
+    pub max_pending_bytes: usize,
+    /// How long a batch may wait for room under `max_pending_bytes`.
+    #[serde(default = "default_pending_wait")]
+    pub pending_wait: String,
+}
+
+fn default_max_pending_bytes() -> usize {
+    256 * 1024 * 1024
+}
+fn default_pending_wait() -> String {
+    "5s".to_owned()
 }
 
 fn default_doppler_listen() -> SocketAddr {
@@ -444,6 +459,10 @@ pub struct DopplerConfig {
     pub subscriber_buffer_batches: usize,
     /// Largest gRPC message in bytes.
     pub max_message_bytes: usize,
+    /// Bytes of batches waiting for the bus at once.
+    pub max_pending_bytes: usize,
+    /// Longest wait for room under `max_pending_bytes`.
+    pub pending_wait: Duration,
 }
 
 /// Validated `[bus]`.
@@ -638,6 +657,8 @@ impl RawConfig {
                 listen: self.doppler.listen,
                 subscriber_buffer_batches: self.doppler.subscriber_buffer_batches,
                 max_message_bytes: self.doppler.max_message_bytes,
+                max_pending_bytes: self.doppler.max_pending_bytes,
+                pending_wait: parse_duration("doppler.pending_wait", &self.doppler.pending_wait)?,
             },
             bus,
             indexer: IndexerConfig {

@@ -38,7 +38,13 @@ pub async fn run(
         config.subscriber_buffer_batches,
         metrics.clone(),
     ));
-    let ingress = ingress::DopplerIngressService::new(bus, Arc::clone(&hub), metrics);
+    let ingress = ingress::DopplerIngressService::new(
+        bus,
+        Arc::clone(&hub),
+        metrics,
+        config.max_pending_bytes,
+        config.pending_wait,
+    );
     let egress = egress::EgressService::new(hub);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -15,6 +15,10 @@ pub struct DopplerMetrics {
     pub batches_rejected: Counter,
     /// Batches the bus failed to append (the agent retries them).
     pub append_failures: Counter,
+    /// Batches refused because too many bytes were waiting for the bus (the agent retries them).
+    pub batches_shed: Counter,
+    /// Bytes of batches waiting for the bus now.
+    pub pending_bytes: prometheus_client::metrics::gauge::Gauge,
     /// Envelopes delivered to live subscribers.
     pub egress_envelopes_sent: Counter,
     /// Envelopes dropped because a live subscriber's queue was full.
@@ -36,6 +40,16 @@ impl DopplerMetrics {
                 "sluice_doppler_envelopes_appended",
                 "Envelopes appended to the bus",
                 Counter::default(),
+            ),
+            batches_shed: telemetry.register(
+                "sluice_doppler_batches_shed",
+                "Batches refused with RESOURCE_EXHAUSTED because max_pending_bytes were waiting for the bus; the agent retries them",
+                Counter::default(),
+            ),
+            pending_bytes: telemetry.register(
+                "sluice_doppler_pending_bytes",
+                "Bytes of batches waiting for the bus",
+                prometheus_client::metrics::gauge::Gauge::default(),
             ),
             batches_rejected: telemetry.register(
                 "sluice_doppler_batches_rejected",
