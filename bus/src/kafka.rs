@@ -687,3 +687,46 @@ impl Drop for KafkaConsumer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_settings() -> RawKafkaConfig {
+        let mut settings: RawKafkaConfig =
+            toml::from_str("brokers = \"127.0.0.1:1\"").expect("settings");
+        settings
+            .client
+            .insert("security.protocol".to_owned(), "sasl_ssl".to_owned());
+        settings
+            .client
+            .insert("sasl.mechanisms".to_owned(), "SCRAM-SHA-512".to_owned());
+        settings
+            .client
+            .insert("sasl.username".to_owned(), "sluice".to_owned());
+        settings
+            .client
+            .insert("sasl.password".to_owned(), "secret".to_owned());
+        settings
+    }
+
+    /// Built with `kafka-tls`, TLS and SASL settings are accepted by librdkafka.
+    #[cfg(feature = "kafka-tls")]
+    #[test]
+    fn tls_and_sasl_settings_are_accepted_with_the_kafka_tls_feature() {
+        let producer: Result<BaseProducer, KafkaError> = client_config(&tls_settings()).create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    /// Built without it, they are refused when the client starts, saying why.
+    #[cfg(not(feature = "kafka-tls"))]
+    #[test]
+    fn tls_settings_are_refused_without_the_kafka_tls_feature_saying_why() {
+        let producer: Result<BaseProducer, KafkaError> = client_config(&tls_settings()).create();
+        let error = producer.err().expect("refused").to_string();
+        assert!(
+            error.contains("OpenSSL") || error.contains("ssl"),
+            "{error}"
+        );
+    }
+}

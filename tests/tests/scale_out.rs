@@ -405,7 +405,8 @@ async fn two_by_two_by_two_counts_100k_exactly_across_indexer_crash_and_handover
 }
 
 /// Faults on a broker and an S3 server of the test's own, each followed by exact counts:
-/// retention killed with `kill -9` mid-upload and restarted; a doppler killed (agents fail over
+/// retention killed with `kill -9` while lines stream and again during an upload, and
+/// restarted; a doppler killed (agents fail over
 /// to the other and take it back when it returns); the broker stopped for 20 s; the S3 server
 /// unreachable for 20 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +443,35 @@ async fn faults_retention_crash_doppler_crash_broker_and_s3_outages_lose_nothing
         } else {
             "between uploads"
         },
+        phase.elapsed()
+    );
+
+    // Retention killed in the middle of an upload: S3 stops answering, so the flush of these
+    // lines is under way (failing and retrying) when the kill comes.
+    s3.stop();
+    tokio::join!(
+        send_lines(&topology, 0, "uploadline", 5, 500),
+        send_lines(&topology, 1, "uploadline", 5, 500)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while topology
+        .metric("retention", "sluice_retention_flush_failures_total")
+        .await
+        == 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "retention never tried to upload while S3 was down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    topology.process("retention").kill_hard();
+    s3.start().await;
+    topology.process("retention").restart();
+    let phase = Instant::now();
+    wait_exact(&sluice, "uploadline", 5_000, Duration::from_secs(180)).await;
+    eprintln!(
+        "retention kill -9 during an upload: 5,000 exact, {:?} after its restart",
         phase.elapsed()
     );
 
@@ -561,10 +591,10 @@ async fn faults_retention_crash_doppler_crash_broker_and_s3_outages_lose_nothing
     );
 
     let everything = sluice.sql_number("SELECT count(*) FROM logs").await;
-    assert_eq!(everything, 60_000 + rounds * 200);
+    assert_eq!(everything, 65_000 + rounds * 200);
     eprintln!(
         "faults test: {} lines exact; whole test {:?}",
-        60_000 + rounds * 200,
+        65_000 + rounds * 200,
         started.elapsed()
     );
 }
