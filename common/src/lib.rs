@@ -20,3 +20,20 @@ pub mod time;
 pub mod tls;
 
 pub use error::{ErrorKind, SluiceError};
+
+/// Binds a TCP listener for `what` (a role's service, for the log and the error), logging
+/// `"<what> listening"` once it is bound.
+pub async fn listen(
+    address: std::net::SocketAddr,
+    what: &str,
+) -> Result<tokio::net::TcpListener, SluiceError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| {
+            SluiceError::unavailable(format!(
+                "failed to listen on {address} for the {what}: {error}"
+            ))
+        })?;
+    tracing::info!(listen = %address, "{what} listening");
+    Ok(listener)
+}

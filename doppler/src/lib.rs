@@ -23,7 +23,6 @@ use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::TlsMaterial;
 use sluice_proto::v1::doppler_ingress_server::DopplerIngressServer;
 use sluice_proto::v2::egress_server::EgressServer;
-use tracing::info;
 
 /// Serves the doppler on `config.listen` until `shutdown` fires.
 pub async fn run(
@@ -46,15 +45,7 @@ pub async fn run(
         config.pending_wait,
     );
     let egress = egress::EgressService::new(hub);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|error| {
-            SluiceError::unavailable(format!(
-                "failed to listen on {} for the doppler: {error}",
-                config.listen
-            ))
-        })?;
-    info!(listen = %config.listen, "doppler listening");
+    let listener = sluice_common::listen(config.listen, "doppler").await?;
     tonic::transport::Server::builder()
         .tls_config(tls.server_config())
         .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?

@@ -239,6 +239,31 @@ struct HourState {
     last_write: Instant,
 }
 
+impl HourState {
+    /// The hour's writer, opened on first use.
+    fn writer(
+        &mut self,
+        hour: Hour,
+        memory_bytes: usize,
+    ) -> Result<&IndexWriter<TantivyDocument>, SluiceError> {
+        if self.writer.is_none() {
+            let writer = self
+                .index
+                .writer_with_num_threads(1, memory_bytes)
+                .map_err(|error| {
+                    SluiceError::internal(format!(
+                        "failed to open index writer for {}: {error}",
+                        hour.partition_name()
+                    ))
+                })?;
+            self.writer = Some(writer);
+        }
+        self.writer
+            .as_ref()
+            .ok_or_else(|| SluiceError::internal("index writer vanished"))
+    }
+}
+
 struct IndexingStage {
     store: IndexStore,
     hours: BTreeMap<Hour, HourState>,
@@ -348,21 +373,7 @@ impl IndexingStage {
                 already += 1;
                 continue;
             }
-            if state.writer.is_none() {
-                let writer = state
-                    .index
-                    .writer_with_num_threads(1, writer_memory_bytes)
-                    .map_err(|error| {
-                        SluiceError::internal(format!(
-                            "failed to open index writer for {}: {error}",
-                            hour.partition_name()
-                        ))
-                    })?;
-                state.writer = Some(writer);
-            }
-            let Some(writer) = state.writer.as_ref() else {
-                return Err(SluiceError::internal("index writer vanished"));
-            };
+            let writer = state.writer(hour, writer_memory_bytes)?;
             writer.add_document(document).map_err(|error| {
                 SluiceError::internal(format!(
                     "failed to index into {}: {error}",
@@ -433,21 +444,7 @@ impl IndexingStage {
                         .unwrap_or(0) as u64
                 })
                 .unwrap_or(0);
-            if state.writer.is_none() {
-                let writer = state
-                    .index
-                    .writer_with_num_threads(1, writer_memory_bytes)
-                    .map_err(|error| {
-                        SluiceError::internal(format!(
-                            "failed to open index writer for {}: {error}",
-                            hour.partition_name()
-                        ))
-                    })?;
-                state.writer = Some(writer);
-            }
-            let Some(writer) = state.writer.as_ref() else {
-                return Err(SluiceError::internal("index writer vanished"));
-            };
+            let writer = state.writer(hour, writer_memory_bytes)?;
             writer.delete_query(Box::new(query)).map_err(|error| {
                 SluiceError::internal(format!(
                     "failed to drop documents from {}: {error}",

@@ -10,7 +10,6 @@ use sluice_common::tls::TlsMaterial;
 use sluice_proto::v1 as wire;
 use sluice_proto::v1::index_search_server::{IndexSearch, IndexSearchServer};
 use tonic::{Request, Response, Status};
-use tracing::info;
 
 use crate::search::{SearchHit, SearchRequest, SearchResponse, Searcher};
 
@@ -98,14 +97,7 @@ pub async fn serve(
     tls: TlsMaterial,
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|error| {
-            SluiceError::unavailable(format!(
-                "failed to listen on {listen} for the index search service: {error}"
-            ))
-        })?;
-    info!(listen = %listen, "index search service listening");
+    let listener = sluice_common::listen(listen, "index search service").await?;
     tonic::transport::Server::builder()
         .tls_config(tls.server_config())
         .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?

@@ -26,7 +26,6 @@ use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::TlsMaterial;
 use sluice_indexer::Searcher;
 use sluice_retention::store::Archive;
-use tracing::info;
 
 pub use routes::router;
 
@@ -69,15 +68,7 @@ pub async fn run(
         telemetry,
         config: config.clone(),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|error| {
-            SluiceError::unavailable(format!(
-                "failed to listen on {} for the query api: {error}",
-                config.listen
-            ))
-        })?;
-    info!(listen = %config.listen, "query api listening");
+    let listener = sluice_common::listen(config.listen, "query api").await?;
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
@@ -109,12 +100,7 @@ pub async fn serve_telemetry(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|error| {
-            SluiceError::unavailable(format!("failed to listen on {listen} for metrics: {error}"))
-        })?;
-    info!(listen = %listen, "metrics listening");
+    let listener = sluice_common::listen(listen, "metrics endpoint").await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await

@@ -19,7 +19,6 @@ use sluice_proto::v2::{
     BatchSenderResponse, Envelope, EnvelopeBatch, IngressResponse, SendResponse,
 };
 use tonic::{Request, Response, Status, Streaming};
-use tracing::info;
 
 use crate::forwarder::{Forwarder, Ticket};
 use crate::metrics::AgentMetrics;
@@ -54,14 +53,7 @@ impl LoggregatorIngress {
         max_message_bytes: usize,
         mut shutdown: Shutdown,
     ) -> Result<(), SluiceError> {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|error| {
-                SluiceError::unavailable(format!(
-                    "failed to listen on {listen} for the agent ingress: {error}"
-                ))
-            })?;
-        info!(listen = %listen, "loggregator ingress listening");
+        let listener = sluice_common::listen(listen, "loggregator ingress").await?;
         let service = IngressServer::new(self)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
