@@ -21,7 +21,7 @@ use sluice_proto::v1::AgentBatch;
 use sluice_proto::v1::doppler_ingress_client::DopplerIngressClient;
 use sluice_proto::v2::Envelope;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use crate::metrics::AgentMetrics;
@@ -132,22 +132,8 @@ impl Forwarder {
     ) -> Result<Arc<Forwarder>, SluiceError> {
         let mut clients = Vec::with_capacity(config.dopplers.len());
         for address in &config.dopplers {
-            let endpoint = Endpoint::from_shared(format!("https://{address}"))
-                .map_err(|error| {
-                    SluiceError::invalid(format!(
-                        "agent.dopplers: invalid address {address:?}: {error}"
-                    ))
-                })?
-                .tls_config(tls.client_config())
-                .map_err(|error| {
-                    SluiceError::invalid(format!(
-                        "invalid tls configuration: {error}: {}",
-                        std::error::Error::source(&error)
-                            .map(ToString::to_string)
-                            .unwrap_or_default()
-                    ))
-                })?
-                .connect_timeout(Duration::from_secs(5))
+            let endpoint = tls
+                .endpoint(address, "agent.dopplers", Duration::from_secs(5))?
                 .tcp_nodelay(true);
             let channel: Channel = endpoint.connect_lazy();
             let client = DopplerIngressClient::new(channel)

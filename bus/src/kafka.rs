@@ -5,7 +5,10 @@
 //! sends wait (up to `message.timeout.ms`, five minutes by default) and the waiting pushes back
 //! on the agents through their bounded pending limits instead of dropping anything.
 //!
-//! Consumers: the members of one consumer group share the partitions (Kafka's group
+//! Consumers: a sole consumer ([`Sharing::Sole`]: `sluice up`, retention) assigns itself every
+//! partition and resumes where its data ends, with no group membership (a crashed process
+//! leaves nothing behind in the group to wait for). Shared consumers ([`Sharing::Shared`]:
+//! indexers) are the members of one consumer group and share the partitions (Kafka's group
 //! protocol, round-robin assignment). Exactly once into each member's data rests on three rules:
 //!
 //! - A member commits the group offset of a partition only for data that is durable, only while
@@ -50,13 +53,14 @@ use sluice_common::config::RawKafkaConfig;
 use tracing::{debug, info, warn};
 
 use crate::metrics::BusMetrics;
-use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Partition, Positions};
+use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Partition, Positions, Sharing};
 
 /// The Kafka bus.
 #[derive(Clone)]
 pub struct KafkaBus {
     producer: FutureProducer,
     settings: Arc<RawKafkaConfig>,
+    partitions: Arc<Vec<i32>>,
     metrics: BusMetrics,
 }
 
@@ -121,6 +125,7 @@ impl KafkaBus {
         Ok(KafkaBus {
             producer,
             settings: Arc::new(settings.clone()),
+            partitions: Arc::new(partitions),
             metrics,
         })
     }
@@ -186,7 +191,12 @@ impl Bus for KafkaBus {
         }
     }
 
-    async fn subscribe(&self, group: &str, member: &str) -> Result<Box<dyn Consumer>, BusError> {
+    async fn subscribe(
+        &self,
+        group: &str,
+        member: &str,
+        sharing: Sharing,
+    ) -> Result<Box<dyn Consumer>, BusError> {
         let group_id = format!("{}-{group}", self.settings.group_prefix);
         let stint_producer: BaseProducer = client_config(&self.settings)
             .set("acks", "all")
@@ -217,6 +227,7 @@ impl Bus for KafkaBus {
             consumer: Some(Arc::new(consumer)),
             ownership,
             subscribed: false,
+            sole: (sharing == Sharing::Sole).then(|| Arc::clone(&self.partitions)),
         }))
     }
 
@@ -529,6 +540,8 @@ struct KafkaConsumer {
     consumer: Option<Arc<StreamConsumer<GroupContext>>>,
     ownership: Arc<Ownership>,
     subscribed: bool,
+    /// For a sole consumer, the partitions it assigns itself (no group membership).
+    sole: Option<Arc<Vec<i32>>>,
 }
 
 impl KafkaConsumer {
@@ -545,12 +558,33 @@ impl KafkaConsumer {
             consumer.unsubscribe();
             self.subscribed = false;
         }
-        if !self.subscribed {
-            consumer
-                .subscribe(&[self.ownership.topic.as_str()])
-                .map_err(storage("failed to subscribe to the kafka topic"))?;
-            self.subscribed = true;
+        if self.subscribed {
+            return Ok(());
         }
+        match &self.sole {
+            Some(partitions) => {
+                // Every partition, where the data ends, else at the group's offset.
+                let durable = self.ownership.state().durable.clone();
+                let mut list = TopicPartitionList::new();
+                for partition in partitions.iter() {
+                    let offset = match durable.0.get(&partition_key(*partition)) {
+                        Some(next) => Offset::Offset(i64::try_from(*next).unwrap_or(i64::MAX)),
+                        None => Offset::Stored,
+                    };
+                    list.add_partition_offset(&self.ownership.topic, *partition, offset)
+                        .map_err(storage("failed to build a kafka assignment"))?;
+                }
+                consumer
+                    .assign(&list)
+                    .map_err(storage("failed to assign kafka partitions"))?;
+                self.ownership.state().assigned = partitions.iter().copied().collect();
+                info!(group = %self.ownership.group, partitions = partitions.len(), "reading every kafka partition as the group's only consumer");
+            }
+            None => consumer
+                .subscribe(&[self.ownership.topic.as_str()])
+                .map_err(storage("failed to subscribe to the kafka topic"))?,
+        }
+        self.subscribed = true;
         Ok(())
     }
 

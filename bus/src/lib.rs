@@ -136,6 +136,17 @@ impl From<BusError> for SluiceError {
     }
 }
 
+/// How a consumer takes part in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// Members share the partitions and hand them over as members come and go (Kafka's group
+    /// protocol): several indexers.
+    Shared,
+    /// The only consumer of its group reads every partition, with no group membership to
+    /// coordinate: a restart after a crash resumes at once. `sluice up`, and retention.
+    Sole,
+}
+
 /// A durable, partitioned log of batches.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -143,10 +154,17 @@ pub trait Bus: Send + Sync + 'static {
     /// one key keep their order). Returns once the record survives a process crash.
     async fn append(&self, key: &str, payload: Bytes) -> Result<(), BusError>;
 
-    /// Opens a consumer for `group`. Each group sees every record; the members of one group
-    /// share the partitions. `member` names this member durably (it survives restarts with
-    /// the member's data): the bus uses it to tell a member's own earlier work from another's.
-    async fn subscribe(&self, group: &str, member: &str) -> Result<Box<dyn Consumer>, BusError>;
+    /// Opens a consumer for `group`. Each group sees every record. With [`Sharing::Shared`]
+    /// the members of one group share the partitions, and `member` names this member durably
+    /// (it survives restarts with the member's data): the bus uses it to tell a member's own
+    /// earlier work from another's. With [`Sharing::Sole`] the consumer reads every partition
+    /// and is the group's only member.
+    async fn subscribe(
+        &self,
+        group: &str,
+        member: &str,
+        sharing: Sharing,
+    ) -> Result<Box<dyn Consumer>, BusError>;
 
     /// A short name for logs and metrics: `wal` or `kafka`.
     fn kind(&self) -> &'static str;

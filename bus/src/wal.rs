@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 use crate::metrics::BusMetrics;
-use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Positions};
+use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Positions, Sharing};
 
 const QUEUE: &str = "envelopes";
 const PARTITION: u32 = 0;
@@ -141,7 +141,12 @@ impl Bus for WalBus {
         }
     }
 
-    async fn subscribe(&self, group: &str, _member: &str) -> Result<Box<dyn Consumer>, BusError> {
+    async fn subscribe(
+        &self,
+        group: &str,
+        _member: &str,
+        _sharing: Sharing,
+    ) -> Result<Box<dyn Consumer>, BusError> {
         let mut groups = self.shared.groups.lock().await;
         if !groups.contains_key(group) {
             // A new group holds back everything still in the log from now on.
@@ -303,7 +308,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         {
             let bus = open(dir.path()).await;
-            let _consumer = bus.subscribe("indexer", "test").await.expect("subscribe");
+            let _consumer = bus
+                .subscribe("indexer", "test", Sharing::Sole)
+                .await
+                .expect("subscribe");
             for index in 0..10 {
                 bus.append("key", Bytes::from(format!("record {index}")))
                     .await
@@ -311,7 +319,10 @@ mod tests {
             }
         }
         let bus = open(dir.path()).await;
-        let mut consumer = bus.subscribe("indexer", "test").await.expect("subscribe");
+        let mut consumer = bus
+            .subscribe("indexer", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
         let records = poll_all(&mut consumer).await;
         assert_eq!(records.len(), 10);
         assert_eq!(records[3].offset, 3);
@@ -322,7 +333,10 @@ mod tests {
     async fn a_waiting_consumer_wakes_on_append_and_seek_resumes_exactly() {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = open(dir.path()).await;
-        let mut consumer = bus.subscribe("retention", "test").await.expect("subscribe");
+        let mut consumer = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
         assert!(poll_all(&mut consumer).await.is_empty());
         let writer = bus.clone();
         let waiter = tokio::spawn(async move { consumer.poll(10, Duration::from_secs(10)).await });
@@ -339,7 +353,10 @@ mod tests {
                 .await
                 .expect("append");
         }
-        let mut again = bus.subscribe("retention", "test").await.expect("subscribe");
+        let mut again = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
         again
             .seek(&Positions([(0, 3)].into_iter().collect()))
             .await
@@ -356,8 +373,14 @@ mod tests {
     async fn records_are_released_only_after_every_group_checkpointed() {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = open(dir.path()).await;
-        let mut indexer = bus.subscribe("indexer", "test").await.expect("subscribe");
-        let mut retention = bus.subscribe("retention", "test").await.expect("subscribe");
+        let mut indexer = bus
+            .subscribe("indexer", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        let mut retention = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
         for _ in 0..6 {
             bus.append("key", Bytes::from_static(b"x"))
                 .await
@@ -368,7 +391,10 @@ mod tests {
             .await
             .expect("checkpoint");
         // Retention has not checkpointed: a fresh reader still sees everything.
-        let mut late = bus.subscribe("retention", "test").await.expect("subscribe");
+        let mut late = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
         assert_eq!(poll_all(&mut late).await.len(), 6);
         retention
             .checkpoint(&Positions([(0, 4)].into_iter().collect()))
@@ -377,7 +403,10 @@ mod tests {
         drop((bus, indexer, retention, late));
         // After a restart, the released records are gone and the checkpoints remain.
         let bus = open(dir.path()).await;
-        let mut reader = bus.subscribe("retention", "test").await.expect("subscribe");
+        let mut reader = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
         let offsets: Vec<u64> = poll_all(&mut reader)
             .await
             .iter()

@@ -80,6 +80,31 @@ impl TlsMaterial {
             .domain_name(self.server_name.clone())
     }
 
+    /// A lazily connecting gRPC endpoint for `address` (`host:port`) over mutual TLS, with a
+    /// `connect_timeout`. `setting` names the configuration key the address came from, for
+    /// the error.
+    pub fn endpoint(
+        &self,
+        address: &str,
+        setting: &str,
+        connect_timeout: std::time::Duration,
+    ) -> Result<tonic::transport::Endpoint, SluiceError> {
+        tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+            .map_err(|error| {
+                SluiceError::invalid(format!("{setting}: invalid address {address:?}: {error}"))
+            })?
+            .tls_config(self.client_config())
+            .map_err(|error| {
+                SluiceError::invalid(format!(
+                    "invalid tls configuration: {error}: {}",
+                    std::error::Error::source(&error)
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ))
+            })
+            .map(|endpoint| endpoint.connect_timeout(connect_timeout))
+    }
+
     /// The CA certificate, PEM encoded.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem

@@ -144,6 +144,7 @@ mod tests {
             &self,
             _group: &str,
             _member: &str,
+            _sharing: sluice_bus::Sharing,
         ) -> Result<Box<dyn Consumer>, BusError> {
             Err(BusError::Invalid("not in this test".into()))
         }

@@ -15,7 +15,7 @@ use prost::Message;
 use std::ops::Bound;
 
 use sluice_bus::dedup::Deduplicator;
-use sluice_bus::{Bus, BusEvent, BusRecord, Positions};
+use sluice_bus::{Bus, BusEvent, BusRecord, Positions, Sharing};
 use sluice_common::SluiceError;
 use sluice_common::config::IndexerConfig;
 use sluice_common::shutdown::Shutdown;
@@ -49,10 +49,12 @@ enum StageInput {
     Tick,
 }
 
-/// Runs the indexer until `shutdown` fires, then commits what it holds.
+/// Runs the indexer until `shutdown` fires, then commits what it holds. `sharing` says whether
+/// it shares the bus partitions with other indexers or reads them all.
 pub async fn run(
     config: IndexerConfig,
     bus: Arc<dyn Bus>,
+    sharing: Sharing,
     telemetry: Telemetry,
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
@@ -67,7 +69,7 @@ pub async fn run(
     let checkpoint_path = config.dir.join("checkpoint.json");
     let resume = read_checkpoint(&checkpoint_path)?;
     let member = member_id(&config.dir)?;
-    let mut consumer = bus.subscribe(CONSUMER_GROUP, &member).await?;
+    let mut consumer = bus.subscribe(CONSUMER_GROUP, &member, sharing).await?;
     consumer.seek(&resume).await?;
     info!(dir = %config.dir.display(), resume = %resume.to_json(), "indexer starting");
 
@@ -574,6 +576,7 @@ mod tests {
         let task = tokio::spawn(run(
             config(dir),
             Arc::new(bus.clone()),
+            Sharing::Sole,
             telemetry.clone(),
             shutdown,
         ));
@@ -608,7 +611,10 @@ mod tests {
         .await
         .expect("wal");
         // Another group that never checkpoints keeps the records in the WAL for the replay.
-        let _holder = bus.subscribe("retention", "test").await.expect("subscribe");
+        let _holder = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
         let hour = sluice_common::time::NANOS_PER_HOUR;
         // Two records, each spanning two hours.
         bus.append("app", batch(1, &[10 * hour + 1, 11 * hour + 1]))
@@ -702,6 +708,7 @@ mod tests {
             &self,
             _group: &str,
             _member: &str,
+            _sharing: Sharing,
         ) -> Result<Box<dyn sluice_bus::Consumer>, sluice_bus::BusError> {
             let script = std::mem::take(&mut *self.0.lock().expect("script"));
             Ok(Box::new(ScriptedConsumer(script)))
@@ -722,7 +729,13 @@ mod tests {
     async fn run_script(dir: &Path, script: Vec<BusEvent>, telemetry: &Telemetry) {
         let (trigger, shutdown) = ShutdownTrigger::new();
         let bus = Arc::new(ScriptedBus(std::sync::Mutex::new(script)));
-        let task = tokio::spawn(run(config(dir), bus, telemetry.clone(), shutdown));
+        let task = tokio::spawn(run(
+            config(dir),
+            bus,
+            Sharing::Sole,
+            telemetry.clone(),
+            shutdown,
+        ));
         tokio::time::sleep(Duration::from_millis(600)).await;
         trigger.fire();
         task.await.expect("join").expect("indexer ran");

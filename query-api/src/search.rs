@@ -15,7 +15,7 @@ use sluice_indexer::service::hit_from_wire;
 use sluice_indexer::{SearchHit, SearchRequest, Searcher};
 use sluice_proto::v1 as wire;
 use sluice_proto::v1::index_search_client::IndexSearchClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Where searches run.
 #[derive(Clone)]
@@ -83,17 +83,8 @@ impl SearchBackend {
         let clients = indexers
             .iter()
             .map(|address| {
-                let channel = Endpoint::from_shared(format!("https://{address}"))
-                    .map_err(|error| {
-                        SluiceError::invalid(format!(
-                            "query_api.indexers: invalid address {address:?}: {error}"
-                        ))
-                    })?
-                    .tls_config(tls.client_config())
-                    .map_err(|error| {
-                        SluiceError::invalid(format!("invalid tls configuration: {error}"))
-                    })?
-                    .connect_timeout(Duration::from_secs(2))
+                let channel = tls
+                    .endpoint(address, "query_api.indexers", Duration::from_secs(2))?
                     .connect_lazy();
                 Ok((
                     address.clone(),

@@ -11,7 +11,7 @@ use sluice_common::envelope::{decode_payload, kind_name, merged_tags};
 use sluice_common::tls::TlsMaterial;
 use sluice_proto::v2::egress_client::EgressClient;
 use sluice_proto::v2::{EgressBatchRequest, Envelope, Selector, envelope, log};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Where live envelopes come from.
 #[derive(Clone)]
@@ -22,22 +22,8 @@ pub struct TailSource {
 impl TailSource {
     /// A source reading the doppler at `address` (`host:port`); connects lazily.
     pub fn new(address: &str, tls: &TlsMaterial) -> Result<TailSource, SluiceError> {
-        let channel = Endpoint::from_shared(format!("https://{address}"))
-            .map_err(|error| {
-                SluiceError::invalid(format!(
-                    "query_api.doppler: invalid address {address:?}: {error}"
-                ))
-            })?
-            .tls_config(tls.client_config())
-            .map_err(|error| {
-                SluiceError::invalid(format!(
-                    "invalid tls configuration: {error}: {}",
-                    std::error::Error::source(&error)
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                ))
-            })?
-            .connect_timeout(Duration::from_secs(5))
+        let channel = tls
+            .endpoint(address, "query_api.doppler", Duration::from_secs(5))?
             .connect_lazy();
         Ok(TailSource {
             client: EgressClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),

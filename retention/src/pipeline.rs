@@ -20,7 +20,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use prost::Message;
 use sluice_bus::dedup::Deduplicator;
-use sluice_bus::{Bus, BusEvent, BusRecord, Consumer, Positions};
+use sluice_bus::{Bus, BusEvent, BusRecord, Consumer, Positions, Sharing};
 use sluice_common::SluiceError;
 use sluice_common::config::RetentionConfig;
 use sluice_common::shutdown::Shutdown;
@@ -95,7 +95,9 @@ pub async fn run(
     // One retention process per consumer group: the archive cannot take rows back, so a second
     // member sharing the partitions could duplicate rows after a takeover (it is refused and
     // counted instead, see `sluice_retention_rewinds_refused`).
-    let mut consumer = bus.subscribe(CONSUMER_GROUP, CONSUMER_GROUP).await?;
+    let mut consumer = bus
+        .subscribe(CONSUMER_GROUP, CONSUMER_GROUP, Sharing::Sole)
+        .await?;
     consumer.seek(&checkpoint.positions).await?;
     info!(archive = %archive.describe(), commit = checkpoint.commit, resume = %checkpoint.positions.to_json(), "retention starting");
 

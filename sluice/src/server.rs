@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sluice_bus::Bus;
 use sluice_bus::kafka::KafkaBus;
 use sluice_bus::metrics::BusMetrics;
 use sluice_bus::wal::WalBus;
+use sluice_bus::{Bus, Sharing};
 use sluice_common::SluiceError;
 use sluice_common::config::{BusConfig, Config, IndexerConfig, RawConfig};
 use sluice_common::shutdown::{Shutdown, ShutdownTrigger};
@@ -159,17 +159,18 @@ async fn join_stage(handles: Vec<RoleHandle>, deadline: Duration) -> Option<Stri
 async fn run_indexer(
     config: IndexerConfig,
     bus: Arc<dyn Bus>,
+    sharing: Sharing,
     telemetry: Telemetry,
     shutdown: Shutdown,
     tls: TlsMaterial,
 ) -> Result<(), SluiceError> {
     let Some(listen) = config.listen else {
-        return sluice_indexer::run(config, bus, telemetry, shutdown).await;
+        return sluice_indexer::run(config, bus, sharing, telemetry, shutdown).await;
     };
     let searcher = Arc::new(sluice_indexer::Searcher::new(&config.dir));
     let service = sluice_indexer::service::serve(listen, searcher, tls, shutdown.clone());
     tokio::try_join!(
-        sluice_indexer::run(config, bus, telemetry, shutdown),
+        sluice_indexer::run(config, bus, sharing, telemetry, shutdown),
         service
     )
     .map(|_| ())
@@ -198,6 +199,7 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
             run_indexer(
                 config.indexer.clone(),
                 Arc::clone(&bus),
+                Sharing::Sole,
                 telemetry.clone(),
                 consumers_shutdown.clone(),
                 tls.clone(),
@@ -326,7 +328,14 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
                 let tls = load_tls(&config)?;
                 spawn_role(
                     "indexer",
-                    run_indexer(config.indexer.clone(), bus, telemetry, shutdown, tls),
+                    run_indexer(
+                        config.indexer.clone(),
+                        bus,
+                        Sharing::Shared,
+                        telemetry,
+                        shutdown,
+                        tls,
+                    ),
                 )
             } else {
                 spawn_role(
