@@ -228,6 +228,17 @@ impl Bus for KafkaBus {
             ownership,
             subscribed: false,
             sole: (sharing == Sharing::Sole).then(|| Arc::clone(&self.partitions)),
+            rejoin_at: (sharing == Sharing::Shared).then(|| {
+                let session = self
+                    .settings
+                    .client
+                    .get("session.timeout.ms")
+                    .and_then(|value| value.parse::<u64>().ok())
+                    .unwrap_or(45_000);
+                tokio::time::Instant::now()
+                    + Duration::from_millis(session)
+                    + Duration::from_secs(2)
+            }),
         }))
     }
 
@@ -542,6 +553,8 @@ struct KafkaConsumer {
     subscribed: bool,
     /// For a sole consumer, the partitions it assigns itself (no group membership).
     sole: Option<Arc<Vec<i32>>>,
+    /// When a shared member rejoins its group once after starting (see [`KafkaConsumer::poll`]).
+    rejoin_at: Option<tokio::time::Instant>,
 }
 
 impl KafkaConsumer {
@@ -613,6 +626,18 @@ impl Consumer for KafkaConsumer {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Vec<BusEvent>, BusError> {
+        // A member restarted soon after a crash can find its dead incarnation still in the group
+        // holding partitions, when the broker does not expire it (tansu 0.6 does not). Joining
+        // again once the session timeout has passed since the start lets the join expire it;
+        // on Apache Kafka it costs one rebalance.
+        if self
+            .rejoin_at
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+        {
+            self.rejoin_at = None;
+            info!(group = %self.ownership.group, member = %self.ownership.member, "rejoining the consumer group once, after the session timeout");
+            self.ownership.state().rejoin = true;
+        }
         self.subscribe_if_needed()?;
         let mut events = Vec::new();
         self.take_events(&mut events);
