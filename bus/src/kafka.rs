@@ -704,10 +704,11 @@ impl Consumer for KafkaConsumer {
         if list.count() == 0 {
             return Ok(());
         }
-        let consumer = Arc::clone(self.consumer()?);
-        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
-            .await
-            .map_err(|error| BusError::Unavailable(format!("commit task failed: {error}")))?
+        // Asynchronous: a synchronous commit can wait on a rebalance that itself waits for this
+        // consumer to poll. A commit that fails is made good by the next one, or by the commit
+        // of the durable positions when the partitions are revoked.
+        self.consumer()?
+            .commit(&list, CommitMode::Async)
             .map_err(storage("failed to commit kafka offsets"))
     }
 
