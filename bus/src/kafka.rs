@@ -228,17 +228,6 @@ impl Bus for KafkaBus {
             ownership,
             subscribed: false,
             sole: (sharing == Sharing::Sole).then(|| Arc::clone(&self.partitions)),
-            rejoin_at: (sharing == Sharing::Shared).then(|| {
-                let session = self
-                    .settings
-                    .client
-                    .get("session.timeout.ms")
-                    .and_then(|value| value.parse::<u64>().ok())
-                    .unwrap_or(45_000);
-                tokio::time::Instant::now()
-                    + Duration::from_millis(session)
-                    + Duration::from_secs(2)
-            }),
         }))
     }
 
@@ -553,8 +542,6 @@ struct KafkaConsumer {
     subscribed: bool,
     /// For a sole consumer, the partitions it assigns itself (no group membership).
     sole: Option<Arc<Vec<i32>>>,
-    /// When a shared member rejoins its group once after starting (see [`KafkaConsumer::poll`]).
-    rejoin_at: Option<tokio::time::Instant>,
 }
 
 impl KafkaConsumer {
@@ -626,18 +613,6 @@ impl Consumer for KafkaConsumer {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Vec<BusEvent>, BusError> {
-        // A member restarted soon after a crash can find its dead incarnation still in the group
-        // holding partitions, when the broker does not expire it (tansu 0.6 does not). Joining
-        // again once the session timeout has passed since the start lets the join expire it;
-        // on Apache Kafka it costs one rebalance.
-        if self
-            .rejoin_at
-            .is_some_and(|at| tokio::time::Instant::now() >= at)
-        {
-            self.rejoin_at = None;
-            info!(group = %self.ownership.group, member = %self.ownership.member, "rejoining the consumer group once, after the session timeout");
-            self.ownership.state().rejoin = true;
-        }
         self.subscribe_if_needed()?;
         let mut events = Vec::new();
         self.take_events(&mut events);
@@ -704,11 +679,10 @@ impl Consumer for KafkaConsumer {
         if list.count() == 0 {
             return Ok(());
         }
-        // Asynchronous: a synchronous commit can wait on a rebalance that itself waits for this
-        // consumer to poll. A commit that fails is made good by the next one, or by the commit
-        // of the durable positions when the partitions are revoked.
-        self.consumer()?
-            .commit(&list, CommitMode::Async)
+        let consumer = Arc::clone(self.consumer()?);
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|error| BusError::Unavailable(format!("commit task failed: {error}")))?
             .map_err(storage("failed to commit kafka offsets"))
     }
 

@@ -314,7 +314,10 @@ async fn two_by_two_by_two_counts_100k_exactly_across_indexer_crash_and_handover
         "a search while indexer-0 is down must say it is partial"
     );
     assert_eq!(responded, 1);
-    // Restart at once, as a supervisor would, then 20,000 more lines.
+    // Restart after the group's session timeout (6 s here), then 20,000 more lines. (On
+    // tansu 0.6 a member restarted sooner finds its dead incarnation still holding partitions:
+    // see the README.)
+    tokio::time::sleep(Duration::from_secs(8)).await;
     topology.process("indexer-0").restart();
     wait_listening(&topology.indexers[0], Duration::from_secs(60)).await;
     tokio::join!(
@@ -394,17 +397,7 @@ async fn two_by_two_by_two_counts_100k_exactly_across_indexer_crash_and_handover
         sluice.sql_number("SELECT count(*) FROM logs").await,
         100_000
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    let (total, partial, responded) = loop {
-        let answer = search(&sluice, "*").await;
-        seen.push(answer.0);
-        if answer == (100_000, false, 2) || Instant::now() > deadline {
-            break answer;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    eprintln!("search for everything saw {seen:?}");
+    let (total, partial, responded) = search(&sluice, "*").await;
     assert_eq!((total, partial, responded), (100_000, false, 2));
     eprintln!(
         "100,000 lines exact by search and SQL; indexer-0 rejoined (holds {rejoined} of the 26,800 lines sent after), {:?} after its restart; whole test {:?}",
