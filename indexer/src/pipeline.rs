@@ -591,6 +591,7 @@ mod tests {
             start_ns: None,
             end_ns: None,
             limit: 10,
+            histogram_interval_ns: None,
         };
         Searcher::new(&dir.join("index"))
             .search(&request)

@@ -16,6 +16,7 @@ use tantivy::schema::Value;
 use tantivy::tokenizer::TokenizerManager;
 use tantivy::{DocAddress, IndexReader, Order, ReloadPolicy, TantivyDocument, Term};
 
+use crate::histogram::{self, Bucket, Counts, Histogram, MAX_BUCKETS};
 use crate::store::IndexStore;
 
 /// What to search for.
@@ -29,6 +30,8 @@ pub struct SearchRequest {
     pub end_ns: Option<i64>,
     /// Most hits to return.
     pub limit: usize,
+    /// Also count the matches per bucket of this many ns (a date histogram).
+    pub histogram_interval_ns: Option<i64>,
 }
 
 /// One matching document.
@@ -63,6 +66,10 @@ pub struct SearchResponse {
     pub partitions_searched: usize,
     /// Milliseconds spent.
     pub took_ms: u64,
+    /// Matches per bucket, oldest first, when a histogram was asked for (empty buckets left
+    /// out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histogram: Option<Vec<Bucket>>,
 }
 
 /// Searches the partitions of one index directory; opened partitions are cached.
@@ -134,7 +141,16 @@ impl Searcher {
         {
             return Err(SluiceError::invalid("start must be before end"));
         }
+        if let Some(interval) = request.histogram_interval_ns
+            && interval <= 0
+        {
+            return Err(SluiceError::invalid("histogram interval must be positive"));
+        }
         let query = self.parse(&request.query)?;
+        let histogram = request
+            .histogram_interval_ns
+            .map(|interval_ns| Histogram { interval_ns });
+        let mut counts = request.histogram_interval_ns.map(|_| Counts::new());
         let fields = self.store.fields().clone();
         let start = request.start_ns.unwrap_or(i64::MIN);
         let end = request.end_ns.unwrap_or(i64::MAX);
@@ -171,28 +187,41 @@ impl Searcher {
                 query.box_clone()
             };
             let wanted = request.limit.saturating_sub(hits.len());
-            if wanted == 0 {
-                total += searcher.search(&bounded, &Count).map_err(|error| {
-                    SluiceError::internal(format!(
-                        "search failed on {}: {error}",
-                        hour.partition_name()
-                    ))
-                })? as u64;
-                continue;
-            }
-            let collector = (
-                Count,
-                TopDocs::with_limit(wanted).order_by_fast_field::<i64>("timestamp", Order::Desc),
-            );
-            let (count, top) = searcher.search(&bounded, &collector).map_err(|error| {
+            let failed = |error: tantivy::TantivyError| {
                 SluiceError::internal(format!(
                     "search failed on {}: {error}",
                     hour.partition_name()
                 ))
-            })?;
-            total += count as u64;
-            for (_, address) in top {
-                hits.push(self.hit(&searcher, address)?);
+            };
+            let partition_counts = if wanted == 0 {
+                let (count, partition_counts) = searcher
+                    .search(&bounded, &(Count, histogram))
+                    .map_err(failed)?;
+                total += count as u64;
+                partition_counts
+            } else {
+                let collector = (
+                    Count,
+                    TopDocs::with_limit(wanted)
+                        .order_by_fast_field::<i64>("timestamp", Order::Desc),
+                    histogram,
+                );
+                let (count, top, partition_counts) =
+                    searcher.search(&bounded, &collector).map_err(failed)?;
+                total += count as u64;
+                for (_, address) in top {
+                    hits.push(self.hit(&searcher, address)?);
+                }
+                partition_counts
+            };
+            if let (Some(counts), Some(partition_counts)) = (&mut counts, partition_counts) {
+                histogram::merge_into(counts, partition_counts);
+                if counts.len() > MAX_BUCKETS {
+                    return Err(SluiceError::invalid(format!(
+                        "the histogram would have more than {MAX_BUCKETS} buckets; use a wider \
+                         interval or a narrower time range"
+                    )));
+                }
             }
         }
         Ok(SearchResponse {
@@ -200,6 +229,7 @@ impl Searcher {
             hits,
             partitions_searched: hours.len(),
             took_ms: started.elapsed().as_millis() as u64,
+            histogram: counts.as_ref().map(histogram::buckets),
         })
     }
 
@@ -249,5 +279,128 @@ impl Searcher {
                 .unwrap_or(false),
             tags,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Origin;
+    use sluice_proto::v2::{Envelope, Log, envelope};
+
+    const MINUTE: i64 = 60_000_000_000;
+
+    /// Indexes one line per timestamp (message `line <word>`) into their hour partitions.
+    fn index(dir: &Path, lines: &[(i64, &str)]) {
+        let store = IndexStore::new(dir);
+        let mut by_hour: BTreeMap<Hour, Vec<(i64, &str)>> = BTreeMap::new();
+        for &(timestamp, word) in lines {
+            by_hour
+                .entry(Hour::of_nanos(timestamp))
+                .or_default()
+                .push((timestamp, word));
+        }
+        for (hour, lines) in by_hour {
+            let index = store.open_or_create(hour).expect("partition");
+            let mut writer: tantivy::IndexWriter = index
+                .writer_with_num_threads(1, 15_000_000)
+                .expect("writer");
+            for (offset, (timestamp, word)) in lines.into_iter().enumerate() {
+                let envelope = Envelope {
+                    timestamp,
+                    source_id: "app".into(),
+                    message: Some(envelope::Message::Log(Log {
+                        payload: format!("line {word}").into_bytes(),
+                        r#type: 0,
+                    })),
+                    ..Default::default()
+                };
+                let origin = Origin {
+                    agent_id: "agent",
+                    sequence: 1,
+                    partition: 0,
+                    offset: offset as u64,
+                };
+                writer
+                    .add_document(store.fields().document(&envelope, origin).expect("log"))
+                    .expect("add");
+            }
+            writer.commit().expect("commit");
+        }
+    }
+
+    fn request(query: &str, interval_ns: Option<i64>) -> SearchRequest {
+        SearchRequest {
+            query: query.into(),
+            start_ns: None,
+            end_ns: None,
+            limit: 1,
+            histogram_interval_ns: interval_ns,
+        }
+    }
+
+    #[test]
+    fn histogram_counts_matches_per_aligned_bucket_across_partitions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hour = 1_800_000 * 60 * MINUTE; // an hour boundary
+        index(
+            dir.path(),
+            &[
+                (hour - MINUTE, "error"),         // previous hour's partition
+                (hour + 10_000_000_000, "error"), // 0:10
+                (hour + 50_000_000_000, "error"), // 0:50, same minute
+                (hour + 30_000_000_000, "ok"),    // does not match
+                (hour + 5 * MINUTE, "error"),
+            ],
+        );
+        let searcher = Searcher::new(dir.path());
+        let answer = searcher
+            .search(&request("error", Some(MINUTE)))
+            .expect("search");
+        assert_eq!(answer.total, 4);
+        assert_eq!(answer.hits.len(), 1);
+        let buckets = answer.histogram.expect("histogram asked for");
+        assert_eq!(
+            buckets,
+            vec![
+                Bucket {
+                    start_ns: hour - MINUTE,
+                    count: 1
+                },
+                Bucket {
+                    start_ns: hour,
+                    count: 2
+                },
+                Bucket {
+                    start_ns: hour + 5 * MINUTE,
+                    count: 1
+                },
+            ]
+        );
+        // Without the parameter there is no histogram in the answer.
+        let plain = searcher.search(&request("error", None)).expect("search");
+        assert!(plain.histogram.is_none());
+    }
+
+    #[test]
+    fn histogram_refuses_bad_intervals_and_too_many_buckets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = 1_800_000 * 60 * MINUTE;
+        let lines: Vec<(i64, &str)> = (0..=MAX_BUCKETS as i64)
+            .map(|n| (base + n * 1_000_000, "x"))
+            .collect();
+        index(dir.path(), &lines);
+        let searcher = Searcher::new(dir.path());
+        let error = searcher.search(&request("x", Some(0))).expect_err("zero");
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+        let error = searcher
+            .search(&request("x", Some(1_000_000)))
+            .expect_err("one bucket per line is more than the cap");
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+        assert!(error.to_string().contains("buckets"), "{error}");
+        let fine = searcher
+            .search(&request("x", Some(MINUTE)))
+            .expect("a minute holds them all");
+        assert_eq!(fine.histogram.map(|buckets| buckets.len()), Some(1));
     }
 }

@@ -45,6 +45,7 @@ impl IndexSearch for SearchService {
             start_ns: request.start_ns,
             end_ns: request.end_ns,
             limit: request.limit as usize,
+            histogram_interval_ns: request.histogram_interval_ns,
         };
         let searcher = Arc::clone(&self.searcher);
         let response = tokio::task::spawn_blocking(move || searcher.search(&request))
@@ -73,6 +74,15 @@ pub fn to_wire(response: SearchResponse) -> wire::SearchResponse {
             .collect(),
         partitions_searched: u32::try_from(response.partitions_searched).unwrap_or(u32::MAX),
         took_ms: response.took_ms,
+        histogram: response
+            .histogram
+            .unwrap_or_default()
+            .into_iter()
+            .map(|bucket| wire::HistogramBucket {
+                start_ns: bucket.start_ns,
+                count: bucket.count,
+            })
+            .collect(),
     }
 }
 

@@ -68,6 +68,7 @@ struct SearchParams {
     start: Option<String>,
     end: Option<String>,
     limit: Option<usize>,
+    histogram: Option<String>,
 }
 
 fn parse_time_param(name: &str, value: Option<&String>) -> Result<Option<i64>, SluiceError> {
@@ -78,6 +79,18 @@ fn parse_time_param(name: &str, value: Option<&String>) -> Result<Option<i64>, S
             })
         })
         .transpose()
+}
+
+/// `histogram=<interval>`: `1h`, `5m`, `30s`, `100ms`; at least 1 ms.
+fn parse_histogram_interval(text: &str) -> Result<i64, SluiceError> {
+    let interval = sluice_common::config::parse_duration("histogram", text)?;
+    if interval < std::time::Duration::from_millis(1) {
+        return Err(SluiceError::invalid(format!(
+            "histogram: interval {text:?} is below 1ms"
+        )));
+    }
+    i64::try_from(interval.as_nanos())
+        .map_err(|_| SluiceError::invalid(format!("histogram: interval {text:?} is too long")))
 }
 
 async fn search(State(state): State<AppState>, Query(params): Query<SearchParams>) -> Response {
@@ -94,6 +107,11 @@ async fn search(State(state): State<AppState>, Query(params): Query<SearchParams
             start_ns: parse_time_param("start", params.start.as_ref())?,
             end_ns: parse_time_param("end", params.end.as_ref())?,
             limit,
+            histogram_interval_ns: params
+                .histogram
+                .as_deref()
+                .map(parse_histogram_interval)
+                .transpose()?,
         };
         state.search.search(request).await
     }

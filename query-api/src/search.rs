@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sluice_common::tls::TlsMaterial;
 use sluice_common::{ErrorKind, SluiceError};
+use sluice_indexer::histogram::{self, Bucket, Counts, MAX_BUCKETS};
 use sluice_indexer::service::hit_from_wire;
 use sluice_indexer::{SearchHit, SearchRequest, Searcher};
 use sluice_proto::v1 as wire;
@@ -62,6 +63,9 @@ pub struct SearchAnswer {
     pub partitions_searched: usize,
     /// Milliseconds spent.
     pub took_ms: u64,
+    /// Matches per bucket, oldest first, when asked for (`histogram=<interval>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histogram: Option<Vec<Bucket>>,
     /// Whether an indexer did not answer, so `total` and `hits` may miss lines.
     pub partial: bool,
     /// Per-indexer outcome, when the search was fanned out.
@@ -113,6 +117,7 @@ impl SearchBackend {
                     hits: response.hits,
                     partitions_searched: response.partitions_searched,
                     took_ms: response.took_ms,
+                    histogram: response.histogram,
                     partial: false,
                     indexers: None,
                 })
@@ -135,6 +140,7 @@ async fn fan_out(
         start_ns: request.start_ns,
         end_ns: request.end_ns,
         limit: u32::try_from(request.limit).unwrap_or(u32::MAX),
+        histogram_interval_ns: request.histogram_interval_ns,
     };
     let asks = indexers.iter().map(|(address, client)| {
         let mut client = client.clone();
@@ -150,9 +156,11 @@ async fn fan_out(
         hits: Vec::new(),
         partitions_searched: 0,
         took_ms: 0,
+        histogram: None,
         partial: false,
         indexers: None,
     };
+    let mut counts = request.histogram_interval_ns.map(|_| Counts::new());
     let mut unavailable = Vec::new();
     for (indexer, outcome) in outcomes {
         match outcome {
@@ -163,6 +171,16 @@ async fn fan_out(
                 answer
                     .hits
                     .extend(response.hits.into_iter().map(hit_from_wire));
+                if let Some(counts) = &mut counts {
+                    histogram::merge_into(
+                        counts,
+                        response
+                            .histogram
+                            .into_iter()
+                            .map(|bucket| (bucket.start_ns, bucket.count))
+                            .collect(),
+                    );
+                }
             }
             // A query every indexer would refuse is the caller's mistake: say so.
             Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
@@ -196,6 +214,15 @@ async fn fan_out(
         .hits
         .sort_by_key(|hit| std::cmp::Reverse(hit.timestamp));
     answer.hits.truncate(request.limit);
+    if let Some(counts) = &counts {
+        if counts.len() > MAX_BUCKETS {
+            return Err(SluiceError::invalid(format!(
+                "the histogram would have more than {MAX_BUCKETS} buckets; use a wider interval \
+                 or a narrower time range"
+            )));
+        }
+        answer.histogram = Some(histogram::buckets(counts));
+    }
     answer.partial = !unavailable.is_empty();
     answer.indexers = Some(IndexersReport {
         queried: indexers.len(),

@@ -218,4 +218,19 @@ async fn sql_that_writes_and_bad_queries_are_refused_with_400() {
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
+    // A date histogram needs an interval of at least a millisecond, in a known unit.
+    for interval in ["0s", "1us", "fortnightly", "-5m"] {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/search", sluice.api))
+            .query(&[("query", "*"), ("histogram", interval)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "histogram={interval}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("histogram"),
+            "histogram={interval}: {body}"
+        );
+    }
 }

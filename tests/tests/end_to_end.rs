@@ -82,6 +82,32 @@ async fn ten_thousand_envelopes_are_searchable_countable_and_tailed() {
             .await,
         TOTAL as u64
     );
+    // A date histogram of the same matches: its buckets add up to the total, oldest first.
+    let answer: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/search", sluice.api))
+        .query(&[
+            ("query", "source_id:e2e-app"),
+            ("histogram", "1m"),
+            ("limit", "1"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let buckets = answer["histogram"].as_array().expect("histogram buckets");
+    let counted: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, TOTAL as u64, "{answer}");
+    let starts: Vec<i64> = buckets
+        .iter()
+        .map(|b| b["start_ns"].as_i64().unwrap())
+        .collect();
+    assert!(starts.windows(2).all(|pair| pair[0] < pair[1]), "{answer}");
+    assert!(
+        starts.iter().all(|start| start % 60_000_000_000 == 0),
+        "{answer}"
+    );
 
     // SQL: the exact count, no duplicates, tags and partitions queryable.
     sluice

@@ -203,6 +203,7 @@ impl Topology {
                 start_ns: None,
                 end_ns: None,
                 limit: 1,
+                histogram_interval_ns: None,
             })
             .await
             .unwrap();
