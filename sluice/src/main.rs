@@ -70,6 +70,10 @@ struct ServerArgs {
     /// Retention flush interval, e.g. `2s` (overrides `retention.flush_interval`).
     #[arg(long)]
     retention_flush_interval: Option<String>,
+    /// Indexer and retention only: consume the embedded WAL in `bus.wal_dir` that a stopped
+    /// process (`sluice up` or `sluice doppler`) left there. Nothing else may have it open.
+    #[arg(long)]
+    replay_wal: bool,
 }
 
 /// How client commands print answers.

@@ -317,10 +317,13 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
             )
         }
         Role::Indexer | Role::Retention => {
-            if let BusConfig::Wal { .. } = &config.bus {
+            if let BusConfig::Wal { .. } = &config.bus
+                && !args.replay_wal
+            {
                 bail!(
                     "the embedded WAL bus lives inside one process: run the indexer and retention with `sluice up`, \
-                     or set bus.kind = \"kafka\" in the configuration"
+                     or set bus.kind = \"kafka\" in the configuration (or pass --replay-wal to consume \
+                     the WAL a stopped process left behind)"
                 );
             }
             let bus = open_bus(&config, &telemetry).await?;
