@@ -1,0 +1,849 @@
+#!/usr/bin/env python3
+"""Sluice's benchmark harness: measures Sluice, its peers and the machine's ceilings on the same
+data in one run, and writes bench/REPORT.md, bench/report.json and bench/plots/*.png.
+
+Run it through `bench/run` (which builds in release mode and prepares the tools); see
+bench/README.md. Every figure is the median of `--runs` repetitions unless said otherwise;
+ratios are taken within this one run.
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+SLUICE = os.path.join(ROOT, "target", "release", "sluice")
+LOADER = os.path.join(ROOT, "target", "release", "sluice-bench")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Published figures, printed for context only (not measured here).
+PUBLISHED = {
+    "loggregator_doppler_envelopes_per_s": (
+        16000,
+        "Loggregator sizing guidance: about 16,000 envelopes/s per Doppler instance",
+    ),
+    "quickwit_indexing_mb_per_s_per_core": (
+        7.5,
+        "Quickwit: about 7.5 MB/s of indexing per core",
+    ),
+    "victorialogs_lines_per_s_per_core": (
+        100000,
+        "VictoriaLogs: roughly 100k lines/s of ingestion per core",
+    ),
+}
+
+MODES = {
+    # Envelopes per phase. Quick stays under five minutes on two cores; full indexes ten
+    # million lines and more.
+    "quick": {
+        "fanin": 600_000,
+        "e2e": 400_000,
+        "roles": 200_000,
+        "fresh_seconds": 20,
+        "fresh_rate": 5_000,
+        "corpus_lines": 400_000,
+        "search_repeats": 5,
+    },
+    "full": {
+        "fanin": 2_000_000,
+        "e2e": 10_600_000,
+        "roles": 2_000_000,
+        "fresh_seconds": 60,
+        "fresh_rate": 10_000,
+        # tantivy-cli's rate needs a few million documents, not ten.
+        "corpus_lines": 2_000_000,
+        "search_repeats": 9,
+    },
+}
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def percentile(values, q):
+    """Nearest-rank percentile of a sorted or unsorted list."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, int(round(q / 100.0 * len(ordered) + 0.5)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+class Process:
+    """A role or tool process whose CPU time and peak RSS are read from /proc."""
+
+    def __init__(self, name, args, log_dir, env=None):
+        self.name = name
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self.log_file = open(self.log_path, "wb")
+        full_env = dict(os.environ)
+        full_env.setdefault("RUST_LOG", "warn")
+        if env:
+            full_env.update(env)
+        self.popen = subprocess.Popen(
+            args, stdout=self.log_file, stderr=subprocess.STDOUT, env=full_env, cwd=log_dir
+        )
+        self.cpu_mark = 0.0
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def cpu_seconds(self):
+        """User + system CPU seconds of the process (all its threads) so far."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, IndexError, ValueError):
+            return self.cpu_mark
+
+    def peak_rss_mb(self):
+        try:
+            with open(f"/proc/{self.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return None
+
+    def mark(self):
+        """Starts a CPU interval; `since_mark` returns the CPU seconds used since."""
+        self.cpu_mark = self.cpu_seconds()
+
+    def since_mark(self):
+        return self.cpu_seconds() - self.cpu_mark
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def stop(self, timeout=60):
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log_file.close()
+
+    def tail_log(self, lines=30):
+        try:
+            with open(self.log_path, errors="replace") as handle:
+                return "".join(handle.readlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def http_get(url, timeout=30):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def http_json(url, body=None, timeout=300):
+    data = None
+    headers = {}
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["content-type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{url}: {error.code}: {error.read()[:500]!r}") from error
+
+
+def wait_for(description, predicate, timeout, processes=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes:
+            if not process.alive():
+                raise RuntimeError(
+                    f"{process.name} exited while waiting for {description}; its log:\n"
+                    + process.tail_log()
+                )
+        try:
+            if predicate():
+                return
+        except (OSError, urllib.error.URLError, ValueError, RuntimeError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out after {timeout} s waiting for {description}")
+
+
+def scrape(url):
+    """Prometheus text → {metric name: value summed over its label sets}."""
+    values = {}
+    for line in http_get(url, timeout=10).decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if match:
+            name, labels, value = match.group(1), match.group(2), float(match.group(3))
+            values[name] = values.get(name, 0.0) + value
+            if labels:
+                values[name + labels] = value
+    return values
+
+
+def write_toml(path, text):
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def dir_bytes(path, suffix=""):
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(suffix):
+                try:
+                    total += os.path.getsize(os.path.join(folder, name))
+                except OSError:
+                    pass
+    return total
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.mode = MODES[args.mode]
+        self.work = tempfile.mkdtemp(prefix="sluice-bench-", dir=args.work_dir)
+        self.loghub = args.loghub
+        self.results = {
+            "mode": args.mode,
+            "runs": args.runs,
+            "seed": args.seed,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "commit": git_commit(),
+            "published": {key: value for key, (value, _) in PUBLISHED.items()},
+            "figures": {},
+            "commands": [],
+        }
+        self.next_item = 0
+
+    # ----- helpers -------------------------------------------------------------------------
+
+    def figure(self, key, value):
+        self.results["figures"][key] = value
+        self.save()
+
+    def save(self):
+        with open(self.args.json_out, "w") as handle:
+            json.dump(self.results, handle, indent=2, sort_keys=True)
+
+    def record(self, command):
+        self.results["commands"].append(command)
+
+    def generator_args(self):
+        return ["--loghub", self.loghub, "--seed", str(self.args.seed)]
+
+    def load(self, agent, tls_dir, count, rate=0, time_span=0, api=None, streams=8):
+        first = self.next_item
+        self.next_item += count
+        command = [
+            LOADER, "load", *self.generator_args(),
+            "--agent", agent, "--tls-dir", tls_dir,
+            "--count", str(count), "--first", str(first),
+            "--streams", str(streams), "--rate", str(rate), "--time-span", str(time_span),
+        ]
+        if api:
+            command += ["--api", api]
+        self.record(" ".join(os.path.relpath(part, ROOT) if part.startswith(ROOT) else part for part in command))
+        output = subprocess.run(command, check=True, capture_output=True, text=True)
+        return json.loads(output.stdout.strip().splitlines()[-1])
+
+    def up_config(self, data_dir, ports, bus="wal", extra="", wal_dir=None):
+        return f"""
+data_dir = "{data_dir}"
+[agent]
+listen = "127.0.0.1:{ports['agent']}"
+dopplers = ["127.0.0.1:{ports['doppler']}"]
+[doppler]
+listen = "127.0.0.1:{ports['doppler']}"
+[bus]
+kind = "{bus}"
+{f'wal_dir = "{wal_dir}"' if wal_dir else ""}
+[retention]
+flush_interval = "5s"
+[query_api]
+listen = "127.0.0.1:{ports['http']}"
+doppler = "127.0.0.1:{ports['doppler']}"
+{extra}
+"""
+
+    # ----- phases --------------------------------------------------------------------------
+
+    def corpus(self):
+        """Compressibility of the generated lines against the Loghub originals."""
+        import zstandard
+
+        lines_path = os.path.join(self.work, "corpus.txt")
+        docs_path = os.path.join(self.work, "corpus.json")
+        originals = os.path.join(self.work, "originals.txt")
+        count = self.mode["corpus_lines"]
+        command = [
+            LOADER, "corpus", *self.generator_args(), "--count", str(count),
+            "--lines-out", lines_path, "--docs-out", docs_path, "--originals-out", originals,
+        ]
+        self.record(" ".join(os.path.relpath(p, ROOT) if p.startswith(ROOT) else p for p in command))
+        summary = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        compressor = zstandard.ZstdCompressor(level=3)
+
+        def ratio(path, limit=None):
+            with open(path, "rb") as handle:
+                data = handle.read(limit) if limit else handle.read()
+            return len(data) / len(compressor.compress(data)), len(data)
+
+        original_ratio, original_bytes = ratio(originals)
+        # The same amount of generated text as the originals, and the whole corpus.
+        sample_ratio, _ = ratio(lines_path, original_bytes)
+        corpus_ratio, corpus_bytes = ratio(lines_path)
+        self.corpus_paths = (lines_path, docs_path)
+        self.figure("corpus", {
+            "lines": summary["lines"],
+            "bytes": summary["bytes"],
+            "zstd3_ratio_loghub_originals": original_ratio,
+            "zstd3_ratio_generated_same_size": sample_ratio,
+            "zstd3_ratio_generated_corpus": corpus_ratio,
+            "zstd3_bytes_generated_corpus": corpus_bytes / corpus_ratio,
+            "mean_line_bytes": summary["bytes"] / max(1, summary["lines"]),
+        })
+        log(f"corpus: {summary['lines']} lines; zstd -3 ratio {corpus_ratio:.1f}x generated "
+            f"vs {original_ratio:.1f}x Loghub originals")
+
+    def fanin(self, bus):
+        """Figure 1: agent → doppler → bus, roles as separate processes."""
+        runs = []
+        for run in range(self.args.runs):
+            data_dir = os.path.join(self.work, f"fanin-{bus}-{run}")
+            os.makedirs(data_dir)
+            ports = {name: free_port() for name in ("agent", "doppler", "http", "tel_d", "tel_a")}
+            extra = ""
+            if bus == "kafka":
+                extra = (f'[bus.kafka]\nbrokers = "{self.kafka}"\n'
+                         f'topic = "bench-fanin-{run}-{int(time.time())}"\npartitions = 4\n')
+            base = self.up_config(data_dir, ports, bus=bus, extra=extra)
+            doppler_cfg = write_toml(os.path.join(data_dir, "doppler.toml"),
+                                     base + f'[telemetry]\nlisten = "127.0.0.1:{ports["tel_d"]}"\n')
+            agent_cfg = write_toml(os.path.join(data_dir, "agent.toml"),
+                                   base + f'[telemetry]\nlisten = "127.0.0.1:{ports["tel_a"]}"\n')
+            doppler = Process(f"fanin-{bus}-{run}-doppler", [SLUICE, "doppler", "--config", doppler_cfg], data_dir)
+            agent = None
+            try:
+                metrics_d = f"http://127.0.0.1:{ports['tel_d']}/metrics"
+                wait_for("the doppler", lambda: scrape(metrics_d) is not None, 60, [doppler])
+                agent = Process(f"fanin-{bus}-{run}-agent", [SLUICE, "agent", "--config", agent_cfg], data_dir)
+                wait_for("the agent", lambda: scrape(f"http://127.0.0.1:{ports['tel_a']}/metrics") is not None, 60, [agent])
+                count = self.mode["fanin"]
+                doppler.mark()
+                agent.mark()
+                started = time.monotonic()
+                report = self.load(f"127.0.0.1:{ports['agent']}", os.path.join(data_dir, "tls"), count)
+                wait_for("the doppler to append every envelope",
+                         lambda: scrape(metrics_d).get("sluice_doppler_envelopes_appended_total", 0) >= count,
+                         300, [doppler, agent])
+                elapsed = time.monotonic() - started
+                doppler_cpu = doppler.since_mark()
+                if run == 0 and bus == "wal":
+                    # The indexer and retention replay this WAL alone (see `replay`).
+                    self.replay_source = (data_dir, ports, report)
+                runs.append({
+                    "envelopes": count,
+                    "elapsed_s": elapsed,
+                    "envelopes_per_s": count / elapsed,
+                    "doppler_cpu_s": doppler_cpu,
+                    "agent_cpu_s": agent.since_mark(),
+                    "doppler_envelopes_per_cpu_s": count / doppler_cpu,
+                    "doppler_peak_rss_mb": doppler.peak_rss_mb(),
+                    "agent_peak_rss_mb": agent.peak_rss_mb(),
+                    "broker_cpu_s": self.broker_cpu() if bus == "kafka" else None,
+                })
+                log(f"fan-in {bus} run {run}: {count / elapsed:,.0f} envelopes/s, "
+                    f"{count / doppler_cpu:,.0f} per doppler CPU-second")
+            finally:
+                if agent:
+                    agent.stop()
+                doppler.stop()
+        self.figure(f"fanin_{bus}", summarize(runs))
+
+    def broker_cpu(self):
+        return None
+
+    def e2e(self):
+        """Figures 2, 3, 4, 6, 7, 8 on `sluice up` (embedded WAL, local archive)."""
+        data_dir = os.path.join(self.work, "up")
+        os.makedirs(data_dir)
+        ports = {name: free_port() for name in ("agent", "doppler", "http")}
+        config = write_toml(os.path.join(data_dir, "sluice.toml"), self.up_config(data_dir, ports))
+        up = Process("up", [SLUICE, "up", "--config", config], data_dir)
+        self.up = up
+        api = f"http://127.0.0.1:{ports['http']}"
+        self.api = api
+        metrics = f"{api}/metrics"
+        agent = f"127.0.0.1:{ports['agent']}"
+        tls_dir = os.path.join(data_dir, "tls")
+        self.up_data = data_dir
+        try:
+            wait_for("sluice up", lambda: http_get(f"{api}/healthz").strip() == b"ok", 120, [up])
+            # Throughput: everything as fast as the agent takes it, then until it is all
+            # indexed and archived. Timestamps are the time of sending, as live traffic's are
+            # (spreading them over a day makes every hour partition commit every second: a
+            # backfill, slower per line; see bench/bottlenecks.md).
+            total = self.mode["e2e"]
+            up.mark()
+            started = time.monotonic()
+            report = self.load(agent, tls_dir, total)
+            accepted = time.monotonic() - started
+            lines = report["log_lines"]
+
+            def caught_up():
+                values = scrape(metrics)
+                indexed = values.get("sluice_indexer_documents_indexed_total", 0)
+                archived = values.get('sluice_retention_rows_written_total{table="logs"}', 0)
+                return indexed >= lines and archived >= lines
+
+            wait_for("every envelope to be indexed and archived", caught_up, 3600, [up])
+            elapsed = time.monotonic() - started
+            cpu = up.since_mark()
+            self.e2e_report = report
+            self.figure("e2e", {
+                "envelopes": report["envelopes"],
+                "log_lines": lines,
+                "log_bytes": report["log_bytes"],
+                "accepted_s": accepted,
+                "elapsed_s": elapsed,
+                "envelopes_per_s": report["envelopes"] / elapsed,
+                "mb_per_s": report["log_bytes"] / elapsed / 1e6,
+                "cpu_s": cpu,
+                "cores_used": cpu / elapsed,
+                "envelopes_per_cpu_s": report["envelopes"] / cpu,
+                "mb_per_cpu_s": report["log_bytes"] / cpu / 1e6,
+                "peak_rss_mb": up.peak_rss_mb(),
+                "index_bytes": dir_bytes(os.path.join(data_dir, "index")),
+            })
+            log(f"end to end: {report['envelopes'] / elapsed:,.0f} envelopes/s, "
+                f"{report['log_bytes'] / elapsed / 1e6:.1f} MB/s, {cpu / elapsed:.2f} cores")
+
+            # Archive size against zstd -3 of the very lines archived.
+            self.archive(data_dir, report)
+            # Freshness at a steady rate below saturation.
+            self.freshness(agent, tls_dir, api)
+            self.sql(data_dir, api)
+            self.search(api)
+            self.figure("up_peak_rss_mb", up.peak_rss_mb())
+        finally:
+            up.stop(timeout=120)
+
+    def archive(self, data_dir, report):
+        import zstandard
+
+        archive = os.path.join(data_dir, "archive")
+        logs_bytes = dir_bytes(os.path.join(archive, "logs"), ".parquet")
+        all_bytes = dir_bytes(archive, ".parquet")
+        # zstd -3 of the same lines: regenerate exactly the archived log lines.
+        lines_path = os.path.join(self.work, "e2e-lines.txt")
+        subprocess.run([
+            LOADER, "corpus", *self.generator_args(), "--count", str(report["envelopes"]),
+            "--first", str(self.next_item - report["envelopes"]), "--lines-out", lines_path,
+        ], check=True, capture_output=True)
+        compressor = zstandard.ZstdCompressor(level=3)
+        zstd_bytes = 0
+        raw_bytes = 0
+        with open(lines_path, "rb") as handle:
+            # Frames of 64 MiB, as a log shipper compressing chunks would; ratio is stable.
+            while chunk := handle.read(64 << 20):
+                raw_bytes += len(chunk)
+                zstd_bytes += len(compressor.compress(chunk))
+        os.remove(lines_path)
+        self.figure("archive", {
+            "raw_line_bytes": raw_bytes,
+            "logs_parquet_bytes": logs_bytes,
+            "all_parquet_bytes": all_bytes,
+            "zstd3_bytes": zstd_bytes,
+            "parquet_bytes_per_raw_byte": logs_bytes / raw_bytes,
+            "zstd3_bytes_per_raw_byte": zstd_bytes / raw_bytes,
+            "parquet_vs_zstd3": logs_bytes / zstd_bytes,
+            "files": len(glob.glob(os.path.join(archive, "logs", "*", "*", "*.parquet"))),
+        })
+        log(f"archive: {logs_bytes / raw_bytes:.3f} bytes per raw byte (zstd -3: {zstd_bytes / raw_bytes:.3f})")
+
+    def freshness(self, agent, tls_dir, api):
+        runs = []
+        rate = self.mode["fresh_rate"]
+        seconds = self.mode["fresh_seconds"]
+        for run in range(self.args.runs):
+            report = self.load(agent, tls_dir, rate * seconds, rate=rate, api=api)
+            runs.append({
+                "probes_sent": report["probes_sent"],
+                "tail_seen": len(report["tail_ms"]),
+                "search_seen": len(report["search_ms"]),
+                "tail_p50_ms": percentile(report["tail_ms"], 50),
+                "tail_p99_ms": percentile(report["tail_ms"], 99),
+                "search_p50_ms": percentile(report["search_ms"], 50),
+                "search_p99_ms": percentile(report["search_ms"], 99),
+                "tail_ms": report["tail_ms"],
+                "search_ms": report["search_ms"],
+            })
+            log(f"freshness run {run}: tail p50 {runs[-1]['tail_p50_ms']} ms, "
+                f"search p50 {runs[-1]['search_p50_ms']} ms at {rate} envelopes/s")
+        summary = summarize([{k: v for k, v in run.items() if not k.endswith("_ms") or "_p" in k} for run in runs])
+        summary["rate"] = rate
+        summary["tail_ms_all"] = sorted(v for run in runs for v in run["tail_ms"])
+        summary["search_ms_all"] = sorted(v for run in runs for v in run["search_ms"])
+        self.figure("freshness", summary)
+
+    def sql_queries(self, day, source):
+        """The five postmortem queries, in DataFusion's and DuckDB's dialects."""
+        return [
+            ("count by source over a day",
+             f"SELECT source_id, count(*) AS lines FROM logs WHERE date = '{day}' GROUP BY source_id ORDER BY lines DESC",
+             None),
+            ("errors per hour",
+             "SELECT date, hour, count(*) AS errors FROM logs WHERE log_type = 'ERR' GROUP BY date, hour ORDER BY date, hour",
+             None),
+            ("substring count",
+             "SELECT count(*) AS n FROM logs WHERE message LIKE '%Exception%'",
+             None),
+            ("latest 100 matching a word, one source",
+             f"SELECT timestamp, message FROM logs WHERE source_id = '{source}' AND message LIKE '%block%' ORDER BY timestamp DESC LIMIT 100",
+             None),
+            ("p99 of a timer by source",
+             "SELECT source_id, approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ns) AS p99 FROM timers GROUP BY source_id ORDER BY p99 DESC",
+             "SELECT source_id, approx_quantile(duration_ns, 0.99) AS p99 FROM timers GROUP BY source_id ORDER BY p99 DESC"),
+        ]
+
+    def sql(self, data_dir, api):
+        import duckdb
+
+        archive = os.path.join(data_dir, "archive")
+        days = sorted(os.path.basename(p).split("=", 1)[1] for p in glob.glob(os.path.join(archive, "logs", "date=*")))
+        # The day holding the most files stands for "a day".
+        day = max(days, key=lambda d: len(glob.glob(os.path.join(archive, "logs", f"date={d}", "*", "*.parquet"))))
+        source = "hdfs-3"
+        connection = duckdb.connect()
+        for table in ("logs", "timers"):
+            connection.execute(
+                f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{archive}/{table}/*/*/*.parquet', "
+                "hive_partitioning = true, hive_types_autocast = false)")
+        results = []
+        repeats = self.mode["search_repeats"]
+        for name, query, duck_query in self.sql_queries(day, source):
+            duck_query = duck_query or query
+            ours, theirs = [], []
+            rows_ours = rows_theirs = None
+            for _ in range(repeats):
+                started = time.monotonic()
+                answer = http_json(f"{api}/api/v1/sql", {"query": query})
+                ours.append(time.monotonic() - started)
+                rows_ours = len(answer["rows"])
+                started = time.monotonic()
+                rows_theirs = len(connection.execute(duck_query).fetchall())
+                theirs.append(time.monotonic() - started)
+            results.append({
+                "name": name,
+                "datafusion_query": query,
+                "duckdb_query": duck_query,
+                "sluice_datafusion_ms": median(ours) * 1000,
+                "duckdb_ms": median(theirs) * 1000,
+                "ratio": median(ours) / median(theirs),
+                "rows": rows_ours,
+                "rows_duckdb": rows_theirs,
+            })
+            log(f"sql {name}: Sluice {median(ours) * 1000:.0f} ms, DuckDB {median(theirs) * 1000:.0f} ms")
+        self.figure("sql", {"day": day, "queries": results,
+                            "duckdb_version": duckdb.__version__})
+
+    def search(self, api):
+        repeats = self.mode["search_repeats"]
+        queries = [
+            # A block id that occurs once in the HDFS sample: a handful of lines in the load.
+            ("needle term", {"query": "1030832046197982436", "limit": "100"}),
+            ("phrase", {"query": '"Receiving block"', "limit": "100"}),
+            ("latest 100 matching", {"query": "error", "limit": "100"}),
+            ("histogram, 1 min buckets, all lines", {"query": "*", "limit": "1", "histogram": "1m"}),
+            ("histogram, 1 min buckets, a term", {"query": "error", "limit": "1", "histogram": "1m"}),
+        ]
+        results = []
+        for name, params in queries:
+            times = []
+            total = None
+            for _ in range(repeats):
+                url = f"{api}/api/v1/search?" + urllib.parse.urlencode(params)
+                started = time.monotonic()
+                answer = http_json(url)
+                times.append(time.monotonic() - started)
+                total = answer.get("total")
+            results.append({"name": name, "params": params, "median_ms": median(times) * 1000,
+                            "p90_ms": percentile([t * 1000 for t in times], 90), "total": total})
+            log(f"search {name}: {median(times) * 1000:.1f} ms ({total} matches)")
+        self.figure("search", {"documents": self.results["figures"]["e2e"]["log_lines"],
+                               "queries": results})
+
+    def tantivy_ceiling(self):
+        """Figure 5: tantivy-cli indexing the same documents as JSON."""
+        tantivy = self.args.tantivy
+        if not tantivy or not os.path.exists(tantivy):
+            self.figure("tantivy_cli", {"error": "tantivy-cli not installed (bench/run installs it)"})
+            return
+        _, docs_path = self.corpus_paths
+        docs_bytes = os.path.getsize(docs_path)
+        lines = self.results["figures"]["corpus"]["lines"]
+        line_bytes = self.results["figures"]["corpus"]["bytes"]
+        results = {}
+        for threads in (1, 2):
+            runs = []
+            for run in range(self.args.runs):
+                index_dir = os.path.join(self.work, f"tantivy-{threads}-{run}")
+                os.makedirs(index_dir)
+                with open(os.path.join(index_dir, "meta.json"), "w") as meta:
+                    json.dump(TANTIVY_META, meta)
+                command = [tantivy, "index", "-i", index_dir, "-f", docs_path, "-t", str(threads)]
+                self.record(" ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in command))
+                before = os.times()
+                started = time.monotonic()
+                subprocess.run(command, check=True, capture_output=True)
+                elapsed = time.monotonic() - started
+                after = os.times()
+                cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+                runs.append({"elapsed_s": elapsed, "cpu_s": cpu, "docs_per_s": lines / elapsed,
+                             "mb_per_s": line_bytes / elapsed / 1e6, "docs_per_cpu_s": lines / cpu,
+                             "index_bytes": dir_bytes(index_dir)})
+                shutil.rmtree(index_dir)
+            results[f"threads_{threads}"] = summarize(runs)
+            log(f"tantivy-cli -t {threads}: {results[f'threads_{threads}']['docs_per_s']:,.0f} docs/s")
+        results["docs_json_bytes"] = docs_bytes
+        self.figure("tantivy_cli", results)
+
+    def replay(self):
+        """Figures 5 and 8: the indexer and retention, each alone in its own process, catching
+        up on the WAL the first fan-in run filled (no ingest competing for the cores)."""
+        data_dir, ports, report = self.replay_source
+        targets = [
+            ("indexer", "sluice_indexer_documents_indexed_total", report["log_lines"]),
+            ("retention", 'sluice_retention_rows_written_total{table="logs"}', report["log_lines"]),
+        ]
+        results = {}
+        for role, metric, target in targets:
+            port = free_port()
+            # Each replays its own copy: the WAL releases what every group it knows has read.
+            wal_copy = os.path.join(data_dir, f"wal-{role}")
+            shutil.copytree(os.path.join(data_dir, "wal"), wal_copy)
+            base = self.up_config(data_dir, ports, wal_dir=wal_copy)
+            config = write_toml(os.path.join(data_dir, f"{role}.toml"),
+                                base + f'[telemetry]\nlisten = "127.0.0.1:{port}"\n')
+            url = f"http://127.0.0.1:{port}/metrics"
+            started = time.monotonic()
+            process = Process(f"replay-{role}", [SLUICE, role, "--config", config, "--replay-wal"], data_dir)
+            try:
+                wait_for(f"the {role} to catch up", lambda: scrape(url).get(metric, 0) >= target,
+                         3600, [process])
+                elapsed = time.monotonic() - started
+                cpu = process.cpu_seconds()
+                results[role] = {
+                    "documents": target,
+                    "log_bytes": report["log_bytes"],
+                    "elapsed_s": elapsed,
+                    "cpu_s": cpu,
+                    "docs_per_s": target / elapsed,
+                    "docs_per_cpu_s": target / cpu,
+                    "mb_per_s": report["log_bytes"] / elapsed / 1e6,
+                    "mb_per_cpu_s": report["log_bytes"] / cpu / 1e6,
+                    "peak_rss_mb": process.peak_rss_mb(),
+                }
+                log(f"replay {role}: {target / elapsed:,.0f} lines/s, {cpu / elapsed:.2f} cores, "
+                    f"peak RSS {results[role]['peak_rss_mb']:.0f} MB")
+            finally:
+                process.stop()
+        self.figure("replay", results)
+
+    # ----- profile ------------------------------------------------------------------------
+
+    def profile(self):
+        """A `perf` profile of `sluice up` ingesting as fast as it can (its own run, so the
+        profiler's overhead touches no figure above)."""
+        if not self.args.profile:
+            return
+        data_dir = os.path.join(self.work, "profile")
+        os.makedirs(data_dir)
+        ports = {name: free_port() for name in ("agent", "doppler", "http")}
+        config = write_toml(os.path.join(data_dir, "sluice.toml"), self.up_config(data_dir, ports))
+        up = Process("profile-up", [SLUICE, "up", "--config", config], data_dir)
+        try:
+            api = f"http://127.0.0.1:{ports['http']}"
+            wait_for("sluice up", lambda: http_get(f"{api}/healthz").strip() == b"ok", 120, [up])
+            import threading
+
+            count = 60_000 * (self.args.profile_seconds + 20)
+            loader = threading.Thread(target=self.load, args=(
+                f"127.0.0.1:{ports['agent']}", os.path.join(data_dir, "tls"), count))
+            loader.start()
+            time.sleep(5)
+            profile = self.start_profile(up.pid, "sluice-up-ingest")
+            if profile:
+                self.stop_profile(profile)
+            loader.join()
+        finally:
+            up.stop(timeout=120)
+
+
+    def start_profile(self, pid, name):
+        perf = shutil.which("perf")
+        if not perf:
+            log("perf not found; no profile (apt-get install linux-perf)")
+            return None
+        out = os.path.join(self.args.profile_dir, f"{name}.perf.data")
+        os.makedirs(self.args.profile_dir, exist_ok=True)
+        # 99 Hz with DWARF stacks for a fixed window: enough samples, a file of tens of MB.
+        command = [perf, "record", "-F", "99", "--call-graph", "dwarf,8192", "-p", str(pid),
+                   "-o", out, "--", "sleep", str(self.args.profile_seconds)]
+        self.record(" ".join(command[:-1]) + " N")
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return (process, out, name)
+
+    def stop_profile(self, profile):
+        """Waits for the recording window to end and writes text summaries beside it."""
+        process, out, name = profile
+        process.wait(timeout=self.args.profile_seconds + 600)
+        summaries = {}
+        for kind, extra in (("self", ["--no-children"]), ("children", ["--children"])):
+            text_path = out.replace(".perf.data", f".{kind}.txt")
+            report = subprocess.run(["perf", "report", "-i", out, "--stdio", *extra, "--sort", "symbol",
+                                     "--percent-limit", "1", "-g", "none"],
+                                    capture_output=True, text=True, check=False).stdout
+            with open(text_path, "w") as handle:
+                for line in report.splitlines():
+                    # perf pads its columns to the terminal width it assumes.
+                    handle.write(re.sub(r"\s+-\s+-\s*$", "", line).rstrip()[:240] + "\n")
+            summaries[kind] = os.path.relpath(text_path, BENCH)
+        self.results.setdefault("profiles", {})[name] = summaries
+
+
+TANTIVY_META = {
+    "index_settings": {"docstore_compression": "lz4", "docstore_blocksize": 16384},
+    "segments": [],
+    "schema": [
+        {"name": "timestamp", "type": "i64",
+         "options": {"indexed": True, "fieldnorms": True, "fast": True, "stored": True}},
+        {"name": "source_id", "type": "text",
+         "options": {"indexing": {"record": "basic", "fieldnorms": True, "tokenizer": "raw"},
+                     "stored": True, "fast": True}},
+        {"name": "instance_id", "type": "text",
+         "options": {"indexing": {"record": "basic", "fieldnorms": True, "tokenizer": "raw"},
+                     "stored": True, "fast": False}},
+        {"name": "message", "type": "text",
+         "options": {"indexing": {"record": "position", "fieldnorms": True, "tokenizer": "default"},
+                     "stored": True, "fast": False}},
+    ],
+    "opstamp": 0,
+}
+
+
+def summarize(runs):
+    """Median of every numeric field over runs, plus the runs themselves."""
+    summary = {"runs": runs}
+    keys = {key for run in runs for key, value in run.items() if isinstance(value, (int, float)) and value is not None}
+    for key in sorted(keys):
+        values = [run[key] for run in runs if isinstance(run.get(key), (int, float))]
+        summary[key] = median(values)
+    return summary
+
+
+def machine():
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cores": os.cpu_count(), "cpu": cpu_model, "memory_gib": round(memory_gib, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--loghub", required=True)
+    parser.add_argument("--tantivy")
+    parser.add_argument("--kafka", help="brokers of a running Kafka-protocol broker")
+    parser.add_argument("--profile", action="store_true", help="record perf profiles")
+    parser.add_argument("--profile-dir", default=os.path.join(BENCH, "profiles"))
+    parser.add_argument("--profile-seconds", type=int, default=30)
+    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--json-out", default=os.path.join(BENCH, "report.json"))
+    parser.add_argument("--only", default="", help="comma-separated phases to run")
+    args = parser.parse_args()
+    bench = Bench(args)
+    bench.kafka = args.kafka
+    phases = [
+        ("corpus", bench.corpus),
+        ("fanin-wal", lambda: bench.fanin("wal")),
+        ("fanin-kafka", lambda: bench.fanin("kafka") if bench.kafka else None),
+        ("replay", bench.replay),
+        ("e2e", bench.e2e),
+        ("tantivy", bench.tantivy_ceiling),
+        ("profile", bench.profile),
+    ]
+    only = set(filter(None, args.only.split(",")))
+    started = time.monotonic()
+    try:
+        for name, phase in phases:
+            if only and name not in only:
+                continue
+            phase_started = time.monotonic()
+            log(f"phase {name}")
+            phase()
+            bench.results.setdefault("phase_seconds", {})[name] = time.monotonic() - phase_started
+    finally:
+        bench.results["total_seconds"] = time.monotonic() - started
+        bench.save()
+        shutil.rmtree(bench.work, ignore_errors=True)
+    log(f"done in {time.monotonic() - started:.0f} s; figures in {args.json_out}")
+
+
+if __name__ == "__main__":
+    main()
