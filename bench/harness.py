@@ -368,6 +368,7 @@ doppler = "127.0.0.1:{ports['doppler']}"
                 count = self.mode["fanin"]
                 doppler.mark()
                 agent.mark()
+                broker_before = self.broker_cpu() if bus == "kafka" else None
                 started = time.monotonic()
                 report = self.load(f"127.0.0.1:{ports['agent']}", os.path.join(data_dir, "tls"), count)
                 wait_for("the doppler to append every envelope",
@@ -387,7 +388,7 @@ doppler = "127.0.0.1:{ports['doppler']}"
                     "doppler_envelopes_per_cpu_s": count / doppler_cpu,
                     "doppler_peak_rss_mb": doppler.peak_rss_mb(),
                     "agent_peak_rss_mb": agent.peak_rss_mb(),
-                    "broker_cpu_s": self.broker_cpu() if bus == "kafka" else None,
+                    "broker_cpu_s": (self.broker_cpu() - broker_before) if broker_before is not None else None,
                 })
                 log(f"fan-in {bus} run {run}: {count / elapsed:,.0f} envelopes/s, "
                     f"{count / doppler_cpu:,.0f} per doppler CPU-second")
@@ -398,7 +399,16 @@ doppler = "127.0.0.1:{ports['doppler']}"
         self.figure(f"fanin_{bus}", summarize(runs))
 
     def broker_cpu(self):
-        return None
+        """CPU seconds the Kafka-protocol broker of scripts/services has used so far."""
+        state = os.environ.get("SLUICE_SERVICES_DIR", "")
+        try:
+            with open(os.path.join(state, "kafka.pid")) as handle:
+                pid = int(handle.read().strip())
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, ValueError, IndexError):
+            return None
 
     def e2e(self):
         """Figures 2, 3, 4, 6, 7, 8 on `sluice up` (embedded WAL, local archive)."""
@@ -736,15 +746,16 @@ doppler = "127.0.0.1:{ports['doppler']}"
         process, out, name = profile
         process.wait(timeout=self.args.profile_seconds + 600)
         summaries = {}
-        for kind, extra in (("self", ["--no-children"]), ("children", ["--children"])):
+        # Self time by symbol and by thread. (Inclusive call-graph reports over DWARF stacks
+        # take many minutes here; `perf report -i FILE --children` gives them when wanted.)
+        for kind, sort in (("self", "symbol"), ("threads", "comm")):
             text_path = out.replace(".perf.data", f".{kind}.txt")
-            report = subprocess.run(["perf", "report", "-i", out, "--stdio", *extra, "--sort", "symbol",
-                                     "--percent-limit", "1", "-g", "none"],
+            report = subprocess.run(["perf", "report", "-i", out, "--stdio", "--no-children",
+                                     "--sort", sort, "--percent-limit", "0.5", "-g", "none"],
                                     capture_output=True, text=True, check=False).stdout
             with open(text_path, "w") as handle:
                 for line in report.splitlines():
-                    # perf pads its columns to the terminal width it assumes.
-                    handle.write(re.sub(r"\s+-\s+-\s*$", "", line).rstrip()[:240] + "\n")
+                    handle.write(line.rstrip()[:240] + "\n")
             summaries[kind] = os.path.relpath(text_path, BENCH)
         self.results.setdefault("profiles", {})[name] = summaries
 
@@ -819,6 +830,18 @@ def main():
     args = parser.parse_args()
     bench = Bench(args)
     bench.kafka = args.kafka
+    if args.only and os.path.exists(args.json_out):
+        # Some phases only: keep the other figures of the last run beside the new ones.
+        with open(args.json_out) as handle:
+            previous = json.load(handle)
+        if previous.get("mode") == args.mode:
+            for key in ("figures", "commands", "phase_seconds", "profiles"):
+                if key in previous:
+                    bench.results[key] = previous[key]
+            bench.results["started"] = previous.get("started", bench.results["started"])
+            bench.results.setdefault("also_run", []).append(
+                {"phases": args.only, "commit": bench.results["commit"],
+                 "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     phases = [
         ("corpus", bench.corpus),
         ("fanin-wal", lambda: bench.fanin("wal")),
@@ -841,7 +864,10 @@ def main():
     finally:
         bench.results["total_seconds"] = time.monotonic() - started
         bench.save()
-        shutil.rmtree(bench.work, ignore_errors=True)
+        if os.environ.get("SLUICE_BENCH_KEEP"):
+            log(f"kept the work directory {bench.work}")
+        else:
+            shutil.rmtree(bench.work, ignore_errors=True)
     log(f"done in {time.monotonic() - started:.0f} s; figures in {args.json_out}")
 
 

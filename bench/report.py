@@ -137,6 +137,9 @@ def markdown(report, made, bottlenecks):
     w(f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}. "
       "Every process of the pipeline and of the load generator shares these cores, so per-core "
       "figures divide by the CPU seconds the measured process used, read from `/proc`.")
+    for extra in report.get("also_run", []):
+        w(f"Phases `{extra['phases']}` were run again at {extra['at']} (commit `{extra['commit']}`, "
+          f"`bench/run --{report['mode']} --kafka --only={extra['phases']}`) and merged in.")
     w("")
     w("Published figures are printed for context only; they were not measured here, on other "
       "hardware and other data.")
@@ -177,6 +180,12 @@ def markdown(report, made, bottlenecks):
               f"{fmt(x['doppler_peak_rss_mb'])} MiB |")
     if "fanin_kafka" not in f:
         w("| Kafka | not measured in this run (`bench/run --kafka`) | | | | |")
+    if "fanin_kafka" in f:
+        broker = f["fanin_kafka"].get("broker_cpu_s")
+        w("")
+        w("Into Kafka the broker sets the pace: tansu 0.6 on SQLite (the broker the tests use), on the "
+          "same two cores" + (f", used {broker / f['fanin_kafka']['elapsed_s']:.2f} cores." if broker else
+                              "; its CPU was not read in this run."))
     if "fanin_wal" in f:
         pub = report["published"]["loggregator_doppler_envelopes_per_s"]
         w("")
@@ -306,9 +315,13 @@ def markdown(report, made, bottlenecks):
 
     if "search" in f:
         s = f["search"]
-        w(f"## 7. Search latency ({fmt(s['documents'])} lines indexed)")
+        everything = [q["total"] for q in s["queries"] if q["params"]["query"] == "*" and q["total"]]
+        documents = max(everything) if everything else s["documents"]
+        w(f"## 7. Search latency ({fmt(documents)} lines indexed)")
         w("")
-        w("Whole HTTP requests to `GET /api/v1/search` on the `sluice up` of section 2, newest first, exact totals.")
+        w("Whole HTTP requests to `GET /api/v1/search` on the `sluice up` of sections 2 and 3 (the "
+          "throughput load plus the freshness runs), newest first, exact totals; the first of the "
+          "repetitions runs on a cold page cache, hence the p90.")
         w("")
         w("| query | median | p90 | matches |")
         w("|---|---|---|---|")
