@@ -354,7 +354,7 @@ def markdown(report, made, bottlenecks):
     w("## How this was measured")
     w("")
     w(f"Phase times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.get("phase_seconds", {}).items())
-      + f"; total {report.get('total_seconds', 0):.0f} s.")
+      + f"; total {sum(report.get('phase_seconds', {}).values()):.0f} s (the build and tool installs not counted).")
     w("")
     w("Commands the harness ran (besides starting the roles from generated configs):")
     w("")
