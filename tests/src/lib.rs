@@ -239,6 +239,19 @@ impl Sluice {
         (status, response.json().await.unwrap())
     }
 
+    /// `GET /api/v1/search` with `histogram=<interval>` (limit 1); returns the JSON body.
+    pub async fn search_histogram(&self, query: &str, interval: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/search", self.api))
+            .query(&[("query", query), ("histogram", interval), ("limit", "1")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// `POST /api/v1/sql`; returns the status and the JSON body.
     pub async fn sql(&self, query: &str) -> (u16, Value) {
         let response = reqwest::Client::new()

@@ -83,19 +83,7 @@ async fn ten_thousand_envelopes_are_searchable_countable_and_tailed() {
         TOTAL as u64
     );
     // A date histogram of the same matches: its buckets add up to the total, oldest first.
-    let answer: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/search", sluice.api))
-        .query(&[
-            ("query", "source_id:e2e-app"),
-            ("histogram", "1m"),
-            ("limit", "1"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = sluice.search_histogram("source_id:e2e-app", "1m").await;
     let buckets = answer["histogram"].as_array().expect("histogram buckets");
     let counted: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
     assert_eq!(counted, TOTAL as u64, "{answer}");

@@ -419,15 +419,7 @@ async fn two_by_two_by_two_counts_100k_exactly_across_indexer_crash_and_handover
     let (total, partial, responded) = search(&sluice, "*").await;
     assert_eq!((total, partial, responded), (100_000, false, 2));
     // A date histogram fanned out to both indexers: their buckets merge into the same total.
-    let answer: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/search", sluice.api))
-        .query(&[("query", "*"), ("limit", "1"), ("histogram", "1m")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = sluice.search_histogram("*", "1m").await;
     let bucketed: u64 = answer["histogram"]
         .as_array()
         .expect("histogram buckets")
