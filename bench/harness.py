@@ -263,7 +263,9 @@ class Bench:
             json.dump(self.results, handle, indent=2, sort_keys=True)
 
     def record(self, command):
-        self.results["commands"].append(command)
+        """Notes a command (a list of arguments) for the report, with paths relative to the repo."""
+        self.results["commands"].append(
+            " ".join(os.path.relpath(part, ROOT) if part.startswith(ROOT) else part for part in command))
 
     def generator_args(self):
         return ["--loghub", self.loghub, "--seed", str(self.args.seed)]
@@ -279,7 +281,7 @@ class Bench:
         ]
         if api:
             command += ["--api", api]
-        self.record(" ".join(os.path.relpath(part, ROOT) if part.startswith(ROOT) else part for part in command))
+        self.record(command)
         output = subprocess.run(command, check=True, capture_output=True, text=True)
         return json.loads(output.stdout.strip().splitlines()[-1])
 
@@ -316,7 +318,7 @@ doppler = "127.0.0.1:{ports['doppler']}"
             LOADER, "corpus", *self.generator_args(), "--count", str(count),
             "--lines-out", lines_path, "--docs-out", docs_path, "--originals-out", originals,
         ]
-        self.record(" ".join(os.path.relpath(p, ROOT) if p.startswith(ROOT) else p for p in command))
+        self.record(command)
         summary = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
         compressor = zstandard.ZstdCompressor(level=3)
 
@@ -639,7 +641,7 @@ doppler = "127.0.0.1:{ports['doppler']}"
                 with open(os.path.join(index_dir, "meta.json"), "w") as meta:
                     json.dump(TANTIVY_META, meta)
                 command = [tantivy, "index", "-i", index_dir, "-f", docs_path, "-t", str(threads)]
-                self.record(" ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in command))
+                self.record(command)
                 before = os.times()
                 started = time.monotonic()
                 subprocess.run(command, check=True, capture_output=True)
@@ -737,7 +739,7 @@ doppler = "127.0.0.1:{ports['doppler']}"
         # 99 Hz with DWARF stacks for a fixed window: enough samples, a file of tens of MB.
         command = [perf, "record", "-F", "99", "--call-graph", "dwarf,8192", "-p", str(pid),
                    "-o", out, "--", "sleep", str(self.args.profile_seconds)]
-        self.record(" ".join(command[:-1]) + " N")
+        self.record(command[:-1] + ["N"])
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return (process, out, name)
 
