@@ -228,6 +228,7 @@ impl Bus for KafkaBus {
             ownership,
             subscribed: false,
             sole: (sharing == Sharing::Sole).then(|| Arc::clone(&self.partitions)),
+            pending: Vec::new(),
         }))
     }
 
@@ -462,11 +463,23 @@ impl Ownership {
             }
         }
         self.write_stints(&new_stints)?;
+        let starts: Vec<(i32, u64)> = new_stints
+            .iter()
+            .map(|stint| (stint.partition, stint.start))
+            .collect();
+        let rewound: Vec<(Partition, u64)> = rewinds
+            .iter()
+            .filter_map(|event| match event {
+                BusEvent::Rewind { partition, to } => Some((*partition, *to)),
+                BusEvent::Record(_) => None,
+            })
+            .collect();
+        info!(group = %self.group, member = %self.member, partitions = ?assigned, starts = ?starts, rewinds = ?rewound, "kafka partitions assigned");
         let mut state = self.state();
         state.assigned = assigned.clone();
         state.held.extend(assigned.iter().copied());
         state.events.extend(rewinds);
-        info!(group = %self.group, member = %self.member, partitions = ?assigned, "kafka partitions assigned");
+        drop(state);
         Ok(assignment)
     }
 
@@ -542,6 +555,10 @@ struct KafkaConsumer {
     subscribed: bool,
     /// For a sole consumer, the partitions it assigns itself (no group membership).
     sole: Option<Arc<Vec<i32>>>,
+    /// Events taken from librdkafka by the poll under way. They live here rather than in the
+    /// poll's future, so a poll dropped at an await point (a `select!` picking another branch)
+    /// leaves them for the next poll instead of losing them.
+    pending: Vec<BusEvent>,
 }
 
 impl KafkaConsumer {
@@ -588,8 +605,9 @@ impl KafkaConsumer {
         Ok(())
     }
 
-    fn take_events(&self, into: &mut Vec<BusEvent>) {
-        into.append(&mut self.ownership.state().events);
+    /// Moves the events the rebalance callbacks raised into `pending`, in order.
+    fn take_events(&mut self) {
+        self.pending.append(&mut self.ownership.state().events);
     }
 }
 
@@ -613,18 +631,19 @@ impl Consumer for KafkaConsumer {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Vec<BusEvent>, BusError> {
+        // Cancel safety: every message taken from librdkafka goes into `self.pending` before
+        // the next await, and only the final return hands it over.
         self.subscribe_if_needed()?;
-        let mut events = Vec::new();
-        self.take_events(&mut events);
-        if !events.is_empty() {
-            return Ok(events);
+        self.take_events();
+        if !self.pending.is_empty() {
+            return Ok(std::mem::take(&mut self.pending));
         }
         let consumer = Arc::clone(self.consumer()?);
         // Rebalances run inside `recv`; their events come before the records that follow.
         match tokio::time::timeout(max_wait, consumer.recv()).await {
             Err(_elapsed) => {
-                self.take_events(&mut events);
-                return Ok(events);
+                self.take_events();
+                return Ok(std::mem::take(&mut self.pending));
             }
             Ok(Err(error)) => {
                 return Err(BusError::Unavailable(format!(
@@ -632,24 +651,22 @@ impl Consumer for KafkaConsumer {
                 )));
             }
             Ok(Ok(message)) => {
-                self.take_events(&mut events);
-                events.push(BusEvent::Record(record(&message)));
+                self.take_events();
+                self.pending.push(BusEvent::Record(record(&message)));
             }
         }
         // Take what is already fetched, without waiting for more.
-        let mut records = 1;
-        while records < max_records {
+        while self.pending.len() < max_records {
             match tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
                 Ok(Ok(message)) => {
-                    self.take_events(&mut events);
-                    events.push(BusEvent::Record(record(&message)));
-                    records += 1;
+                    self.take_events();
+                    self.pending.push(BusEvent::Record(record(&message)));
                 }
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        self.take_events(&mut events);
-        Ok(events)
+        self.take_events();
+        Ok(std::mem::take(&mut self.pending))
     }
 
     async fn checkpoint(&mut self, positions: &Positions) -> Result<(), BusError> {

@@ -180,6 +180,9 @@ pub trait Consumer: Send {
 
     /// Returns up to `max_records` events in order, waiting up to `max_wait` for the first; an
     /// empty answer means nothing arrived in time.
+    ///
+    /// Cancel-safe: a poll dropped before it returns (another `select!` branch won) loses
+    /// nothing; whatever it had already taken comes from the next poll.
     async fn poll(
         &mut self,
         max_records: usize,
