@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //!
-//! - [`sources`]: one folder per input (today: the Loggregator v2 gRPC ingress). A source
-//!   validates what it receives and hands envelopes to the forwarder.
+//! - [`sources`]: one folder per input (the Loggregator v2 gRPC ingress, Elasticsearch `_bulk`,
+//!   syslog). A source validates what it receives, refuses bad records one by one (counted by
+//!   reason), and hands envelopes to the forwarder.
 //! - [`forwarder`]: batches envelopes (flush at N envelopes or after an interval), numbers each
 //!   batch per agent, sends batches to dopplers and retries until one acknowledges.
 //! - [`identity`]: the agent's id, stable across restarts, plus its start time.
@@ -43,11 +44,45 @@ pub async fn run(
     let agent_id = identity::agent_id(&config.state_dir)?;
     info!(agent_id = %agent_id, listen = %config.listen, dopplers = ?config.dopplers, "agent starting");
     let forwarder = forwarder::Forwarder::start(&config, agent_id, &tls, metrics.clone())?;
+    let mut sources = tokio::task::JoinSet::new();
+    if let Some(source_config) = config.elasticsearch.clone() {
+        let source = sources::elasticsearch::ElasticsearchSource::new(
+            source_config,
+            Arc::clone(&forwarder),
+            config.max_envelope_bytes,
+            metrics.clone(),
+        );
+        sources.spawn(source.serve(shutdown.clone()));
+    }
+    if let Some(source_config) = config.syslog.clone() {
+        let source =
+            sources::syslog::SyslogSource::new(source_config, Arc::clone(&forwarder), metrics.clone());
+        sources.spawn(source.serve(shutdown.clone()));
+    }
     let ingress =
         sources::loggregator::LoggregatorIngress::new(Arc::clone(&forwarder), &config, metrics);
-    let result = ingress
-        .serve(config.listen, &tls, config.max_message_bytes, shutdown)
-        .await;
+    sources.spawn({
+        let tls = tls.clone();
+        let (listen, max_message_bytes) = (config.listen, config.max_message_bytes);
+        async move {
+            ingress
+                .serve(listen, &tls, max_message_bytes, shutdown)
+                .await
+        }
+    });
+    // A source that cannot start (say its port is taken) stops the agent with its error.
+    let mut result = Ok(());
+    while let Some(joined) = sources.join_next().await {
+        let outcome = joined.unwrap_or_else(|error| {
+            Err(SluiceError::internal(format!("an agent source failed: {error}")))
+        });
+        if let Err(error) = outcome {
+            if result.is_ok() {
+                result = Err(error);
+            }
+            sources.abort_all();
+        }
+    }
     forwarder.drain().await;
     result
 }

@@ -5,7 +5,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sluice_common::telemetry::Telemetry;
 
-/// Label set with one `reason` label from a fixed set.
+/// Label set: a `reason` (and for sources a `source`) from fixed sets.
 pub type ReasonLabels = Vec<(String, String)>;
 
 /// The agent's counters, cheap to clone.
@@ -25,6 +25,10 @@ pub struct AgentMetrics {
     pub batches_failed: Counter,
     /// Envelopes accepted and not yet acknowledged by a doppler.
     pub pending_envelopes: Gauge,
+    /// Records (a syslog message, a `_bulk` document) turned into envelopes, by source.
+    pub source_records: Family<ReasonLabels, Counter>,
+    /// Records refused, by source and reason; the rest of their request is kept.
+    pub source_rejected: Family<ReasonLabels, Counter>,
 }
 
 impl AgentMetrics {
@@ -66,7 +70,34 @@ impl AgentMetrics {
                 "Envelopes accepted and not yet acknowledged by a doppler",
                 Gauge::default(),
             ),
+            source_records: telemetry.register(
+                "sluice_agent_source_records",
+                "Records a source turned into envelopes, by source",
+                Family::default(),
+            ),
+            source_rejected: telemetry.register(
+                "sluice_agent_source_records_rejected",
+                "Records a source refused, by source and reason (the rest of the request is kept)",
+                Family::default(),
+            ),
         }
+    }
+
+    /// Counts `count` records that `source` turned into envelopes.
+    pub fn source_accepted(&self, source: &'static str, count: u64) {
+        self.source_records
+            .get_or_create(&vec![("source".to_owned(), source.to_owned())])
+            .inc_by(count);
+    }
+
+    /// Counts one record `source` refused for `reason`.
+    pub fn source_refused(&self, source: &'static str, reason: &'static str) {
+        self.source_rejected
+            .get_or_create(&vec![
+                ("source".to_owned(), source.to_owned()),
+                ("reason".to_owned(), reason.to_owned()),
+            ])
+            .inc();
     }
 
     /// Counts `count` envelopes rejected for `reason`.

@@ -117,6 +117,70 @@ pub struct RawAgentConfig {
     /// Envelopes accepted but not yet acknowledged by a doppler before ingress pushes back.
     #[serde(default = "default_max_pending_envelopes")]
     pub max_pending_envelopes: usize,
+    /// The Elasticsearch `_bulk` source.
+    #[serde(default)]
+    pub elasticsearch: RawElasticsearchSourceConfig,
+    /// The syslog source (RFC 5424 and RFC 3164 over TCP, UDP and TLS).
+    #[serde(default)]
+    pub syslog: RawSyslogSourceConfig,
+}
+
+/// `[agent.elasticsearch]`: an Elasticsearch-compatible `_bulk` endpoint over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawElasticsearchSourceConfig {
+    /// Serve it (every source is on unless turned off).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// HTTP address.
+    #[serde(default = "default_elasticsearch_listen")]
+    pub listen: SocketAddr,
+    /// A document field (dotted path, e.g. `service.name`) whose value becomes the source_id;
+    /// documents without it use their index name.
+    #[serde(default)]
+    pub source_id_field: Option<String>,
+    /// Largest request body, in bytes, as sent and again after gzip decompression.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_elasticsearch_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9200))
+}
+fn default_max_body_bytes() -> usize {
+    100 * 1024 * 1024
+}
+
+/// `[agent.syslog]`: syslog over TCP (octet counting or newline framing), UDP and TLS, all on
+/// one port (a TCP connection that opens with a TLS handshake is served over TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSyslogSourceConfig {
+    /// Serve it (every source is on unless turned off).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// TCP and UDP address.
+    #[serde(default = "default_syslog_listen")]
+    pub listen: SocketAddr,
+    /// Largest message, in bytes; longer ones are refused (counted), the connection goes on.
+    #[serde(default = "default_max_syslog_message_bytes")]
+    pub max_message_bytes: usize,
+    /// source_id of messages without an app name.
+    #[serde(default = "default_syslog_source_id")]
+    pub default_source_id: String,
+}
+
+fn default_syslog_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5514))
+}
+fn default_max_syslog_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_syslog_source_id() -> String {
+    "syslog".to_owned()
 }
 
 fn default_agent_listen() -> SocketAddr {
@@ -382,6 +446,58 @@ fn default_indexer_timeout() -> String {
     "10s".to_owned()
 }
 
+fn validate_elasticsearch(
+    raw: RawElasticsearchSourceConfig,
+) -> Result<Option<ElasticsearchSourceConfig>, SluiceError> {
+    if !raw.enabled {
+        return Ok(None);
+    }
+    if raw.max_body_bytes == 0 {
+        return Err(SluiceError::invalid(
+            "agent.elasticsearch.max_body_bytes: must be at least 1",
+        ));
+    }
+    let source_id_field = match raw.source_id_field {
+        None => None,
+        Some(field) => {
+            let path: Vec<String> = field.split('.').map(str::to_owned).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(SluiceError::invalid(format!(
+                    "agent.elasticsearch.source_id_field: {field:?} is not a dotted field path"
+                )));
+            }
+            Some(path)
+        }
+    };
+    Ok(Some(ElasticsearchSourceConfig {
+        listen: raw.listen,
+        source_id_field,
+        max_body_bytes: raw.max_body_bytes,
+    }))
+}
+
+fn validate_syslog(raw: RawSyslogSourceConfig) -> Result<Option<SyslogSourceConfig>, SluiceError> {
+    if !raw.enabled {
+        return Ok(None);
+    }
+    if raw.max_message_bytes < 480 {
+        // RFC 5424 section 6.1: receivers must accept messages of 480 octets.
+        return Err(SluiceError::invalid(
+            "agent.syslog.max_message_bytes: must be at least 480 (RFC 5424)",
+        ));
+    }
+    if raw.default_source_id.trim().is_empty() {
+        return Err(SluiceError::invalid(
+            "agent.syslog.default_source_id: must not be empty",
+        ));
+    }
+    Ok(Some(SyslogSourceConfig {
+        listen: raw.listen,
+        max_message_bytes: raw.max_message_bytes,
+        default_source_id: raw.default_source_id,
+    }))
+}
+
 macro_rules! default_from_empty_table {
     ($($name:ident),*) => {$(
         impl Default for $name {
@@ -396,6 +512,8 @@ default_from_empty_table!(
     RawKafkaConfig,
     RawTlsConfig,
     RawAgentConfig,
+    RawElasticsearchSourceConfig,
+    RawSyslogSourceConfig,
     RawDopplerConfig,
     RawIndexerConfig,
     RawRetentionConfig,
@@ -448,6 +566,32 @@ pub struct AgentConfig {
     pub max_pending_envelopes: usize,
     /// Directory for the agent's identity.
     pub state_dir: PathBuf,
+    /// The Elasticsearch `_bulk` source, when on.
+    pub elasticsearch: Option<ElasticsearchSourceConfig>,
+    /// The syslog source, when on.
+    pub syslog: Option<SyslogSourceConfig>,
+}
+
+/// Validated `[agent.elasticsearch]`.
+#[derive(Debug, Clone)]
+pub struct ElasticsearchSourceConfig {
+    /// HTTP address.
+    pub listen: SocketAddr,
+    /// Field naming the source_id, as path segments.
+    pub source_id_field: Option<Vec<String>>,
+    /// Largest body, compressed and decompressed.
+    pub max_body_bytes: usize,
+}
+
+/// Validated `[agent.syslog]`.
+#[derive(Debug, Clone)]
+pub struct SyslogSourceConfig {
+    /// TCP and UDP address.
+    pub listen: SocketAddr,
+    /// Largest message.
+    pub max_message_bytes: usize,
+    /// source_id of messages without an app name.
+    pub default_source_id: String,
 }
 
 /// Validated `[doppler]`.
@@ -652,6 +796,8 @@ impl RawConfig {
                 max_in_flight_batches: self.agent.max_in_flight_batches,
                 max_pending_envelopes: self.agent.max_pending_envelopes,
                 state_dir: data_dir.join("agent"),
+                elasticsearch: validate_elasticsearch(self.agent.elasticsearch)?,
+                syslog: validate_syslog(self.agent.syslog)?,
             },
             doppler: DopplerConfig {
                 listen: self.doppler.listen,

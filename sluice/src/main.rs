@@ -67,6 +67,16 @@ struct ServerArgs {
     /// Query API address (overrides `query_api.listen`).
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// Elasticsearch `_bulk` source address (overrides `agent.elasticsearch.listen`).
+    #[arg(long)]
+    elasticsearch_listen: Option<SocketAddr>,
+    /// Syslog source address, TCP and UDP (overrides `agent.syslog.listen`).
+    #[arg(long)]
+    syslog_listen: Option<SocketAddr>,
+    /// Start no agent source but the Loggregator ingress (overrides every
+    /// `agent.<source>.enabled`).
+    #[arg(long)]
+    no_sources: bool,
     /// Retention flush interval, e.g. `2s` (overrides `retention.flush_interval`).
     #[arg(long)]
     retention_flush_interval: Option<String>,

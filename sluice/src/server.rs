@@ -51,6 +51,16 @@ fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     if let Some(listen) = args.http_listen {
         raw.query_api.listen = listen;
     }
+    if let Some(listen) = args.elasticsearch_listen {
+        raw.agent.elasticsearch.listen = listen;
+    }
+    if let Some(listen) = args.syslog_listen {
+        raw.agent.syslog.listen = listen;
+    }
+    if args.no_sources {
+        raw.agent.elasticsearch.enabled = false;
+        raw.agent.syslog.enabled = false;
+    }
     if let Some(interval) = &args.retention_flush_interval {
         raw.retention.flush_interval = interval.clone();
     }

@@ -65,6 +65,11 @@ pub struct Sluice {
     /// Query API base URL.
     pub api: String,
     ports: (u16, u16, u16),
+    /// The Elasticsearch `_bulk` source's address.
+    pub elasticsearch: String,
+    /// The syslog source's address (TCP and UDP).
+    pub syslog: String,
+    source_ports: (u16, u16),
     log_path: PathBuf,
     config: Option<PathBuf>,
 }
@@ -77,7 +82,7 @@ impl Sluice {
 
     /// Starts `sluice up` on the given (agent, doppler, http) ports.
     pub async fn start_on(data_dir: &Path, ports: (u16, u16, u16)) -> Sluice {
-        Sluice::start_with(data_dir, ports, None).await
+        Sluice::start_with(data_dir, ports, None, None).await
     }
 
     /// Starts `sluice up` with a configuration file (flags still set the directory and ports).
@@ -88,6 +93,7 @@ impl Sluice {
             data_dir,
             (free_port(), free_port(), free_port()),
             Some(path),
+            None,
         )
         .await
     }
@@ -96,7 +102,9 @@ impl Sluice {
         data_dir: &Path,
         ports: (u16, u16, u16),
         config: Option<PathBuf>,
+        source_ports: Option<(u16, u16)>,
     ) -> Sluice {
+        let source_ports = source_ports.unwrap_or_else(|| (free_port(), free_port()));
         let log_path = data_dir.with_extension(format!("log-{}", ports.0));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(sluice_binary());
@@ -113,6 +121,10 @@ impl Sluice {
             .arg(format!("127.0.0.1:{}", ports.1))
             .arg("--http-listen")
             .arg(format!("127.0.0.1:{}", ports.2))
+            .arg("--elasticsearch-listen")
+            .arg(format!("127.0.0.1:{}", source_ports.0))
+            .arg("--syslog-listen")
+            .arg(format!("127.0.0.1:{}", source_ports.1))
             .arg("--retention-flush-interval")
             .arg("1s")
             .env("RUST_LOG", "info")
@@ -127,6 +139,9 @@ impl Sluice {
             doppler: format!("127.0.0.1:{}", ports.1),
             api: format!("http://127.0.0.1:{}", ports.2),
             ports,
+            elasticsearch: format!("127.0.0.1:{}", source_ports.0),
+            syslog: format!("127.0.0.1:{}", source_ports.1),
+            source_ports,
             log_path,
             config,
         };
@@ -165,6 +180,9 @@ impl Sluice {
             doppler: String::new(),
             api: api.to_owned(),
             ports: (0, 0, 0),
+            elasticsearch: String::new(),
+            syslog: String::new(),
+            source_ports: (0, 0),
             log_path: data_dir.with_extension("attached.log"),
             config: None,
         }
@@ -186,7 +204,13 @@ impl Sluice {
     /// Restarts on the same data directory and ports.
     pub async fn restart(&mut self) {
         self.kill_hard();
-        let restarted = Sluice::start_with(&self.data_dir, self.ports, self.config.clone()).await;
+        let restarted = Sluice::start_with(
+            &self.data_dir,
+            self.ports,
+            self.config.clone(),
+            Some(self.source_ports),
+        )
+        .await;
         *self = restarted;
     }
 

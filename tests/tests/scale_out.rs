@@ -151,7 +151,8 @@ impl Topology {
         topology.launch("query-api", "query-api", &section);
         for index in 0..agents {
             let section = format!(
-                "[agent]\nlisten = \"{}\"\ndopplers = [{}]\n",
+                "[agent]\nlisten = \"{}\"\ndopplers = [{}]\n\n\
+                 [agent.elasticsearch]\nenabled = false\n\n[agent.syslog]\nenabled = false\n",
                 topology.agents[index],
                 quoted(&topology.dopplers)
             );
