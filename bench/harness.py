@@ -8,6 +8,7 @@ ratios are taken within this one run.
 """
 
 import argparse
+import concurrent.futures
 import datetime
 import glob
 import json
@@ -59,6 +60,7 @@ MODES = {
         "fresh_rate": 5_000,
         "corpus_lines": 400_000,
         "search_repeats": 5,
+        "source_records": 200_000,
     },
     "full": {
         "fanin": 2_000_000,
@@ -69,6 +71,7 @@ MODES = {
         # tantivy-cli's rate needs a few million documents, not ten.
         "corpus_lines": 2_000_000,
         "search_repeats": 9,
+        "source_records": 1_000_000,
     },
 }
 
@@ -301,8 +304,17 @@ flush_interval = "5s"
 [query_api]
 listen = "127.0.0.1:{ports['http']}"
 doppler = "127.0.0.1:{ports['doppler']}"
+{self.source_sections(ports)}
 {extra}
 """
+
+    @staticmethod
+    def source_sections(ports):
+        """The agent sources on the given ports, or off (the phases that do not measure them)."""
+        if "es" not in ports:
+            return "[agent.elasticsearch]\nenabled = false\n[agent.syslog]\nenabled = false\n"
+        return (f"[agent.elasticsearch]\nlisten = \"127.0.0.1:{ports['es']}\"\n"
+                f"[agent.syslog]\nlisten = \"127.0.0.1:{ports['syslog']}\"\n")
 
     # ----- phases --------------------------------------------------------------------------
 
@@ -474,6 +486,88 @@ doppler = "127.0.0.1:{ports['doppler']}"
             self.sql(data_dir, api)
             self.search(api)
             self.figure("up_peak_rss_mb", up.peak_rss_mb())
+        finally:
+            up.stop(timeout=120)
+
+    def loghub_lines(self, count):
+        """`count` raw Loghub lines, the eight logs in turn, repeated as needed."""
+        lines = []
+        for path in sorted(glob.glob(os.path.join(self.loghub, "*", "*_2k.log"))):
+            with open(path, errors="replace") as handle:
+                lines.extend(line.rstrip("\n") for line in handle if line.strip())
+        return [lines[n % len(lines)] for n in range(count)]
+
+    def sources(self):
+        """Ingest rate of each agent source on `sluice up`, from a client on the same machine:
+        `_bulk` documents until acknowledged (durable), syslog messages over one TCP connection
+        until forwarded."""
+        data_dir = os.path.join(self.work, "sources")
+        os.makedirs(data_dir)
+        ports = {name: free_port() for name in ("agent", "doppler", "http", "es", "syslog")}
+        config = write_toml(os.path.join(data_dir, "sluice.toml"), self.up_config(data_dir, ports))
+        up = Process("sources-up", [SLUICE, "up", "--config", config], data_dir)
+        api = f"http://127.0.0.1:{ports['http']}"
+        count = self.mode["source_records"]
+        lines = self.loghub_lines(count)
+        try:
+            wait_for("sluice up", lambda: http_get(f"{api}/healthz").strip() == b"ok", 120, [up])
+            results = {"records": count}
+
+            # _bulk: 1,000 documents per request, four client threads (as a shipper's workers).
+            per_request = 1_000
+            bodies = []
+            for start in range(0, count, per_request):
+                body = []
+                for n in range(start, min(start + per_request, count)):
+                    body.append('{"index":{"_index":"bench"}}')
+                    body.append(json.dumps({"@timestamp": "2026-11-27T08:00:00Z",
+                                            "message": lines[n], "host": {"name": "bench"}}))
+                bodies.append(("\n".join(body) + "\n").encode())
+            payload_bytes = sum(len(body) for body in bodies)
+
+            def post(body):
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{ports['es']}/_bulk", data=body, method="POST",
+                    headers={"Content-Type": "application/x-ndjson"})
+                with urllib.request.urlopen(request, timeout=300) as response:
+                    answer = json.loads(response.read())
+                if answer["errors"]:
+                    raise RuntimeError("a _bulk item failed")
+
+            up.mark()
+            started = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(post, bodies))
+            elapsed = time.monotonic() - started
+            cpu = up.since_mark()
+            results["elasticsearch"] = {
+                "records_per_s": count / elapsed, "mb_per_s": payload_bytes / elapsed / 1e6,
+                "cpu_s": cpu, "records_per_cpu_s": count / cpu, "elapsed_s": elapsed,
+                "client": "Python urllib, 4 threads, 1,000 documents per request"}
+            log(f"_bulk: {count / elapsed:,.0f} documents/s")
+
+            # syslog: RFC 5424, octet-counted, one TCP connection, until all are forwarded.
+            frames = []
+            for n, line in enumerate(lines):
+                message = f"<14>1 2026-11-27T08:00:00Z bench app{n % 16} {n % 7} - - {line}".encode()
+                frames.append(b"%d %s" % (len(message), message))
+            stream = b"".join(frames)
+            metrics = f"{api}/metrics"
+            key = 'sluice_agent_source_records_total{source="syslog"}'
+            up.mark()
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", ports["syslog"])) as connection:
+                connection.sendall(stream)
+            wait_for("every syslog message to be forwarded",
+                     lambda: scrape(metrics).get(key, 0) >= count, 600, [up])
+            elapsed = time.monotonic() - started
+            cpu = up.since_mark()
+            results["syslog_tcp"] = {
+                "records_per_s": count / elapsed, "mb_per_s": len(stream) / elapsed / 1e6,
+                "cpu_s": cpu, "records_per_cpu_s": count / cpu, "elapsed_s": elapsed,
+                "client": "one TCP connection, octet-counted RFC 5424"}
+            log(f"syslog tcp: {count / elapsed:,.0f} messages/s")
+            self.figure("sources", results)
         finally:
             up.stop(timeout=120)
 
@@ -850,6 +944,7 @@ def main():
         ("fanin-kafka", lambda: bench.fanin("kafka") if bench.kafka else None),
         ("replay", bench.replay),
         ("e2e", bench.e2e),
+        ("sources", bench.sources),
         ("tantivy", bench.tantivy_ceiling),
         ("profile", bench.profile),
     ]

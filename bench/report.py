@@ -340,6 +340,22 @@ def markdown(report, made, bottlenecks):
             w(f"| {name} | {fmt(value)} MiB |")
         w("")
 
+    sources = figures.get("sources")
+    if sources:
+        w(f"## Agent sources: ingest rate ({fmt(sources['records'])} Loghub lines each)")
+        w("")
+        w("`sluice up` with every role running; the client on the same two cores.")
+        w("")
+        w("| source | records/s | MB/s sent | records per CPU-second of `sluice up` | client |")
+        w("|---|---|---|---|---|")
+        for name, label in (("elasticsearch", "Elasticsearch `_bulk` (until acknowledged)"),
+                            ("syslog_tcp", "syslog TCP (until forwarded)")):
+            if name in sources:
+                row = sources[name]
+                w(f"| {label} | {fmt(row['records_per_s'])} | {fmt(row['mb_per_s'], 1)} | "
+                  f"{fmt(row['records_per_cpu_s'])} | {row['client']} |")
+        w("")
+
     if made:
         w("## Plots")
         w("")
