@@ -340,7 +340,7 @@ def markdown(report, made, bottlenecks):
             w(f"| {name} | {fmt(value)} MiB |")
         w("")
 
-    sources = figures.get("sources")
+    sources = f.get("sources")
     if sources:
         w(f"## Agent sources: ingest rate ({fmt(sources['records'])} Loghub lines each)")
         w("")
@@ -349,7 +349,7 @@ def markdown(report, made, bottlenecks):
         w("| source | records/s | MB/s sent | records per CPU-second of `sluice up` | client |")
         w("|---|---|---|---|---|")
         for name, label in (("elasticsearch", "Elasticsearch `_bulk` (until acknowledged)"),
-                            ("syslog_tcp", "syslog TCP (until forwarded)")):
+                            ("syslog_tcp", "syslog TCP (until queued for the doppler)")):
             if name in sources:
                 row = sources[name]
                 w(f"| {label} | {fmt(row['records_per_s'])} | {fmt(row['mb_per_s'], 1)} | "
