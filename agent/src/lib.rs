@@ -55,8 +55,11 @@ pub async fn run(
         sources.spawn(source.serve(shutdown.clone()));
     }
     if let Some(source_config) = config.syslog.clone() {
-        let source =
-            sources::syslog::SyslogSource::new(source_config, Arc::clone(&forwarder), metrics.clone());
+        let source = sources::syslog::SyslogSource::new(
+            source_config,
+            Arc::clone(&forwarder),
+            metrics.clone(),
+        );
         sources.spawn(source.serve(shutdown.clone()));
     }
     let ingress =
@@ -74,7 +77,9 @@ pub async fn run(
     let mut result = Ok(());
     while let Some(joined) = sources.join_next().await {
         let outcome = joined.unwrap_or_else(|error| {
-            Err(SluiceError::internal(format!("an agent source failed: {error}")))
+            Err(SluiceError::internal(format!(
+                "an agent source failed: {error}"
+            )))
         });
         if let Err(error) = outcome {
             if result.is_ok() {

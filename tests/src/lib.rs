@@ -320,6 +320,16 @@ impl Sluice {
         }
     }
 
+    /// The Prometheus text the query API serves at `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.api))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The total count of a search.
     pub async fn search_total(&self, query: &str) -> u64 {
         let (status, body) = self.search(query, 1).await;
@@ -417,6 +427,14 @@ pub fn s3_server() -> (String, String, String, String) {
 pub fn kafka_brokers() -> String {
     std::env::var("SLUICE_TEST_KAFKA_BROKERS").unwrap_or_else(|_| {
         panic!("SLUICE_TEST_KAFKA_BROKERS is not set: start the broker with `scripts/services start kafka` and load its variables with `eval \"$(scripts/services env)\"` (scripts/test does both)")
+    })
+}
+
+/// The Python interpreter `scripts/services start <service>` installed, named by the
+/// environment variable `variable`; fails saying how to get it.
+pub fn test_python(variable: &str, service: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| {
+        panic!("{variable} is not set: create it with `scripts/services start {service}` and load its variables with `eval \"$(scripts/services env)\"` (scripts/test does both)")
     })
 }
 

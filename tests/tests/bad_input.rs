@@ -118,12 +118,7 @@ async fn malformed_oversized_and_invalid_utf8_input() {
     // Nothing accepted before the bad requests went missing, and the refused ones left nothing.
     assert_eq!(sluice.search_total("keepme").await, 11);
     assert_eq!(sluice.search_total("small").await, 0);
-    let metrics = reqwest::get(format!("{}/metrics", sluice.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sluice.metrics_text().await;
     assert!(
         metrics.contains("sluice_agent_envelopes_rejected_total{reason=\"too_large\"} 2"),
         "{metrics}"

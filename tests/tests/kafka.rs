@@ -142,9 +142,7 @@ async fn every_role_as_its_own_process_gives_the_same_answers() {
 /// (docs/bus-format.md): agent id, sequence, and each envelope's fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_kafka_client_reads_and_decodes_the_topic() {
-    let python = std::env::var("SLUICE_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("SLUICE_TEST_PYTHON is not set: create it with `scripts/services start kafka` and load its variables with `eval \"$(scripts/services env)\"` (scripts/test does both)")
-    });
+    let python = sluice_tests::test_python("SLUICE_TEST_PYTHON", "kafka");
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("python");
     let sluice = Sluice::start_with_config(&dir.path().join("data"), &kafka_section(&topic)).await;

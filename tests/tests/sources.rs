@@ -12,12 +12,7 @@ use sluice_tests::Sluice;
 
 /// The value of `name{labels}` in the Prometheus text at `/metrics` (0 when absent).
 async fn metric(sluice: &Sluice, name: &str, labels: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", sluice.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sluice.metrics_text().await;
     text.lines()
         .filter(|line| line.starts_with(name) && line.contains(labels))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
@@ -49,9 +44,7 @@ async fn wait_search(sluice: &Sluice, query: &str, expected: u64) {
 /// alone with a per-item error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_and_opensearch_clients_deliver_every_document() {
-    let python = std::env::var("SLUICE_TEST_CLIENTS_PYTHON").unwrap_or_else(|_| {
-        panic!("SLUICE_TEST_CLIENTS_PYTHON is not set: create it with `scripts/services start clients` and load its variables with `eval \"$(scripts/services env)\"` (scripts/test does both)")
-    });
+    let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data")).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/es_clients.py");
@@ -366,7 +359,12 @@ async fn logger_delivers_over_tcp_and_udp_in_both_formats() {
     )
     .await;
     assert_eq!(
-        metric(&sluice, "sluice_agent_source_records_total", "source=\"syslog\"").await,
+        metric(
+            &sluice,
+            "sluice_agent_source_records_total",
+            "source=\"syslog\""
+        )
+        .await,
         900
     );
 }
@@ -411,5 +409,123 @@ async fn bad_syslog_messages_are_refused_one_by_one() {
             1,
             "{reason}"
         );
+    }
+}
+
+/// rsyslog (Debian's 8.2302, unpacked by `scripts/services start clients`) as a relay in
+/// front of Sluice, configured as the README says: `omfwd` over TCP with octet counting in RFC
+/// 5424, and `omelasticsearch` in bulk mode for the messages that say so. `logger` feeds
+/// rsyslog's own TCP input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_forwards_with_omfwd_and_omelasticsearch() {
+    let root = std::path::PathBuf::from(std::env::var("SLUICE_TEST_RSYSLOG_ROOT").unwrap_or_else(|_| {
+        panic!("SLUICE_TEST_RSYSLOG_ROOT is not set: unpack rsyslog with `scripts/services start clients` and load its variables with `eval \"$(scripts/services env)\"` (scripts/test does both)")
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data")).await;
+    let (_, syslog_port) = sluice.syslog.split_once(':').unwrap();
+    let (_, es_port) = sluice.elasticsearch.split_once(':').unwrap();
+    let input_port = sluice_tests::free_port();
+    let work = dir.path().join("rsyslog");
+    std::fs::create_dir_all(&work).unwrap();
+    let config = format!(
+        r#"global(workDirectory="{work}")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="{input_port}")
+module(load="omelasticsearch")
+template(name="sluice-json" type="list" option.jsonf="on") {{
+  property(outname="@timestamp" name="timereported" dateFormat="rfc3339" format="jsonf")
+  property(outname="host" name="hostname" format="jsonf")
+  property(outname="app" name="app-name" format="jsonf")
+  property(outname="message" name="msg" format="jsonf")
+}}
+if $msg contains "viabulk" then {{
+  action(type="omelasticsearch" server="127.0.0.1" serverport="{es_port}"
+         searchIndex="relayed" template="sluice-json" bulkmode="on"
+         errorFile="{work}/es-errors.json")
+}} else {{
+  action(type="omfwd" target="127.0.0.1" port="{syslog_port}" protocol="tcp"
+         TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+}}
+"#,
+        work = work.display()
+    );
+    let config_path = work.join("rsyslog.conf");
+    std::fs::write(&config_path, config).unwrap();
+    let libraries = root.join("usr/lib/x86_64-linux-gnu");
+    let log = std::fs::File::create(work.join("rsyslogd.log")).unwrap();
+    let _rsyslogd = Relay {
+        log: work.join("rsyslogd.log"),
+        child: Command::new(root.join("usr/sbin/rsyslogd"))
+            .arg("-n")
+            .arg("-f")
+            .arg(&config_path)
+            .arg("-i")
+            .arg(work.join("rsyslogd.pid"))
+            .arg("-M")
+            .arg(libraries.join("rsyslog"))
+            .env("LD_LIBRARY_PATH", &libraries)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    };
+    sluice_tests::wait_listening(&format!("127.0.0.1:{input_port}"), Duration::from_secs(30)).await;
+    let port = input_port.to_string();
+    let lines = |token: &str| {
+        (0..200)
+            .map(|n| format!("{token} n{n} relayed\n"))
+            .collect::<String>()
+    };
+    for (tag, token) in [("relayfwd", "viaomfwd"), ("relaybulk", "viabulk")] {
+        logger(
+            &[
+                "--server",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--tcp",
+                "--octet-count",
+                "--rfc5424",
+                "-t",
+                tag,
+            ],
+            &lines(token),
+        );
+    }
+    wait_search(&sluice, "viaomfwd", 200).await;
+    wait_search(&sluice, "viabulk", 200).await;
+    wait_sql(
+        &sluice,
+        "SELECT count(*) FROM logs WHERE source_id = 'relayfwd' AND tags['app_name'] = 'relayfwd' \
+             AND tags['host'] IS NOT NULL AND message LIKE 'viaomfwd n% relayed'",
+        200,
+    )
+    .await;
+    wait_sql(
+        &sluice,
+        "SELECT count(*) FROM logs WHERE source_id = 'relayed' AND tags['app'] = 'relaybulk' \
+             AND message LIKE 'viabulk n% relayed'",
+        200,
+    )
+    .await;
+}
+
+/// rsyslogd, stopped when the test ends; its log is printed if the test failed.
+struct Relay {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- rsyslogd log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
     }
 }

@@ -108,8 +108,8 @@ pub fn parse(
         .filter(|(_, line)| !line.is_empty());
     let mut items = Vec::new();
     while let Some((number, line)) = lines.next() {
-        let (action, meta) = parse_action(line)
-            .map_err(|reason| BulkError(format!("line {number}: {reason}")))?;
+        let (action, meta) =
+            parse_action(line).map_err(|reason| BulkError(format!("line {number}: {reason}")))?;
         let index = match meta.get("_index") {
             Some(Value::String(index)) if !index.is_empty() => index.clone(),
             Some(_) => {
@@ -223,7 +223,10 @@ pub fn map_document(
     now: i64,
 ) -> Result<Envelope, ItemError> {
     let value: Value = serde_json::from_slice(line).map_err(|error| {
-        ItemError::document("malformed_json", format!("failed to parse document: {error}"))
+        ItemError::document(
+            "malformed_json",
+            format!("failed to parse document: {error}"),
+        )
     })?;
     let Value::Object(mut document) = value else {
         return Err(ItemError::document(

@@ -1,5 +1,6 @@
-//! The HTTP server: `GET /` and `HEAD /` (what client product checks ask), `POST`/`PUT` on
-//! `/_bulk` and `/{index}/_bulk`; every answer carries `X-Elastic-Product: Elasticsearch`.
+//! The HTTP server: `GET /` and `HEAD /` (what client product checks ask), the cluster health
+//! checks shippers make before sending, `POST`/`PUT` on `/_bulk` and `/{index}/_bulk`; every
+//! answer carries `X-Elastic-Product: Elasticsearch`.
 //!
 //! A bulk request is answered only once every document it accepted is durable on the bus, as
 //! the Loggregator ingress does; a request whose documents could not be forwarded (the agent
@@ -80,6 +81,8 @@ impl ElasticsearchSource {
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(info).head(info))
+        .route("/_cluster/health", get(cluster_health))
+        .route("/_cat/health", get(cat_health))
         .route("/_bulk", any(bulk_without_index))
         .route("/{index}/_bulk", any(bulk_with_index))
         .fallback(not_found)
@@ -116,6 +119,37 @@ async fn info() -> Response {
     .into_response()
 }
 
+/// What shippers' connection checks ask for (Filebeat, Logstash: `/_cluster/health`; rsyslog's
+/// `omelasticsearch`: `/_cat/health`). Sluice takes documents whenever it is up.
+async fn cluster_health() -> Response {
+    axum::Json(json!({
+        "cluster_name": "sluice",
+        "status": "green",
+        "timed_out": false,
+        "number_of_nodes": 1,
+        "number_of_data_nodes": 1,
+        "active_primary_shards": 1,
+        "active_shards": 1,
+        "relocating_shards": 0,
+        "initializing_shards": 0,
+        "unassigned_shards": 0,
+        "active_shards_percent_as_number": 100.0
+    }))
+    .into_response()
+}
+
+async fn cat_health() -> Response {
+    let seconds = sluice_common::time::now_nanos() / 1_000_000_000;
+    let clock = seconds.rem_euclid(86_400);
+    format!(
+        "{seconds} {:02}:{:02}:{:02} sluice green 1 1 1 1 0 0 0 0 - 100.0%\n",
+        clock / 3_600,
+        clock % 3_600 / 60,
+        clock % 60
+    )
+    .into_response()
+}
+
 /// An error shaped like Elasticsearch's.
 fn error(status: StatusCode, kind: &str, reason: &str) -> Response {
     (
@@ -137,7 +171,8 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
         StatusCode::NOT_FOUND,
         "illegal_argument_exception",
         &format!(
-            "Sluice serves only GET / and POST|PUT /_bulk, /{{index}}/_bulk, not {method} {}",
+            "Sluice serves only GET /, the health checks and POST|PUT /_bulk, /{{index}}/_bulk, \
+             not {method} {}",
             uri.path()
         ),
     )
@@ -211,10 +246,9 @@ async fn bulk_request(
         } else {
             raw.to_vec()
         };
-        bulk::parse(&body, url_index.as_deref(), &work.mapping, now)
-            .map_err(|bulk::BulkError(reason)| {
-                (StatusCode::BAD_REQUEST, "malformed_action", reason)
-            })
+        bulk::parse(&body, url_index.as_deref(), &work.mapping, now).map_err(
+            |bulk::BulkError(reason)| (StatusCode::BAD_REQUEST, "malformed_action", reason),
+        )
     })
     .await;
     let mut items = match parsed {

@@ -39,9 +39,30 @@ const SEVERITIES: [&str; 8] = [
     "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
 ];
 const FACILITIES: [&str; 24] = [
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
-    "ftp", "ntp", "security", "console", "solaris-cron", "local0", "local1", "local2", "local3",
-    "local4", "local5", "local6", "local7",
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "security",
+    "console",
+    "solaris-cron",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
 ];
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -302,8 +323,7 @@ fn parse_3164(input: &[u8], now: i64) -> Parsed {
     // HOSTNAME, unless the next word is already the tag (`tag:` or `tag[pid]:`).
     if timestamp.is_some() {
         let (word, after) = field(rest);
-        if !word.is_empty() && !word.ends_with(b":") && !word.contains(&b'[') && !after.is_empty()
-        {
+        if !word.is_empty() && !word.ends_with(b":") && !word.contains(&b'[') && !after.is_empty() {
             tags.insert("host".to_owned(), text(word));
             rest = after;
         }

@@ -107,10 +107,19 @@ fn text_without_a_header_is_kept_whole() {
 
 #[test]
 fn malformed_messages_are_refused_with_a_reason() {
-    let reason =
-        |message: &str| parse_message(message.as_bytes(), "syslog", NOW).map(|_| ()).err();
-    assert_eq!(reason("<192>1 - - - - - - x").map(|r| r.metric), Some("bad_priority"));
-    assert_eq!(reason("<1>1 notadate h a p m - x").map(|r| r.metric), Some("bad_timestamp"));
+    let reason = |message: &str| {
+        parse_message(message.as_bytes(), "syslog", NOW)
+            .map(|_| ())
+            .err()
+    };
+    assert_eq!(
+        reason("<192>1 - - - - - - x").map(|r| r.metric),
+        Some("bad_priority")
+    );
+    assert_eq!(
+        reason("<1>1 notadate h a p m - x").map(|r| r.metric),
+        Some("bad_timestamp")
+    );
     assert_eq!(reason("<1>1 - h a").map(|r| r.metric), Some("bad_header"));
     assert_eq!(
         reason("<1>1 - h a p m [id x=unquoted] m").map(|r| r.metric),
@@ -140,11 +149,21 @@ fn framing_octet_counting_newlines_and_oversize() {
 
     assert_eq!(
         next_frame(b"200 <13>abc", 100),
-        Ok(Some((Frame::TooLarge { then: Discard::Bytes(193) }, 11)))
+        Ok(Some((
+            Frame::TooLarge {
+                then: Discard::Bytes(193)
+            },
+            11
+        )))
     );
     assert_eq!(
         next_frame(&[b'x'; 150], 100),
-        Ok(Some((Frame::TooLarge { then: Discard::ToNewline }, 150)))
+        Ok(Some((
+            Frame::TooLarge {
+                then: Discard::ToNewline
+            },
+            150
+        )))
     );
     assert!(matches!(
         next_frame(b"12345678901234 x", 100),
@@ -162,25 +181,8 @@ fn arbitrary_bytes_never_panic() {
         b"12 <13>hello wor\n",
         b"<13>\xff\xfe\x00 [x=\"",
     ];
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    for round in 0..20_000 {
-        let seed = seeds[round % seeds.len()];
-        let mut input = seed.to_vec();
-        for _ in 0..(next() % 6) {
-            let position = (next() as usize) % (input.len() + 1);
-            match next() % 3 {
-                0 if position < input.len() => input[position] = next() as u8,
-                1 => input.insert(position, b"<>[]\"\\= 0123456789\n"[(next() % 19) as usize]),
-                _ => input.truncate(position),
-            }
-        }
-        let _ = parse_message(&input, "syslog", NOW);
-        let _ = next_frame(&input, 64);
-    }
+    crate::sources::mutated_inputs(&seeds, b"<>[]\"\\= 0123456789\n", 20_000, |input| {
+        let _ = parse_message(input, "syslog", NOW);
+        let _ = next_frame(input, 64);
+    });
 }
