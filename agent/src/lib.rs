@@ -58,8 +58,9 @@ pub async fn run(
         let source = sources::syslog::SyslogSource::new(
             source_config,
             Arc::clone(&forwarder),
+            &tls,
             metrics.clone(),
-        );
+        )?;
         sources.spawn(source.serve(shutdown.clone()));
     }
     let ingress =

@@ -105,6 +105,12 @@ impl TlsMaterial {
             .map(|endpoint| endpoint.connect_timeout(connect_timeout))
     }
 
+    /// This node's certificate chain and private key, PEM encoded, for servers that are not
+    /// gRPC (the syslog source's TLS).
+    pub fn identity_pem(&self) -> (&str, &str) {
+        (&self.cert_pem, &self.key_pem)
+    }
+
     /// The CA certificate, PEM encoded.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem

@@ -529,3 +529,66 @@ impl Drop for Relay {
         }
     }
 }
+
+/// Syslog over TLS (RFC 5425) on the same port: a TLS client (Python's `ssl`, verifying the
+/// agent's certificate against the CA `sluice up` made) sends octet-counted RFC 5424 messages;
+/// a client that does not trust the CA fails its handshake and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_over_tls_on_the_same_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data")).await;
+    let (host, port) = sluice.syslog.split_once(':').unwrap();
+    let ca = sluice.data_dir.join("tls/ca.pem");
+    let script = r#"
+import socket, ssl, sys
+host, port, ca, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+context = ssl.create_default_context(cafile=ca)
+with socket.create_connection((host, port)) as raw:
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        for n in range(count):
+            message = f"<14>1 - tlshost tlsapp - - - tlsline n{n} over tls".encode()
+            tls.sendall(b"%d %s" % (len(message), message))
+# Not trusting the CA: the handshake fails, nothing is sent.
+try:
+    with socket.create_connection((host, port)) as raw:
+        with ssl.create_default_context().wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"<14>1 - h a - - - untrusted")
+    print("untrusted handshake succeeded")
+    sys.exit(1)
+except ssl.SSLError:
+    pass
+"#;
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(host)
+        .arg(port)
+        .arg(&ca)
+        .arg("250")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_search(&sluice, "tlsline", 250).await;
+    wait_sql(
+        &sluice,
+        "SELECT count(*) FROM logs WHERE source_id = 'tlsapp' AND tags['host'] = 'tlshost' \
+         AND message LIKE 'tlsline n% over tls'",
+        250,
+    )
+    .await;
+    assert_eq!(sluice.search_total("untrusted").await, 0);
+    assert_eq!(
+        metric(
+            &sluice,
+            "sluice_agent_source_records_rejected_total",
+            "reason=\"tls_handshake\""
+        )
+        .await,
+        1
+    );
+}

@@ -1,5 +1,9 @@
 //! The syslog listeners: TCP (each connection framed by octet counting or newlines, told
-//! apart per message) and UDP (one message per datagram) on the same port.
+//! apart per message), TLS (a TCP connection whose first byte opens a TLS handshake; RFC 5425)
+//! and UDP (one message per datagram), all on the same port.
+//!
+//! TLS presents the agent's node certificate (the one its gRPC hops use, signed by the
+//! configured CA: `<data_dir>/tls/ca.pem` by default) and asks no certificate of the client.
 //!
 //! Syslog has no acknowledgements, so messages are forwarded without waiting for the
 //! doppler; when the agent's pending limit is reached, reading a TCP connection waits, which
@@ -12,9 +16,11 @@ use std::sync::Arc;
 use sluice_common::SluiceError;
 use sluice_common::config::SyslogSourceConfig;
 use sluice_common::shutdown::Shutdown;
+use sluice_common::tls::TlsMaterial;
 use sluice_proto::v2::Envelope;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::parse::{self, Discard, Frame};
@@ -25,6 +31,7 @@ const SOURCE: &str = "syslog";
 
 struct Shared {
     forwarder: Arc<Forwarder>,
+    tls: TlsAcceptor,
     metrics: AgentMetrics,
     max_message_bytes: usize,
     default_source_id: String,
@@ -41,15 +48,17 @@ impl SyslogSource {
     pub fn new(
         config: SyslogSourceConfig,
         forwarder: Arc<Forwarder>,
+        tls: &TlsMaterial,
         metrics: AgentMetrics,
-    ) -> SyslogSource {
+    ) -> Result<SyslogSource, SluiceError> {
         let shared = Arc::new(Shared {
             forwarder,
+            tls: tls_acceptor(tls)?,
             metrics,
             max_message_bytes: config.max_message_bytes,
             default_source_id: config.default_source_id.clone(),
         });
-        SyslogSource { config, shared }
+        Ok(SyslogSource { config, shared })
     }
 
     /// Serves TCP and UDP until `shutdown` fires.
@@ -83,7 +92,7 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shu
                     let shared = Arc::clone(&shared);
                     let connection_shutdown = shutdown.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = read_connection(stream, &shared, connection_shutdown).await {
+                        if let Err(error) = serve_connection(stream, &shared, connection_shutdown).await {
                             debug!(peer = %peer, error = %error, "syslog connection ended");
                         }
                     });
@@ -97,8 +106,62 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shu
     }
 }
 
-async fn read_connection(
-    mut stream: TcpStream,
+/// The node certificate for TLS clients; no client certificate asked for.
+fn tls_acceptor(tls: &TlsMaterial) -> Result<TlsAcceptor, SluiceError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid =
+        |error: String| SluiceError::invalid(format!("syslog tls: the node certificate: {error}"));
+    let (cert_pem, key_pem) = tls.identity_pem();
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid(error.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|error| invalid(error.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|error| invalid(error.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|error| invalid(error.to_string()))?;
+    // Syslog senders never read. A TLS 1.3 session ticket sent after the handshake would sit
+    // unread in the sender's socket, and closing a socket with unread data sends a reset,
+    // which throws away what the sender wrote last before this side read it.
+    config.send_tls13_tickets = 0;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TLS record starts with content type 22 (handshake); a syslog frame with a digit or `<`.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+async fn serve_connection(
+    stream: TcpStream,
+    shared: &Shared,
+    shutdown: Shutdown,
+) -> Result<(), String> {
+    let mut first = [0_u8; 1];
+    let peeked = stream
+        .peek(&mut first)
+        .await
+        .map_err(|error| error.to_string())?;
+    if peeked == 1 && first[0] == TLS_HANDSHAKE {
+        let stream = match shared.tls.accept(stream).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                shared.metrics.source_refused(SOURCE, "tls_handshake");
+                return Err(format!("tls handshake failed: {error}"));
+            }
+        };
+        read_connection(stream, shared, shutdown).await
+    } else {
+        read_connection(stream, shared, shutdown).await
+    }
+}
+
+async fn read_connection<S: AsyncRead + Unpin>(
+    mut stream: S,
     shared: &Shared,
     mut shutdown: Shutdown,
 ) -> Result<(), String> {
