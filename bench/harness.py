@@ -311,10 +311,11 @@ doppler = "127.0.0.1:{ports['doppler']}"
     @staticmethod
     def source_sections(ports):
         """The agent sources on the given ports, or off (the phases that do not measure them)."""
+        off = "[agent.host_metrics]\nenabled = false\n"
         if "es" not in ports:
-            return "[agent.elasticsearch]\nenabled = false\n[agent.syslog]\nenabled = false\n"
-        return (f"[agent.elasticsearch]\nlisten = \"127.0.0.1:{ports['es']}\"\n"
-                f"[agent.syslog]\nlisten = \"127.0.0.1:{ports['syslog']}\"\n")
+            return off + "[agent.elasticsearch]\nenabled = false\n[agent.syslog]\nenabled = false\n"
+        return off + (f"[agent.elasticsearch]\nlisten = \"127.0.0.1:{ports['es']}\"\n"
+                      f"[agent.syslog]\nlisten = \"127.0.0.1:{ports['syslog']}\"\n")
 
     # ----- phases --------------------------------------------------------------------------
 

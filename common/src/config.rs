@@ -123,6 +123,31 @@ pub struct RawAgentConfig {
     /// The syslog source (RFC 5424 and RFC 3164 over TCP, UDP and TLS).
     #[serde(default)]
     pub syslog: RawSyslogSourceConfig,
+    /// The host metrics source (CPU, load, memory, network, disks from `/proc`).
+    #[serde(default)]
+    pub host_metrics: RawHostMetricsSourceConfig,
+}
+
+/// `[agent.host_metrics]`: gauges of the host from `/proc` every interval.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHostMetricsSourceConfig {
+    /// Sample (every source is on unless turned off).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Time between samples.
+    #[serde(default = "default_host_interval")]
+    pub interval: String,
+    /// source_id of the gauges.
+    #[serde(default = "default_host_source_id")]
+    pub source_id: String,
+}
+
+fn default_host_interval() -> String {
+    "10s".to_owned()
+}
+fn default_host_source_id() -> String {
+    "host".to_owned()
 }
 
 /// `[agent.elasticsearch]`: an Elasticsearch-compatible `_bulk` endpoint over HTTP.
@@ -498,6 +523,29 @@ fn validate_syslog(raw: RawSyslogSourceConfig) -> Result<Option<SyslogSourceConf
     }))
 }
 
+fn validate_host_metrics(
+    raw: RawHostMetricsSourceConfig,
+) -> Result<Option<HostMetricsSourceConfig>, SluiceError> {
+    if !raw.enabled {
+        return Ok(None);
+    }
+    let interval = parse_duration("agent.host_metrics.interval", &raw.interval)?;
+    if interval < Duration::from_millis(100) {
+        return Err(SluiceError::invalid(
+            "agent.host_metrics.interval: must be at least 100ms",
+        ));
+    }
+    if raw.source_id.trim().is_empty() {
+        return Err(SluiceError::invalid(
+            "agent.host_metrics.source_id: must not be empty",
+        ));
+    }
+    Ok(Some(HostMetricsSourceConfig {
+        interval,
+        source_id: raw.source_id,
+    }))
+}
+
 macro_rules! default_from_empty_table {
     ($($name:ident),*) => {$(
         impl Default for $name {
@@ -514,6 +562,7 @@ default_from_empty_table!(
     RawAgentConfig,
     RawElasticsearchSourceConfig,
     RawSyslogSourceConfig,
+    RawHostMetricsSourceConfig,
     RawDopplerConfig,
     RawIndexerConfig,
     RawRetentionConfig,
@@ -570,6 +619,17 @@ pub struct AgentConfig {
     pub elasticsearch: Option<ElasticsearchSourceConfig>,
     /// The syslog source, when on.
     pub syslog: Option<SyslogSourceConfig>,
+    /// The host metrics source, when on.
+    pub host_metrics: Option<HostMetricsSourceConfig>,
+}
+
+/// Validated `[agent.host_metrics]`.
+#[derive(Debug, Clone)]
+pub struct HostMetricsSourceConfig {
+    /// Time between samples.
+    pub interval: Duration,
+    /// source_id of the gauges.
+    pub source_id: String,
 }
 
 /// Validated `[agent.elasticsearch]`.
@@ -798,6 +858,7 @@ impl RawConfig {
                 state_dir: data_dir.join("agent"),
                 elasticsearch: validate_elasticsearch(self.agent.elasticsearch)?,
                 syslog: validate_syslog(self.agent.syslog)?,
+                host_metrics: validate_host_metrics(self.agent.host_metrics)?,
             },
             doppler: DopplerConfig {
                 listen: self.doppler.listen,

@@ -77,6 +77,9 @@ struct ServerArgs {
     /// `agent.<source>.enabled`).
     #[arg(long)]
     no_sources: bool,
+    /// Do not sample host metrics (overrides `agent.host_metrics.enabled`).
+    #[arg(long)]
+    no_host_metrics: bool,
     /// Retention flush interval, e.g. `2s` (overrides `retention.flush_interval`).
     #[arg(long)]
     retention_flush_interval: Option<String>,

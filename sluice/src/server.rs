@@ -60,6 +60,10 @@ fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     if args.no_sources {
         raw.agent.elasticsearch.enabled = false;
         raw.agent.syslog.enabled = false;
+        raw.agent.host_metrics.enabled = false;
+    }
+    if args.no_host_metrics {
+        raw.agent.host_metrics.enabled = false;
     }
     if let Some(interval) = &args.retention_flush_interval {
         raw.retention.flush_interval = interval.clone();

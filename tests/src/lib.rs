@@ -112,6 +112,14 @@ impl Sluice {
         if let Some(config) = &config {
             command.arg("--config").arg(config);
         }
+        // Host gauges would land among the tests' own metrics; a test that wants them says so
+        // in its configuration.
+        let wants_host_metrics = config.as_ref().is_some_and(|path| {
+            std::fs::read_to_string(path).is_ok_and(|text| text.contains("[agent.host_metrics]"))
+        });
+        if !wants_host_metrics {
+            command.arg("--no-host-metrics");
+        }
         let child = command
             .arg("--data-dir")
             .arg(data_dir)

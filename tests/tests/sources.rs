@@ -592,3 +592,58 @@ except ssl.SSLError:
         1
     );
 }
+
+/// Host metrics every 500 ms: CPU, memory and per-device gauges of this machine, found by SQL
+/// in the `gauges` table with their units and tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_metrics_arrive_as_gauges() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start_with_config(
+        &dir.path().join("data"),
+        "[agent.host_metrics]\ninterval = \"500ms\"\nsource_id = \"thishost\"\n",
+    )
+    .await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    for (name, unit) in [
+        ("cpu.idle", "percent"),
+        ("memory.total", "bytes"),
+        ("load.1m", ""),
+    ] {
+        let query = format!(
+            "SELECT count(*) > 0 FROM gauges WHERE source_id = 'thishost' AND name = '{name}' \
+             AND unit = '{unit}' AND instance_id = '{host}' AND tags['host'] = '{host}'"
+        );
+        sluice
+            .wait_for(&query, 1, Duration::from_secs(60), || async {
+                let (status, body) = sluice.sql(&query).await;
+                assert_eq!(status, 200, "{body}");
+                body["rows"][0]
+                    .as_object()
+                    .and_then(|row| row.values().next())
+                    .and_then(Value::as_bool)
+                    .map_or(0, u64::from)
+            })
+            .await;
+    }
+    let total = sluice
+        .sql_number(
+            "SELECT CAST(max(value) AS BIGINT) FROM gauges WHERE source_id = 'thishost' \
+             AND name = 'memory.total'",
+        )
+        .await;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let expected_kb: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert_eq!(total, expected_kb * 1024);
+    let busy = sluice
+        .sql_number(
+            "SELECT count(*) FROM gauges WHERE source_id = 'thishost' \
+             AND name = 'cpu.idle' AND value BETWEEN 0 AND 100",
+        )
+        .await;
+    assert!(busy >= 1);
+}
