@@ -71,6 +71,14 @@ pub async fn run(
         );
         sources.spawn(source.serve(shutdown.clone()));
     }
+    if let Some(source_config) = config.prometheus.clone() {
+        let source = sources::prometheus::PrometheusSource::new(
+            source_config,
+            Arc::clone(&forwarder),
+            metrics.clone(),
+        );
+        sources.spawn(source.serve(shutdown.clone()));
+    }
     let ingress =
         sources::loggregator::LoggregatorIngress::new(Arc::clone(&forwarder), &config, metrics);
     sources.spawn({

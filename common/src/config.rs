@@ -126,6 +126,46 @@ pub struct RawAgentConfig {
     /// The host metrics source (CPU, load, memory, network, disks from `/proc`).
     #[serde(default)]
     pub host_metrics: RawHostMetricsSourceConfig,
+    /// Scraping Prometheus text endpoints.
+    #[serde(default)]
+    pub prometheus: RawPrometheusSourceConfig,
+}
+
+/// `[agent.prometheus]`: Prometheus text endpoints scraped every interval (on when it names
+/// targets).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrometheusSourceConfig {
+    /// Time between scrapes.
+    #[serde(default = "default_scrape_interval")]
+    pub interval: String,
+    /// Largest page accepted, in bytes.
+    #[serde(default = "default_max_page_bytes")]
+    pub max_page_bytes: usize,
+    /// `[[agent.prometheus.targets]]`.
+    #[serde(default)]
+    pub targets: Vec<RawPrometheusTarget>,
+}
+
+/// One `[[agent.prometheus.targets]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrometheusTarget {
+    /// `http://host:port/metrics`.
+    pub url: String,
+    /// source_id of its samples.
+    #[serde(default = "default_prometheus_source_id")]
+    pub source_id: String,
+}
+
+fn default_scrape_interval() -> String {
+    "15s".to_owned()
+}
+fn default_max_page_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_prometheus_source_id() -> String {
+    "prometheus".to_owned()
 }
 
 /// `[agent.host_metrics]`: gauges of the host from `/proc` every interval.
@@ -546,6 +586,54 @@ fn validate_host_metrics(
     }))
 }
 
+fn validate_prometheus(
+    raw: RawPrometheusSourceConfig,
+) -> Result<Option<PrometheusSourceConfig>, SluiceError> {
+    if raw.targets.is_empty() {
+        return Ok(None);
+    }
+    let interval = parse_duration("agent.prometheus.interval", &raw.interval)?;
+    if interval < Duration::from_millis(100) {
+        return Err(SluiceError::invalid(
+            "agent.prometheus.interval: must be at least 100ms",
+        ));
+    }
+    let mut targets = Vec::with_capacity(raw.targets.len());
+    for (index, target) in raw.targets.into_iter().enumerate() {
+        let field = format!("agent.prometheus.targets[{index}]");
+        let url = url::Url::parse(&target.url)
+            .map_err(|error| SluiceError::invalid(format!("{field}.url: {error}")))?;
+        if url.scheme() != "http" {
+            return Err(SluiceError::invalid(format!(
+                "{field}.url: only http:// targets are scraped (not {})",
+                url.scheme()
+            )));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| SluiceError::invalid(format!("{field}.url: no host")))?;
+        let instance = match url.port_or_known_default() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        if target.source_id.trim().is_empty() {
+            return Err(SluiceError::invalid(format!(
+                "{field}.source_id: must not be empty"
+            )));
+        }
+        targets.push(PrometheusTarget {
+            url: target.url,
+            source_id: target.source_id,
+            instance,
+        });
+    }
+    Ok(Some(PrometheusSourceConfig {
+        interval,
+        max_page_bytes: raw.max_page_bytes,
+        targets,
+    }))
+}
+
 macro_rules! default_from_empty_table {
     ($($name:ident),*) => {$(
         impl Default for $name {
@@ -563,6 +651,7 @@ default_from_empty_table!(
     RawElasticsearchSourceConfig,
     RawSyslogSourceConfig,
     RawHostMetricsSourceConfig,
+    RawPrometheusSourceConfig,
     RawDopplerConfig,
     RawIndexerConfig,
     RawRetentionConfig,
@@ -621,6 +710,30 @@ pub struct AgentConfig {
     pub syslog: Option<SyslogSourceConfig>,
     /// The host metrics source, when on.
     pub host_metrics: Option<HostMetricsSourceConfig>,
+    /// Prometheus scraping, when it has targets.
+    pub prometheus: Option<PrometheusSourceConfig>,
+}
+
+/// Validated `[agent.prometheus]`.
+#[derive(Debug, Clone)]
+pub struct PrometheusSourceConfig {
+    /// Time between scrapes.
+    pub interval: Duration,
+    /// Largest page.
+    pub max_page_bytes: usize,
+    /// What to scrape.
+    pub targets: Vec<PrometheusTarget>,
+}
+
+/// A validated scrape target.
+#[derive(Debug, Clone)]
+pub struct PrometheusTarget {
+    /// The URL.
+    pub url: String,
+    /// source_id of its samples.
+    pub source_id: String,
+    /// Its `host:port`, the `instance` tag.
+    pub instance: String,
 }
 
 /// Validated `[agent.host_metrics]`.
@@ -859,6 +972,7 @@ impl RawConfig {
                 elasticsearch: validate_elasticsearch(self.agent.elasticsearch)?,
                 syslog: validate_syslog(self.agent.syslog)?,
                 host_metrics: validate_host_metrics(self.agent.host_metrics)?,
+                prometheus: validate_prometheus(self.agent.prometheus)?,
             },
             doppler: DopplerConfig {
                 listen: self.doppler.listen,

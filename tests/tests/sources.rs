@@ -647,3 +647,80 @@ async fn host_metrics_arrive_as_gauges() {
         .await;
     assert!(busy >= 1);
 }
+
+/// A Prometheus exporter made with the reference Python client (`prometheus_client`) scraped
+/// every 500 ms: its counter (per label set), gauge and histogram series arrive in the
+/// `counters` and `gauges` tables with their labels as tags and the target as `instance`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_exporter_is_scraped_into_counters_and_gauges() {
+    let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");
+    let port = sluice_tests::free_port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/exporter.py");
+    let _exporter = Relay {
+        log: std::env::temp_dir().join(format!("sluice-exporter-{port}.log")),
+        child: Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    sluice_tests::wait_listening(&format!("127.0.0.1:{port}"), Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start_with_config(
+        &dir.path().join("data"),
+        &format!(
+            "[agent.prometheus]\ninterval = \"500ms\"\n\n[[agent.prometheus.targets]]\n\
+             url = \"http://127.0.0.1:{port}/metrics\"\nsource_id = \"shop-exporter\"\n"
+        ),
+    )
+    .await;
+    wait_sql(
+        &sluice,
+        &format!(
+            "SELECT max(total) FROM counters WHERE source_id = 'shop-exporter' \
+             AND name = 'orders_total' AND tags['shop'] = 'a' \
+             AND tags['instance'] = '127.0.0.1:{port}'"
+        ),
+        7,
+    )
+    .await;
+    wait_sql(
+        &sluice,
+        "SELECT max(total) FROM counters WHERE source_id = 'shop-exporter' \
+         AND name = 'orders_total' AND tags['shop'] = 'b'",
+        2,
+    )
+    .await;
+    wait_sql(
+        &sluice,
+        "SELECT CAST(max(value) * 10 AS BIGINT) FROM gauges \
+         WHERE source_id = 'shop-exporter' AND name = 'queue_depth'",
+        425,
+    )
+    .await;
+    wait_sql(
+        &sluice,
+        "SELECT CAST(max(value) AS BIGINT) FROM gauges WHERE source_id = 'shop-exporter' \
+         AND name = 'latency_seconds_bucket' AND tags['le'] = '1.0'",
+        2,
+    )
+    .await;
+    wait_sql(
+        &sluice,
+        "SELECT CAST(max(value) AS BIGINT) FROM gauges WHERE source_id = 'shop-exporter' \
+         AND name = 'latency_seconds_count'",
+        3,
+    )
+    .await;
+    // The exporter's _created series are not measurements.
+    assert_eq!(
+        sluice
+            .sql_number(
+                "SELECT count(*) FROM gauges WHERE source_id = 'shop-exporter' \
+                 AND name LIKE '%_created'"
+            )
+            .await,
+        0
+    );
+}

@@ -4,6 +4,7 @@
 pub mod elasticsearch;
 pub mod host;
 pub mod loggregator;
+pub mod prometheus;
 pub mod syslog;
 
 /// Deterministic mutation of sample inputs, for the parsers' no-panic tests (the fuzz targets
