@@ -79,6 +79,15 @@ pub async fn run(
         );
         sources.spawn(source.serve(shutdown.clone()));
     }
+    if !config.files.is_empty() {
+        let source = sources::files::FilesSource::new(
+            config.files.clone(),
+            &config.state_dir,
+            Arc::clone(&forwarder),
+            metrics.clone(),
+        )?;
+        sources.spawn(source.serve(shutdown.clone()));
+    }
     let ingress =
         sources::loggregator::LoggregatorIngress::new(Arc::clone(&forwarder), &config, metrics);
     sources.spawn({

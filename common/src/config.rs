@@ -129,6 +129,36 @@ pub struct RawAgentConfig {
     /// Scraping Prometheus text endpoints.
     #[serde(default)]
     pub prometheus: RawPrometheusSourceConfig,
+    /// `[[agent.files]]`: files to follow.
+    #[serde(default)]
+    pub files: Vec<RawFileInput>,
+}
+
+/// One `[[agent.files]]`: files to follow, by glob.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileInput {
+    /// Globs (`/var/log/app/*.log`).
+    pub paths: Vec<String>,
+    /// source_id of their lines.
+    pub source_id: String,
+    /// A line matching this regular expression starts a record; others continue the one
+    /// before (stack traces). Unset: every line is a record.
+    #[serde(default)]
+    pub multiline_start: Option<String>,
+    /// Longer lines are split into parts of this many bytes, each tagged `split = "i/n"`.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Where files present at start without a checkpoint begin: `end` or `beginning`.
+    #[serde(default = "default_start_at")]
+    pub start_at: String,
+}
+
+fn default_max_line_bytes() -> usize {
+    256 * 1024
+}
+fn default_start_at() -> String {
+    "end".to_owned()
 }
 
 /// `[agent.prometheus]`: Prometheus text endpoints scraped every interval (on when it names
@@ -634,6 +664,46 @@ fn validate_prometheus(
     }))
 }
 
+fn validate_files(raw: Vec<RawFileInput>) -> Result<Vec<FileInputConfig>, SluiceError> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let field = format!("agent.files[{index}]");
+            if input.paths.is_empty() {
+                return Err(SluiceError::invalid(format!(
+                    "{field}.paths: name at least one glob"
+                )));
+            }
+            if input.source_id.trim().is_empty() {
+                return Err(SluiceError::invalid(format!(
+                    "{field}.source_id: must not be empty"
+                )));
+            }
+            if input.max_line_bytes < 64 {
+                return Err(SluiceError::invalid(format!(
+                    "{field}.max_line_bytes: must be at least 64"
+                )));
+            }
+            let start_at = match input.start_at.as_str() {
+                "end" => StartAt::End,
+                "beginning" => StartAt::Beginning,
+                other => {
+                    return Err(SluiceError::invalid(format!(
+                        "{field}.start_at: {other:?}; expected \"end\" or \"beginning\""
+                    )));
+                }
+            };
+            Ok(FileInputConfig {
+                paths: input.paths,
+                source_id: input.source_id,
+                multiline_start: input.multiline_start,
+                max_line_bytes: input.max_line_bytes,
+                start_at,
+            })
+        })
+        .collect()
+}
+
 macro_rules! default_from_empty_table {
     ($($name:ident),*) => {$(
         impl Default for $name {
@@ -712,6 +782,32 @@ pub struct AgentConfig {
     pub host_metrics: Option<HostMetricsSourceConfig>,
     /// Prometheus scraping, when it has targets.
     pub prometheus: Option<PrometheusSourceConfig>,
+    /// Files to follow.
+    pub files: Vec<FileInputConfig>,
+}
+
+/// Where a followed file without a checkpoint begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// At its start.
+    Beginning,
+    /// At its end (only what is written from now on).
+    End,
+}
+
+/// A validated `[[agent.files]]`.
+#[derive(Debug, Clone)]
+pub struct FileInputConfig {
+    /// Globs.
+    pub paths: Vec<String>,
+    /// source_id of their lines.
+    pub source_id: String,
+    /// Start pattern of multiline records.
+    pub multiline_start: Option<String>,
+    /// Longest line before it is split.
+    pub max_line_bytes: usize,
+    /// Where files without a checkpoint begin.
+    pub start_at: StartAt,
 }
 
 /// Validated `[agent.prometheus]`.
@@ -973,6 +1069,7 @@ impl RawConfig {
                 syslog: validate_syslog(self.agent.syslog)?,
                 host_metrics: validate_host_metrics(self.agent.host_metrics)?,
                 prometheus: validate_prometheus(self.agent.prometheus)?,
+                files: validate_files(self.agent.files)?,
             },
             doppler: DopplerConfig {
                 listen: self.doppler.listen,

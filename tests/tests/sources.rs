@@ -724,3 +724,104 @@ async fn a_prometheus_exporter_is_scraped_into_counters_and_gauges() {
         0
     );
 }
+
+/// Appends `lines` (each followed by a newline) to `path`.
+fn append(path: &std::path::Path, lines: &[String]) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for line in lines {
+        writeln!(file, "{line}").unwrap();
+    }
+}
+
+fn numbered(token: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|n| format!("{token} n{n} line")).collect()
+}
+
+/// Followed files: lines written before and after rotation by rename and by copytruncate, a
+/// new file matching the glob, a multiline stack trace, a line over the limit, and a restart
+/// of `sluice up` in the middle: every line exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_files_survive_rotation_and_restarts_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let app = logs.join("app.log");
+    append(&app, &numbered("tailline", 0..100));
+    let mut sluice = Sluice::start_with_config(
+        &dir.path().join("data"),
+        &format!(
+            "[[agent.files]]\npaths = [\"{}/*.log\"]\nsource_id = \"tailed\"\n\
+             multiline_start = '^(tailline|trace|long)'\nmax_line_bytes = 1024\n\
+             start_at = \"beginning\"\n",
+            logs.display()
+        ),
+    )
+    .await;
+    wait_search(&sluice, "tailline", 100).await;
+
+    // A stack trace (one record) and a line four times the limit (four parts).
+    append(
+        &app,
+        &[
+            "trace boom".to_owned(),
+            "  at first()".to_owned(),
+            "  at second()".to_owned(),
+            format!("long {}", "x".repeat(4_091)),
+        ],
+    );
+    append(&app, &numbered("tailline", 100..200));
+    // Rotation by rename, then a new app.log.
+    std::fs::rename(&app, logs.join("app.log.1")).unwrap();
+    append(&app, &numbered("tailline", 200..300));
+    wait_search(&sluice, "tailline", 300).await;
+
+    // Restart: nothing is read twice; lines written while it is down are read once.
+    sluice.kill_hard();
+    append(&app, &numbered("tailline", 300..400));
+    append(&logs.join("other.log"), &numbered("tailline", 400..450));
+    sluice.restart().await;
+    wait_search(&sluice, "tailline", 450).await;
+
+    // copytruncate: the content is copied away, the file emptied and written again.
+    std::fs::copy(&app, logs.join("app.log.2")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&app)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    append(&app, &numbered("tailline", 450..500));
+    wait_search(&sluice, "tailline", 500).await;
+
+    wait_sql(
+        &sluice,
+        "SELECT count(DISTINCT message) FROM logs WHERE source_id = 'tailed' \
+         AND message LIKE 'tailline n% line'",
+        500,
+    )
+    .await;
+    wait_sql(
+        &sluice,
+        "SELECT count(*) FROM logs WHERE source_id = 'tailed' AND message LIKE 'tailline n% line'",
+        500,
+    )
+    .await;
+    wait_sql(
+        &sluice,
+        "SELECT count(*) FROM logs WHERE source_id = 'tailed' \
+         AND message = 'trace boom\n  at first()\n  at second()'",
+        1,
+    )
+    .await;
+    wait_sql(
+        &sluice,
+        "SELECT count(*) FROM logs WHERE source_id = 'tailed' AND tags['split'] LIKE '%/4' \
+         AND tags['file'] LIKE '%/app.log'",
+        4,
+    )
+    .await;
+}

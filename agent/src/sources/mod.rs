@@ -2,6 +2,7 @@
 //! `source.rs` (the server or reader), `tests.rs`.
 
 pub mod elasticsearch;
+pub mod files;
 pub mod host;
 pub mod loggregator;
 pub mod prometheus;

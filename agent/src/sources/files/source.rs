@@ -1,0 +1,345 @@
+//! Following files: every 250 ms the globs are expanded, new files are opened, and every open
+//! file's new bytes are cut into records, forwarded, and, once a doppler has them on the bus,
+//! checkpointed (`<state_dir>/files-checkpoints.json`, by device and inode). So a restart
+//! resumes each file where its durable records end: nothing is sent twice or skipped.
+//!
+//! Rotation: a file renamed away (rotation by rename) keeps being read through its open handle
+//! until it is drained, while the new file at the path is picked up from its start; a file
+//! whose size drops below the position read (copytruncate) is read again from its start.
+//! Files present when the agent starts with no checkpoint begin at their end
+//! (`start_at = "end"`, the default) or start (`"beginning"`); files that appear later are read
+//! from their start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sluice_common::SluiceError;
+use sluice_common::config::{FileInputConfig, StartAt};
+use sluice_common::shutdown::Shutdown;
+use sluice_proto::v2::{Envelope, Log, envelope};
+use tracing::{debug, info, warn};
+
+use super::reader::{self, Record};
+use crate::forwarder::{Forwarder, Ticket};
+use crate::metrics::AgentMetrics;
+
+const SOURCE: &str = "files";
+const POLL: Duration = Duration::from_millis(250);
+/// A last line without its newline is taken as complete after this long without new bytes;
+/// so is an open multiline record.
+const IDLE_FLUSH: Duration = Duration::from_secs(1);
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// Device and inode: a file's identity across renames.
+type Identity = (u64, u64);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    path: PathBuf,
+    offset: u64,
+}
+
+struct Tracked {
+    input: usize,
+    path: PathBuf,
+    file: File,
+    /// Where the unread bytes start (everything before is in `buffer` or forwarded).
+    read_offset: u64,
+    /// File offset of `buffer[0]`.
+    buffer_start: u64,
+    buffer: Vec<u8>,
+    /// An open multiline record waiting for its continuations.
+    pending: Option<Record>,
+    last_growth: Instant,
+    /// No longer at its path (renamed or deleted): dropped once drained.
+    moved: bool,
+}
+
+struct Input {
+    config: FileInputConfig,
+    multiline: Option<Regex>,
+}
+
+/// The tailed files source.
+pub struct FilesSource {
+    inputs: Vec<Input>,
+    forwarder: Arc<Forwarder>,
+    metrics: AgentMetrics,
+    checkpoint_path: PathBuf,
+}
+
+impl FilesSource {
+    /// A source for `inputs`, keeping its checkpoints in `state_dir`.
+    pub fn new(
+        inputs: Vec<FileInputConfig>,
+        state_dir: &Path,
+        forwarder: Arc<Forwarder>,
+        metrics: AgentMetrics,
+    ) -> Result<FilesSource, SluiceError> {
+        let inputs = inputs
+            .into_iter()
+            .map(|config| {
+                let multiline = config
+                    .multiline_start
+                    .as_deref()
+                    .map(Regex::new)
+                    .transpose()
+                    .map_err(|error| {
+                        SluiceError::invalid(format!("agent.files: multiline_start: {error}"))
+                    })?;
+                Ok(Input { config, multiline })
+            })
+            .collect::<Result<Vec<_>, SluiceError>>()?;
+        Ok(FilesSource {
+            inputs,
+            forwarder,
+            metrics,
+            checkpoint_path: state_dir.join("files-checkpoints.json"),
+        })
+    }
+
+    /// Follows the files until `shutdown` fires.
+    pub async fn serve(self, mut shutdown: Shutdown) -> Result<(), SluiceError> {
+        let mut checkpoints = self.load_checkpoints();
+        let mut tracked: HashMap<Identity, Tracked> = HashMap::new();
+        let mut first_scan = true;
+        info!(
+            inputs = self.inputs.len(),
+            checkpoints = checkpoints.len(),
+            "files source following"
+        );
+        loop {
+            self.scan(&mut tracked, &checkpoints, first_scan);
+            first_scan = false;
+            let identities: Vec<Identity> = tracked.keys().copied().collect();
+            for identity in identities {
+                let Some(file) = tracked.get_mut(&identity) else {
+                    continue;
+                };
+                match self.pump(file).await {
+                    Ok(Some(offset)) => {
+                        checkpoints.insert(
+                            identity_key(identity),
+                            Checkpoint {
+                                path: file.path.clone(),
+                                offset,
+                            },
+                        );
+                        self.save_checkpoints(&checkpoints);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        warn!(path = %file.path.display(), error = %error, "failed to read a followed file");
+                    }
+                }
+                let drained = file.moved
+                    && file.buffer.is_empty()
+                    && file.pending.is_none()
+                    && file.file.metadata().map(|m| m.len()).unwrap_or(0) <= file.read_offset;
+                if drained {
+                    debug!(path = %file.path.display(), "finished a rotated file");
+                    tracked.remove(&identity);
+                }
+            }
+            tokio::select! {
+                () = shutdown.wait() => return Ok(()),
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    fn load_checkpoints(&self) -> BTreeMap<String, Checkpoint> {
+        std::fs::read(&self.checkpoint_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_checkpoints(&self, checkpoints: &BTreeMap<String, Checkpoint>) {
+        let temporary = self.checkpoint_path.with_extension("json.tmp");
+        let written = serde_json::to_vec(checkpoints)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                if let Some(parent) = temporary.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&temporary, bytes)
+            })
+            .and_then(|()| std::fs::rename(&temporary, &self.checkpoint_path));
+        if let Err(error) = written {
+            warn!(error = %error, "failed to write the files checkpoints");
+        }
+    }
+
+    /// Opens files that match and are not followed yet; marks followed files no longer at
+    /// their path.
+    fn scan(
+        &self,
+        tracked: &mut HashMap<Identity, Tracked>,
+        checkpoints: &BTreeMap<String, Checkpoint>,
+        first_scan: bool,
+    ) {
+        let mut present: HashMap<Identity, PathBuf> = HashMap::new();
+        for (index, input) in self.inputs.iter().enumerate() {
+            for pattern in &input.config.paths {
+                let Ok(paths) = glob::glob(pattern) else {
+                    continue;
+                };
+                for path in paths.flatten() {
+                    let Ok(metadata) = std::fs::metadata(&path) else {
+                        continue;
+                    };
+                    if !metadata.is_file() {
+                        continue;
+                    }
+                    let identity = (metadata.dev(), metadata.ino());
+                    present.insert(identity, path.clone());
+                    if tracked.contains_key(&identity) {
+                        continue;
+                    }
+                    let Ok(file) = File::open(&path) else {
+                        continue;
+                    };
+                    let size = metadata.len();
+                    let offset = match checkpoints.get(&identity_key(identity)) {
+                        Some(checkpoint) if checkpoint.offset <= size => checkpoint.offset,
+                        Some(_) => 0,
+                        None if first_scan && input.config.start_at == StartAt::End => size,
+                        None => 0,
+                    };
+                    debug!(path = %path.display(), offset, "following a file");
+                    tracked.insert(
+                        identity,
+                        Tracked {
+                            input: index,
+                            path,
+                            file,
+                            read_offset: offset,
+                            buffer_start: offset,
+                            buffer: Vec::new(),
+                            pending: None,
+                            last_growth: Instant::now(),
+                            moved: false,
+                        },
+                    );
+                }
+            }
+        }
+        for (identity, file) in tracked.iter_mut() {
+            match present.get(identity) {
+                Some(path) => file.path = path.clone(),
+                None => file.moved = true,
+            }
+        }
+    }
+
+    /// Reads what is new in one file and forwards its complete records; returns the offset to
+    /// checkpoint once they are durable.
+    async fn pump(&self, file: &mut Tracked) -> Result<Option<u64>, String> {
+        let input = &self.inputs[file.input];
+        let size = file
+            .file
+            .metadata()
+            .map_err(|error| error.to_string())?
+            .len();
+        if size < file.read_offset {
+            // Truncated (copytruncate): the file starts over.
+            debug!(path = %file.path.display(), "file truncated; reading it from its start");
+            file.read_offset = 0;
+            file.buffer_start = 0;
+            file.buffer.clear();
+            file.pending = None;
+        }
+        let mut grew = false;
+        while file.read_offset < size {
+            let want = ((size - file.read_offset) as usize).min(READ_CHUNK);
+            let mut chunk = vec![0_u8; want];
+            let read = file
+                .file
+                .read_at(&mut chunk, file.read_offset)
+                .map_err(|error| error.to_string())?;
+            if read == 0 {
+                break;
+            }
+            file.buffer.extend_from_slice(&chunk[..read]);
+            file.read_offset += read as u64;
+            grew = true;
+            if file.buffer.len() >= READ_CHUNK {
+                break;
+            }
+        }
+        if grew {
+            file.last_growth = Instant::now();
+        }
+        let idle = file.last_growth.elapsed() >= IDLE_FLUSH;
+        let (records, used) = reader::cut(
+            &file.buffer,
+            file.buffer_start,
+            input.config.max_line_bytes,
+            idle,
+        );
+        file.buffer.drain(..used);
+        file.buffer_start += used as u64;
+        let records = match &input.multiline {
+            Some(start) => {
+                let (done, open) = reader::join(file.pending.take(), records, start, idle);
+                file.pending = open;
+                done
+            }
+            None => records,
+        };
+        let Some(last) = records.last() else {
+            return Ok(None);
+        };
+        let offset = last.end_offset;
+        let path = file.path.display().to_string();
+        let now = sluice_common::time::now_nanos();
+        let envelopes: Vec<Envelope> = records
+            .into_iter()
+            .map(|record| {
+                let mut tags = HashMap::from([("file".to_owned(), path.clone())]);
+                if let Some((part, count)) = record.part {
+                    tags.insert("split".to_owned(), format!("{part}/{count}"));
+                }
+                Envelope {
+                    timestamp: now,
+                    source_id: input.config.source_id.clone(),
+                    tags,
+                    message: Some(envelope::Message::Log(Log {
+                        payload: record.text.into_bytes(),
+                        r#type: 0,
+                    })),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let count = envelopes.len() as u64;
+        let (ticket, done) = Ticket::new();
+        self.forwarder
+            .submit(envelopes, &ticket)
+            .await
+            .map_err(|status| status.message().to_owned())?;
+        drop(ticket);
+        match done.await {
+            Ok(Ok(())) => {
+                self.metrics.source_accepted(SOURCE, count);
+                Ok(Some(offset))
+            }
+            Ok(Err(status)) => Err(format!(
+                "lines not acknowledged: {}; they are read again after a restart",
+                status.message()
+            )),
+            Err(_) => Err("the agent stopped before the lines were acknowledged".to_owned()),
+        }
+    }
+}
+
+fn identity_key((device, inode): Identity) -> String {
+    format!("{device}:{inode}")
+}
