@@ -311,7 +311,7 @@ doppler = "127.0.0.1:{ports['doppler']}"
     @staticmethod
     def source_sections(ports):
         """The agent sources on the given ports, or off (the phases that do not measure them)."""
-        off = "[agent.host_metrics]\nenabled = false\n"
+        off = "[agent.host_metrics]\nenabled = false\n[agent.otlp]\nenabled = false\n"
         if "es" not in ports:
             return off + "[agent.elasticsearch]\nenabled = false\n[agent.syslog]\nenabled = false\n"
         return off + (f"[agent.elasticsearch]\nlisten = \"127.0.0.1:{ports['es']}\"\n"

@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/loggregator/v2/egress.proto",
         "proto/sluice/v1/doppler.proto",
         "proto/sluice/v1/search.proto",
+        "proto/opentelemetry/proto/collector/logs/v1/logs_service.proto",
+        "proto/opentelemetry/proto/collector/metrics/v1/metrics_service.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

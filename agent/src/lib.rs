@@ -88,6 +88,15 @@ pub async fn run(
         )?;
         sources.spawn(source.serve(shutdown.clone()));
     }
+    if let Some(source_config) = config.otlp.clone() {
+        let source = sources::otlp::OtlpSource::new(
+            source_config,
+            Arc::clone(&forwarder),
+            config.max_envelope_bytes,
+            metrics.clone(),
+        );
+        sources.spawn(source.serve(shutdown.clone()));
+    }
     let ingress =
         sources::loggregator::LoggregatorIngress::new(Arc::clone(&forwarder), &config, metrics);
     sources.spawn({

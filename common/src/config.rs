@@ -132,6 +132,49 @@ pub struct RawAgentConfig {
     /// `[[agent.files]]`: files to follow.
     #[serde(default)]
     pub files: Vec<RawFileInput>,
+    /// The OTLP source (logs and metrics over gRPC and HTTP/protobuf).
+    #[serde(default)]
+    pub otlp: RawOtlpSourceConfig,
+}
+
+/// `[agent.otlp]`: OTLP logs and metrics receivers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlpSourceConfig {
+    /// Serve it (every source is on unless turned off).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// OTLP/gRPC address (plaintext).
+    #[serde(default = "default_otlp_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// OTLP/HTTP address (protobuf).
+    #[serde(default = "default_otlp_http_listen")]
+    pub http_listen: SocketAddr,
+    /// Resource attribute whose value becomes the source_id.
+    #[serde(default = "default_source_id_attribute")]
+    pub source_id_attribute: String,
+    /// Quantiles estimated from explicit-bucket histograms, each a gauge `<name>.p<q>`.
+    #[serde(default = "default_histogram_quantiles")]
+    pub histogram_quantiles: Vec<f64>,
+    /// Largest export accepted, in bytes (as sent and after decompression).
+    #[serde(default = "default_otlp_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+fn default_otlp_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4317))
+}
+fn default_otlp_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4318))
+}
+fn default_source_id_attribute() -> String {
+    "service.name".to_owned()
+}
+fn default_histogram_quantiles() -> Vec<f64> {
+    vec![0.5, 0.9, 0.99]
+}
+fn default_otlp_max_message_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 /// One `[[agent.files]]`: files to follow, by glob.
@@ -704,6 +747,38 @@ fn validate_files(raw: Vec<RawFileInput>) -> Result<Vec<FileInputConfig>, Sluice
         .collect()
 }
 
+fn validate_otlp(raw: RawOtlpSourceConfig) -> Result<Option<OtlpSourceConfig>, SluiceError> {
+    if !raw.enabled {
+        return Ok(None);
+    }
+    if raw.grpc_listen == raw.http_listen {
+        return Err(SluiceError::invalid(
+            "agent.otlp: grpc_listen and http_listen must differ",
+        ));
+    }
+    if let Some(bad) = raw
+        .histogram_quantiles
+        .iter()
+        .find(|quantile| !(0.0..=1.0).contains(*quantile))
+    {
+        return Err(SluiceError::invalid(format!(
+            "agent.otlp.histogram_quantiles: {bad} is not between 0 and 1"
+        )));
+    }
+    if raw.source_id_attribute.trim().is_empty() || raw.max_message_bytes == 0 {
+        return Err(SluiceError::invalid(
+            "agent.otlp: source_id_attribute must not be empty and max_message_bytes not 0",
+        ));
+    }
+    Ok(Some(OtlpSourceConfig {
+        grpc_listen: raw.grpc_listen,
+        http_listen: raw.http_listen,
+        source_id_attribute: raw.source_id_attribute,
+        histogram_quantiles: raw.histogram_quantiles,
+        max_message_bytes: raw.max_message_bytes,
+    }))
+}
+
 macro_rules! default_from_empty_table {
     ($($name:ident),*) => {$(
         impl Default for $name {
@@ -722,6 +797,7 @@ default_from_empty_table!(
     RawSyslogSourceConfig,
     RawHostMetricsSourceConfig,
     RawPrometheusSourceConfig,
+    RawOtlpSourceConfig,
     RawDopplerConfig,
     RawIndexerConfig,
     RawRetentionConfig,
@@ -784,6 +860,23 @@ pub struct AgentConfig {
     pub prometheus: Option<PrometheusSourceConfig>,
     /// Files to follow.
     pub files: Vec<FileInputConfig>,
+    /// The OTLP source, when on.
+    pub otlp: Option<OtlpSourceConfig>,
+}
+
+/// Validated `[agent.otlp]`.
+#[derive(Debug, Clone)]
+pub struct OtlpSourceConfig {
+    /// OTLP/gRPC address.
+    pub grpc_listen: SocketAddr,
+    /// OTLP/HTTP address.
+    pub http_listen: SocketAddr,
+    /// Resource attribute naming the source_id.
+    pub source_id_attribute: String,
+    /// Quantiles estimated from histograms.
+    pub histogram_quantiles: Vec<f64>,
+    /// Largest export.
+    pub max_message_bytes: usize,
 }
 
 /// Where a followed file without a checkpoint begins.
@@ -1070,6 +1163,7 @@ impl RawConfig {
                 host_metrics: validate_host_metrics(self.agent.host_metrics)?,
                 prometheus: validate_prometheus(self.agent.prometheus)?,
                 files: validate_files(self.agent.files)?,
+                otlp: validate_otlp(self.agent.otlp)?,
             },
             doppler: DopplerConfig {
                 listen: self.doppler.listen,

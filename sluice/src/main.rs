@@ -73,6 +73,12 @@ struct ServerArgs {
     /// Syslog source address, TCP and UDP (overrides `agent.syslog.listen`).
     #[arg(long)]
     syslog_listen: Option<SocketAddr>,
+    /// OTLP/gRPC source address (overrides `agent.otlp.grpc_listen`).
+    #[arg(long)]
+    otlp_grpc_listen: Option<SocketAddr>,
+    /// OTLP/HTTP source address (overrides `agent.otlp.http_listen`).
+    #[arg(long)]
+    otlp_http_listen: Option<SocketAddr>,
     /// Start no agent source but the Loggregator ingress (overrides every
     /// `agent.<source>.enabled`).
     #[arg(long)]

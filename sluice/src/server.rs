@@ -57,9 +57,18 @@ fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     if let Some(listen) = args.syslog_listen {
         raw.agent.syslog.listen = listen;
     }
+    if let Some(listen) = args.otlp_grpc_listen {
+        raw.agent.otlp.grpc_listen = listen;
+    }
+    if let Some(listen) = args.otlp_http_listen {
+        raw.agent.otlp.http_listen = listen;
+    }
     if args.no_sources {
         raw.agent.elasticsearch.enabled = false;
         raw.agent.syslog.enabled = false;
+        raw.agent.otlp.enabled = false;
+        raw.agent.prometheus.targets.clear();
+        raw.agent.files.clear();
         raw.agent.host_metrics.enabled = false;
     }
     if args.no_host_metrics {

@@ -69,7 +69,11 @@ pub struct Sluice {
     pub elasticsearch: String,
     /// The syslog source's address (TCP and UDP).
     pub syslog: String,
-    source_ports: (u16, u16),
+    source_ports: (u16, u16, u16, u16),
+    /// The OTLP/gRPC source's address.
+    pub otlp_grpc: String,
+    /// The OTLP/HTTP source's address.
+    pub otlp_http: String,
     log_path: PathBuf,
     config: Option<PathBuf>,
 }
@@ -102,9 +106,10 @@ impl Sluice {
         data_dir: &Path,
         ports: (u16, u16, u16),
         config: Option<PathBuf>,
-        source_ports: Option<(u16, u16)>,
+        source_ports: Option<(u16, u16, u16, u16)>,
     ) -> Sluice {
-        let source_ports = source_ports.unwrap_or_else(|| (free_port(), free_port()));
+        let source_ports =
+            source_ports.unwrap_or_else(|| (free_port(), free_port(), free_port(), free_port()));
         let log_path = data_dir.with_extension(format!("log-{}", ports.0));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut command = Command::new(sluice_binary());
@@ -133,6 +138,10 @@ impl Sluice {
             .arg(format!("127.0.0.1:{}", source_ports.0))
             .arg("--syslog-listen")
             .arg(format!("127.0.0.1:{}", source_ports.1))
+            .arg("--otlp-grpc-listen")
+            .arg(format!("127.0.0.1:{}", source_ports.2))
+            .arg("--otlp-http-listen")
+            .arg(format!("127.0.0.1:{}", source_ports.3))
             .arg("--retention-flush-interval")
             .arg("1s")
             .env("RUST_LOG", "info")
@@ -149,6 +158,8 @@ impl Sluice {
             ports,
             elasticsearch: format!("127.0.0.1:{}", source_ports.0),
             syslog: format!("127.0.0.1:{}", source_ports.1),
+            otlp_grpc: format!("127.0.0.1:{}", source_ports.2),
+            otlp_http: format!("127.0.0.1:{}", source_ports.3),
             source_ports,
             log_path,
             config,
@@ -190,7 +201,9 @@ impl Sluice {
             ports: (0, 0, 0),
             elasticsearch: String::new(),
             syslog: String::new(),
-            source_ports: (0, 0),
+            source_ports: (0, 0, 0, 0),
+            otlp_grpc: String::new(),
+            otlp_http: String::new(),
             log_path: data_dir.with_extension("attached.log"),
             config: None,
         }

@@ -152,7 +152,7 @@ impl Topology {
         for index in 0..agents {
             let section = format!(
                 "[agent]\nlisten = \"{}\"\ndopplers = [{}]\n\n\
-                 [agent.elasticsearch]\nenabled = false\n\n[agent.syslog]\nenabled = false\n\n[agent.host_metrics]\nenabled = false\n",
+                 [agent.elasticsearch]\nenabled = false\n\n[agent.syslog]\nenabled = false\n\n[agent.host_metrics]\nenabled = false\n\n[agent.otlp]\nenabled = false\n",
                 topology.agents[index],
                 quoted(&topology.dopplers)
             );

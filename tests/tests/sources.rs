@@ -825,3 +825,117 @@ async fn followed_files_survive_rotation_and_restarts_exactly_once() {
     )
     .await;
 }
+
+/// The OpenTelemetry Python SDK exports logs and metrics over OTLP/gRPC and OTLP/HTTP: every
+/// log found by search and SQL with its resource, attributes and severity; the counter, the
+/// up-down counter and the histogram in the `counters` and `gauges` tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opentelemetry_sdk_exports_logs_and_metrics_over_grpc_and_http() {
+    let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data")).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/otel_export.py");
+    let (grpc, http) = (sluice.otlp_grpc.clone(), sluice.otlp_http.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .arg(grpc)
+            .arg(http)
+            .arg("500")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "otel_export.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for key in [
+        "grpc_logs_flushed",
+        "http_logs_flushed",
+        "grpc_metrics_flushed",
+        "http_metrics_flushed",
+    ] {
+        assert_eq!(report[key], true, "{key}: {report}");
+    }
+    for transport in ["grpc", "http"] {
+        wait_search(&sluice, &format!("otlpline{transport}"), 500).await;
+        wait_sql(
+            &sluice,
+            &format!(
+                "SELECT count(*) FROM logs WHERE source_id = 'otel-{transport}' \
+                 AND instance_id = 'pod-7' AND tags['deployment.environment'] = 'test' \
+                 AND tags['order'] IS NOT NULL AND message LIKE 'otlpline{transport} n% payment %'"
+            ),
+            500,
+        )
+        .await;
+        wait_sql(
+            &sluice,
+            &format!(
+                "SELECT count(*) FROM logs WHERE source_id = 'otel-{transport}' \
+                 AND log_type = 'ERR' AND tags['severity'] = 'ERROR'"
+            ),
+            50,
+        )
+        .await;
+        wait_sql(
+            &sluice,
+            &format!(
+                "SELECT max(total) FROM counters WHERE source_id = 'otel-{transport}' \
+                 AND name = 'orders' AND tags['shop'] = 'a'"
+            ),
+            7,
+        )
+        .await;
+        wait_sql(
+            &sluice,
+            &format!(
+                "SELECT CAST(-min(value) AS BIGINT) FROM gauges \
+                 WHERE source_id = 'otel-{transport}' AND name = 'queue'"
+            ),
+            3,
+        )
+        .await;
+        wait_sql(
+            &sluice,
+            &format!(
+                "SELECT CAST(max(value) AS BIGINT) FROM gauges WHERE source_id = 'otel-{transport}' \
+                 AND name = 'latency.count' AND tags['route'] = '/pay' AND unit = 'ms'"
+            ),
+            4,
+        )
+        .await;
+        wait_sql(
+            &sluice,
+            &format!(
+                "SELECT CAST(max(value) AS BIGINT) FROM gauges WHERE source_id = 'otel-{transport}' \
+                 AND name = 'latency.max'"
+            ),
+            300,
+        )
+        .await;
+    }
+    // A body that is not protobuf, and JSON (not served), are refused with a reason.
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("http://{}/v1/logs", sluice.otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0xff_u8; 7])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = client
+        .post(format!("http://{}/v1/logs", sluice.otlp_http))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+}

@@ -5,6 +5,7 @@ pub mod elasticsearch;
 pub mod files;
 pub mod host;
 pub mod loggregator;
+pub mod otlp;
 pub mod prometheus;
 pub mod syslog;
 
