@@ -314,8 +314,13 @@ doppler = "127.0.0.1:{ports['doppler']}"
         off = "[agent.host_metrics]\nenabled = false\n[agent.otlp]\nenabled = false\n"
         if "es" not in ports:
             return off + "[agent.elasticsearch]\nenabled = false\n[agent.syslog]\nenabled = false\n"
-        return off + (f"[agent.elasticsearch]\nlisten = \"127.0.0.1:{ports['es']}\"\n"
-                      f"[agent.syslog]\nlisten = \"127.0.0.1:{ports['syslog']}\"\n")
+        return ("[agent.host_metrics]\nenabled = false\n"
+                f"[agent.elasticsearch]\nlisten = \"127.0.0.1:{ports['es']}\"\n"
+                f"[agent.syslog]\nlisten = \"127.0.0.1:{ports['syslog']}\"\n"
+                f"[agent.otlp]\ngrpc_listen = \"127.0.0.1:{ports['otlp_grpc']}\"\n"
+                f"http_listen = \"127.0.0.1:{ports['otlp_http']}\"\n"
+                f"[[agent.files]]\npaths = [\"{ports['files_dir']}/*.log\"]\n"
+                f"source_id = \"bench-files\"\nstart_at = \"beginning\"\n")
 
     # ----- phases --------------------------------------------------------------------------
 
@@ -500,11 +505,18 @@ doppler = "127.0.0.1:{ports['doppler']}"
 
     def sources(self):
         """Ingest rate of each agent source on `sluice up`, from a client on the same machine:
-        `_bulk` documents until acknowledged (durable), syslog messages over one TCP connection
-        until queued for the doppler (syslog has no acknowledgement)."""
+        `_bulk` documents and OTLP/HTTP log records until acknowledged (durable), syslog
+        messages over one TCP connection until queued for the doppler (syslog has no
+        acknowledgement), lines appended to a followed file until acknowledged."""
         data_dir = os.path.join(self.work, "sources")
         os.makedirs(data_dir)
-        ports = {name: free_port() for name in ("agent", "doppler", "http", "es", "syslog")}
+        ports = {name: free_port() for name in
+                 ("agent", "doppler", "http", "es", "syslog", "otlp_grpc", "otlp_http")}
+        files_dir = os.path.join(data_dir, "followed")
+        os.makedirs(files_dir)
+        followed = os.path.join(files_dir, "app.log")
+        open(followed, "w").close()
+        ports["files_dir"] = files_dir
         config = write_toml(os.path.join(data_dir, "sluice.toml"), self.up_config(data_dir, ports))
         up = Process("sources-up", [SLUICE, "up", "--config", config], data_dir)
         api = f"http://127.0.0.1:{ports['http']}"
@@ -568,6 +580,55 @@ doppler = "127.0.0.1:{ports['doppler']}"
                 "cpu_s": cpu, "records_per_cpu_s": count / cpu, "elapsed_s": elapsed,
                 "client": "one TCP connection, octet-counted RFC 5424"}
             log(f"syslog tcp: {count / elapsed:,.0f} messages/s")
+
+            # OTLP/HTTP: ExportLogsServiceRequest of 1,000 records per request, 4 threads,
+            # encoded here by hand (protobuf wire format) to keep the client cheap.
+            bodies = []
+            for start in range(0, count, per_request):
+                records = b"".join(
+                    pb_bytes(2, pb_fixed64(1, 1_795_766_400_000_000_000 + n) + pb_varint_field(2, 9)
+                             + pb_bytes(5, pb_bytes(1, lines[n].encode())))
+                    for n in range(start, min(start + per_request, count)))
+                resource = pb_bytes(1, pb_bytes(1, pb_bytes(1, b"service.name")
+                                                + pb_bytes(2, pb_bytes(1, b"bench-otlp"))))
+                bodies.append(pb_bytes(1, resource + pb_bytes(2, records)))
+            otlp_bytes = sum(len(body) for body in bodies)
+
+            def export(body):
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{ports['otlp_http']}/v1/logs", data=body, method="POST",
+                    headers={"Content-Type": "application/x-protobuf"})
+                with urllib.request.urlopen(request, timeout=300) as response:
+                    response.read()
+
+            up.mark()
+            started = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(export, bodies))
+            elapsed = time.monotonic() - started
+            cpu = up.since_mark()
+            results["otlp_http"] = {
+                "records_per_s": count / elapsed, "mb_per_s": otlp_bytes / elapsed / 1e6,
+                "cpu_s": cpu, "records_per_cpu_s": count / cpu, "elapsed_s": elapsed,
+                "client": "Python urllib, 4 threads, 1,000 log records per export"}
+            log(f"otlp http: {count / elapsed:,.0f} records/s")
+
+            # Followed file: the lines appended at once, until all are acknowledged.
+            text = "".join(line + "\n" for line in lines).encode()
+            key = 'sluice_agent_source_records_total{source="files"}'
+            up.mark()
+            started = time.monotonic()
+            with open(followed, "ab") as handle:
+                handle.write(text)
+            wait_for("every followed line to be acknowledged",
+                     lambda: scrape(metrics).get(key, 0) >= count, 600, [up])
+            elapsed = time.monotonic() - started
+            cpu = up.since_mark()
+            results["files"] = {
+                "records_per_s": count / elapsed, "mb_per_s": len(text) / elapsed / 1e6,
+                "cpu_s": cpu, "records_per_cpu_s": count / cpu, "elapsed_s": elapsed,
+                "client": "one file, all lines appended at once"}
+            log(f"files: {count / elapsed:,.0f} lines/s")
             self.figure("sources", results)
         finally:
             up.stop(timeout=120)
@@ -875,6 +936,31 @@ TANTIVY_META = {
     ],
     "opstamp": 0,
 }
+
+
+def pb_varint(number):
+    out = bytearray()
+    while True:
+        byte = number & 0x7F
+        number >>= 7
+        if number:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def pb_bytes(field, payload):
+    """A length-delimited protobuf field."""
+    return pb_varint(field << 3 | 2) + pb_varint(len(payload)) + payload
+
+
+def pb_varint_field(field, number):
+    return pb_varint(field << 3) + pb_varint(number)
+
+
+def pb_fixed64(field, number):
+    return pb_varint(field << 3 | 1) + number.to_bytes(8, "little")
 
 
 def summarize(runs):

@@ -344,12 +344,16 @@ def markdown(report, made, bottlenecks):
     if sources:
         w(f"## Agent sources: ingest rate ({fmt(sources['records'])} Loghub lines each)")
         w("")
-        w("`sluice up` with every role running; the client on the same two cores.")
+        w("`sluice up` with every role running; the client on the same two cores. Syslog over "
+          "UDP is not measured (past the kernel's receive buffer it drops by design); host "
+          "metrics and Prometheus scraping are periodic, a few records per interval.")
         w("")
         w("| source | records/s | MB/s sent | records per CPU-second of `sluice up` | client |")
         w("|---|---|---|---|---|")
         for name, label in (("elasticsearch", "Elasticsearch `_bulk` (until acknowledged)"),
-                            ("syslog_tcp", "syslog TCP (until queued for the doppler)")):
+                            ("syslog_tcp", "syslog TCP (until queued for the doppler)"),
+                            ("otlp_http", "OTLP/HTTP logs (until acknowledged)"),
+                            ("files", "followed file (until acknowledged)")):
             if name in sources:
                 row = sources[name]
                 w(f"| {label} | {fmt(row['records_per_s'])} | {fmt(row['mb_per_s'], 1)} | "
