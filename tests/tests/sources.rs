@@ -19,6 +19,21 @@ async fn metric(sluice: &Sluice, name: &str, labels: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Records `source` turned into envelopes (`sluice_agent_source_records_total`).
+async fn accepted(sluice: &Sluice, source: &str) -> u64 {
+    metric(
+        sluice,
+        "sluice_agent_source_records_total",
+        &format!("source=\"{source}\""),
+    )
+    .await
+}
+
+/// Records refused with the given labels (`sluice_agent_source_records_rejected_total`).
+async fn rejected(sluice: &Sluice, labels: &str) -> u64 {
+    metric(sluice, "sluice_agent_source_records_rejected_total", labels).await
+}
+
 async fn wait_sql(sluice: &Sluice, query: &str, expected: u64) {
     let query = query.to_owned();
     sluice
@@ -105,24 +120,8 @@ async fn elasticsearch_and_opensearch_clients_deliver_every_document() {
             .await,
         0
     );
-    assert_eq!(
-        metric(
-            &sluice,
-            "sluice_agent_source_records_total",
-            "source=\"elasticsearch\""
-        )
-        .await,
-        2000
-    );
-    assert_eq!(
-        metric(
-            &sluice,
-            "sluice_agent_source_records_rejected_total",
-            "reason=\"bad_timestamp\""
-        )
-        .await,
-        1
-    );
+    assert_eq!(accepted(&sluice, "elasticsearch").await, 2000);
+    assert_eq!(rejected(&sluice, "reason=\"bad_timestamp\"").await, 1);
 }
 
 /// Raw HTTP as a shipper might send it: errors shaped like Elasticsearch's, malformed action
@@ -253,12 +252,7 @@ async fn bulk_requests_are_answered_like_elasticsearch() {
     );
     assert_eq!(client.head(&base).send().await.unwrap().status(), 200);
     assert_eq!(
-        metric(
-            &sluice,
-            "sluice_agent_source_records_rejected_total",
-            "source=\"elasticsearch\",reason=\"too_large\""
-        )
-        .await,
+        rejected(&sluice, "source=\"elasticsearch\",reason=\"too_large\"").await,
         2
     );
 }
@@ -358,15 +352,7 @@ async fn logger_delivers_over_tcp_and_udp_in_both_formats() {
         300,
     )
     .await;
-    assert_eq!(
-        metric(
-            &sluice,
-            "sluice_agent_source_records_total",
-            "source=\"syslog\""
-        )
-        .await,
-        900
-    );
+    assert_eq!(accepted(&sluice, "syslog").await, 900);
 }
 
 /// Bad syslog input over one TCP connection: refused message by message (counted), the
@@ -400,12 +386,7 @@ async fn bad_syslog_messages_are_refused_one_by_one() {
         "bad_structured_data",
     ] {
         assert_eq!(
-            metric(
-                &sluice,
-                "sluice_agent_source_records_rejected_total",
-                &format!("reason=\"{reason}\"")
-            )
-            .await,
+            rejected(&sluice, &format!("reason=\"{reason}\"")).await,
             1,
             "{reason}"
         );
@@ -582,15 +563,7 @@ except ssl.SSLError:
     )
     .await;
     assert_eq!(sluice.search_total("untrusted").await, 0);
-    assert_eq!(
-        metric(
-            &sluice,
-            "sluice_agent_source_records_rejected_total",
-            "reason=\"tls_handshake\""
-        )
-        .await,
-        1
-    );
+    assert_eq!(rejected(&sluice, "reason=\"tls_handshake\"").await, 1);
 }
 
 /// Host metrics every 500 ms: CPU, memory and per-device gauges of this machine, found by SQL
