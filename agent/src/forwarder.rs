@@ -1,10 +1,19 @@
 //! Batching and forwarding to dopplers.
 //!
 //! Sources call [`Forwarder::submit`] with envelopes and a [`Ticket`]. The batcher task cuts
-//! the stream into batches of at most `flush_envelopes`, sending a partial batch
-//! `flush_interval` after its first envelope. Each batch gets the next sequence number and is
-//! sent by its own task (at most `max_in_flight_batches` at once) to the dopplers in turn until
-//! one acknowledges it; transport failures are retried with backoff, on the next doppler.
+//! the stream into batches of at most `flush_envelopes` envelopes and `flush_bytes` encoded
+//! bytes (so every batch fits the doppler's receive limit, which the configuration checks at
+//! start), sending a partial batch `flush_interval` after its first envelope. Each batch gets
+//! the next sequence number and is sent by its own task (at most `max_in_flight_batches` at
+//! once) to the dopplers in turn until one acknowledges it. Transport failures and a doppler
+//! that is away or full are retried with backoff, on the next doppler, for as long as it takes
+//! (the pending limits push back on clients meanwhile); a refusal of the batch itself is final,
+//! and an unexplained failure is retried a bounded number of times, so no batch is retried
+//! forever. Every batch given up on is counted by reason and its clients get the error.
+//!
+//! [`Forwarder::submit`] also applies the accepted timestamp window: an envelope stamped too
+//! far in the past or future is stored at its arrival time, its own time kept in the tag
+//! `original_timestamp`, and counted.
 //!
 //! A [`Ticket`] completes when the last batch holding any of its envelopes is acknowledged:
 //! each batch keeps a clone, and the ticket reports when its last clone is dropped. That is how
@@ -15,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_common::SluiceError;
+use prost::Message;
 use sluice_common::config::AgentConfig;
 use sluice_common::tls::TlsMaterial;
 use sluice_proto::v1::AgentBatch;
@@ -90,35 +100,112 @@ impl Clone for Ticket {
     }
 }
 
-/// Envelopes handed to the batcher, with the permits that bound how many are pending.
+/// Envelopes handed to the batcher, with the permits that bound how many (and how many
+/// bytes) are pending. Every batch holding some of the envelopes keeps a clone of the
+/// permits, so they go back when the last of those batches is settled.
 struct Submission {
     envelopes: Vec<Envelope>,
     ticket: Ticket,
-    permit: OwnedSemaphorePermit,
+    permits: Arc<[OwnedSemaphorePermit; 2]>,
 }
 
 /// A batch under way: what it carries and what completes when it is acknowledged.
 struct PendingBatch {
     envelopes: Vec<Envelope>,
+    /// Encoded size of `envelopes` inside an `AgentBatch` (each with its field framing).
+    bytes: usize,
     tickets: Vec<Ticket>,
-    permits: Vec<OwnedSemaphorePermit>,
+    permits: Vec<Arc<[OwnedSemaphorePermit; 2]>>,
 }
 
 impl PendingBatch {
     fn new() -> PendingBatch {
         PendingBatch {
             envelopes: Vec::new(),
+            bytes: 0,
             tickets: Vec::new(),
             permits: Vec::new(),
         }
     }
 }
 
+/// Bytes `envelope` adds to an encoded `AgentBatch`: the envelope and its field framing.
+pub fn framed_len(envelope: &Envelope) -> usize {
+    let length = envelope.encoded_len();
+    1 + prost::length_delimiter_len(length) + length
+}
+
+/// The accepted timestamp window, relative to the arrival time.
+#[derive(Debug, Clone, Copy)]
+pub struct TimestampWindow {
+    /// Oldest accepted, in nanoseconds before arrival.
+    pub max_age_ns: i64,
+    /// Furthest accepted, in nanoseconds after arrival.
+    pub max_ahead_ns: i64,
+}
+
+/// Which side of the window a timestamp fell off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfWindow {
+    /// Older than `max_age`.
+    Past,
+    /// Further ahead than `max_ahead`.
+    Future,
+}
+
+impl OutOfWindow {
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            OutOfWindow::Past => "too_old",
+            OutOfWindow::Future => "too_far_ahead",
+        }
+    }
+}
+
+impl TimestampWindow {
+    /// The window of an agent configuration.
+    pub fn of(config: &AgentConfig) -> TimestampWindow {
+        let nanos = |duration: Duration| i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
+        TimestampWindow {
+            max_age_ns: nanos(config.max_timestamp_age),
+            max_ahead_ns: nanos(config.max_timestamp_ahead),
+        }
+    }
+
+    /// Moves `envelope` to `now` when its timestamp is outside the window around `now`,
+    /// keeping the original (RFC 3339, nanoseconds) in the tag `original_timestamp`.
+    pub fn apply(&self, envelope: &mut Envelope, now: i64) -> Option<OutOfWindow> {
+        let side = if envelope.timestamp < now.saturating_sub(self.max_age_ns) {
+            OutOfWindow::Past
+        } else if envelope.timestamp > now.saturating_add(self.max_ahead_ns) {
+            OutOfWindow::Future
+        } else {
+            return None;
+        };
+        envelope.tags.insert(
+            ORIGINAL_TIMESTAMP_TAG.to_owned(),
+            sluice_common::time::format_rfc3339_nanos(envelope.timestamp),
+        );
+        envelope.timestamp = now;
+        Some(side)
+    }
+}
+
+/// The tag that keeps a timestamp the window replaced.
+pub const ORIGINAL_TIMESTAMP_TAG: &str = "original_timestamp";
+
 /// The forwarding half of the agent, shared by every source.
 pub struct Forwarder {
     submissions: Mutex<Option<mpsc::Sender<Submission>>>,
     pending_limit: Arc<Semaphore>,
+    /// Pending bytes, in KiB (a semaphore counts in `u32`).
+    pending_kib: Arc<Semaphore>,
+    pending_kib_total: u32,
     flush_envelopes: usize,
+    flush_bytes: usize,
+    window: TimestampWindow,
+    metrics: AgentMetrics,
     batcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -146,26 +233,37 @@ impl Forwarder {
             agent_id,
             next_sequence: 1,
             flush_envelopes: config.flush_envelopes,
+            flush_bytes: config.flush_bytes,
             flush_interval: config.flush_interval,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_batches)),
             max_in_flight: u32::try_from(config.max_in_flight_batches).unwrap_or(u32::MAX),
             senders: Arc::new(DopplerSet::new(clients)),
-            metrics,
+            metrics: metrics.clone(),
         };
         let handle = tokio::spawn(batcher.run(receiver));
+        let pending_kib_total =
+            u32::try_from(config.max_pending_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         Ok(Arc::new(Forwarder {
             submissions: Mutex::new(Some(sender)),
             pending_limit: Arc::new(Semaphore::new(config.max_pending_envelopes)),
+            pending_kib: Arc::new(Semaphore::new(pending_kib_total as usize)),
+            pending_kib_total,
             flush_envelopes: config.flush_envelopes,
+            flush_bytes: config.flush_bytes,
+            window: TimestampWindow::of(config),
+            metrics,
             batcher: Mutex::new(Some(handle)),
         }))
     }
 
-    /// Queues `envelopes` for forwarding under `ticket`. Waits while too many envelopes are
-    /// pending (backpressure). Fails only when the agent is shutting down.
+    /// Queues `envelopes` for forwarding under `ticket`. Waits while too many envelopes (or
+    /// bytes) are pending (backpressure). Fails only when the agent is shutting down.
+    ///
+    /// Sources check each envelope against `max_envelope_bytes` first, which the
+    /// configuration keeps below `flush_bytes`, so every envelope fits a batch.
     pub async fn submit(
         &self,
-        envelopes: Vec<Envelope>,
+        mut envelopes: Vec<Envelope>,
         ticket: &Ticket,
     ) -> Result<(), tonic::Status> {
         let sender = self
@@ -174,24 +272,54 @@ impl Forwarder {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
             .ok_or_else(|| tonic::Status::unavailable("agent is shutting down"))?;
+        let now = sluice_common::time::now_nanos();
+        let (mut too_old, mut too_far_ahead) = (0, 0);
+        for envelope in &mut envelopes {
+            match self.window.apply(envelope, now) {
+                Some(OutOfWindow::Past) => too_old += 1,
+                Some(OutOfWindow::Future) => too_far_ahead += 1,
+                None => {}
+            }
+        }
+        for (side, count) in [(OutOfWindow::Past, too_old), (OutOfWindow::Future, too_far_ahead)] {
+            if count > 0 {
+                self.metrics.count_timestamps_replaced(side.label(), count);
+            }
+        }
         let mut remaining = envelopes;
         while !remaining.is_empty() {
-            // Chunks no larger than a batch, so the pending limit is never asked for more
-            // permits than it has and one huge request cannot starve the rest.
-            let rest = if remaining.len() > self.flush_envelopes {
-                remaining.split_off(self.flush_envelopes)
-            } else {
-                Vec::new()
-            };
-            let count = u32::try_from(remaining.len()).unwrap_or(u32::MAX);
-            let permit = Arc::clone(&self.pending_limit)
+            // Chunks no larger than a batch (in envelopes and in bytes), so the pending limits
+            // are never asked for more permits than they have and one huge request cannot
+            // starve the rest.
+            let mut bytes = 0;
+            let mut taken = 0;
+            for envelope in &remaining {
+                let length = framed_len(envelope);
+                if taken == self.flush_envelopes || (taken > 0 && bytes + length > self.flush_bytes)
+                {
+                    break;
+                }
+                bytes += length;
+                taken += 1;
+            }
+            let rest = remaining.split_off(taken);
+            let count = u32::try_from(taken).unwrap_or(u32::MAX);
+            let kib = u32::try_from(bytes.div_ceil(1024).max(1))
+                .unwrap_or(u32::MAX)
+                .min(self.pending_kib_total);
+            let shutting_down = |_| tonic::Status::unavailable("agent is shutting down");
+            let envelope_permit = Arc::clone(&self.pending_limit)
                 .acquire_many_owned(count)
                 .await
-                .map_err(|_| tonic::Status::unavailable("agent is shutting down"))?;
+                .map_err(shutting_down)?;
+            let byte_permit = Arc::clone(&self.pending_kib)
+                .acquire_many_owned(kib)
+                .await
+                .map_err(shutting_down)?;
             let submission = Submission {
                 envelopes: remaining,
                 ticket: ticket.clone(),
-                permit,
+                permits: Arc::new([envelope_permit, byte_permit]),
             };
             sender
                 .send(submission)
@@ -298,6 +426,7 @@ struct Batcher {
     agent_id: String,
     next_sequence: u64,
     flush_envelopes: usize,
+    flush_bytes: usize,
     flush_interval: Duration,
     in_flight: Arc<Semaphore>,
     max_in_flight: u32,
@@ -315,33 +444,31 @@ impl Batcher {
                 submission = submissions.recv() => {
                     let Some(submission) = submission else { break };
                     self.metrics.pending_envelopes.inc_by(submission.envelopes.len() as i64);
-                    if batch.envelopes.is_empty() {
-                        deadline = Some(tokio::time::Instant::now() + self.flush_interval);
-                    }
-                    let mut envelopes = submission.envelopes;
-                    let mut permit = Some(submission.permit);
-                    while !envelopes.is_empty() {
-                        let room = self.flush_envelopes - batch.envelopes.len();
-                        let rest = if envelopes.len() > room { envelopes.split_off(room) } else { Vec::new() };
-                        let taken = envelopes.len();
-                        batch.envelopes.append(&mut envelopes);
-                        batch.tickets.push(submission.ticket.clone());
-                        // Permits follow envelopes: split them where the envelopes split.
-                        if let Some(mut whole) = permit.take() {
-                            if rest.is_empty() {
-                                batch.permits.push(whole);
-                            } else if let Some(part) = whole.split(taken) {
-                                batch.permits.push(part);
-                                permit = Some(whole);
-                            } else {
-                                batch.permits.push(whole);
-                            }
+                    let ticket = submission.ticket;
+                    let mut holds_ticket = false;
+                    for envelope in submission.envelopes {
+                        let length = framed_len(&envelope);
+                        // Cut before an envelope that would take the batch past its byte limit.
+                        if !batch.envelopes.is_empty() && batch.bytes + length > self.flush_bytes {
+                            self.dispatch(std::mem::replace(&mut batch, PendingBatch::new())).await;
+                            holds_ticket = false;
                         }
+                        if batch.envelopes.is_empty() {
+                            deadline = Some(tokio::time::Instant::now() + self.flush_interval);
+                        }
+                        if !holds_ticket {
+                            batch.tickets.push(ticket.clone());
+                            batch.permits.push(Arc::clone(&submission.permits));
+                            holds_ticket = true;
+                        }
+                        self.metrics.pending_bytes.inc_by(length as i64);
+                        batch.bytes += length;
+                        batch.envelopes.push(envelope);
                         if batch.envelopes.len() >= self.flush_envelopes {
                             self.dispatch(std::mem::replace(&mut batch, PendingBatch::new())).await;
-                            deadline = (!rest.is_empty()).then(|| tokio::time::Instant::now() + self.flush_interval);
+                            holds_ticket = false;
+                            deadline = None;
                         }
-                        envelopes = rest;
                     }
                 }
                 () = sleep_until_or_forever(flush_at) => {
@@ -377,6 +504,7 @@ impl Batcher {
         let metrics = self.metrics.clone();
         let tickets = batch.tickets;
         let permits = batch.permits;
+        let bytes = batch.bytes;
         tokio::spawn(async move {
             let count = message.envelopes.len() as u64;
             match send_until_acknowledged(&senders, message, &metrics).await {
@@ -384,14 +512,15 @@ impl Batcher {
                     metrics.batches_acknowledged.inc();
                     metrics.envelopes_forwarded.inc_by(count);
                 }
-                Err(status) => {
-                    metrics.batches_failed.inc();
+                Err((reason, status)) => {
+                    metrics.batch_given_up(reason, count);
                     for ticket in &tickets {
                         ticket.fail(&status);
                     }
                 }
             }
             metrics.pending_envelopes.dec_by(count as i64);
+            metrics.pending_bytes.dec_by(bytes as i64);
             // Dropping the tickets completes requests; dropping permits lets more in.
             drop(tickets);
             drop(permits);
@@ -408,14 +537,17 @@ async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Sends `batch` to the dopplers in turn until one acknowledges it. Transport failures and
-/// unavailable dopplers are retried with backoff; a refusal of the batch itself (invalid
-/// argument) is final, since sending it again cannot help.
+/// dopplers that are away or full are retried with backoff, however long it takes; a refusal
+/// of the batch itself is final, since sending it again cannot help; a failure nobody
+/// explains is retried [`MAX_UNEXPLAINED_FAILURES`] times, then given up. A batch given up on
+/// comes back with its `reason` label.
 async fn send_until_acknowledged(
     senders: &DopplerSet,
     batch: AgentBatch,
     metrics: &AgentMetrics,
-) -> Result<(), tonic::Status> {
+) -> Result<(), (&'static str, tonic::Status)> {
     let mut attempt: u64 = 0;
+    let mut unexplained: u32 = 0;
     loop {
         // A doppler that just failed rests; another one gets the batch at once. Only when every
         // doppler rests does the send wait, until the first may be tried again.
@@ -432,11 +564,19 @@ async fn send_until_acknowledged(
                 senders.succeeded(index);
                 return Ok(());
             }
-            Err(status) if is_final(&status) => {
-                warn!(doppler = %address, sequence = batch.sequence, error = %status.message(), "doppler refused batch");
-                return Err(status);
-            }
             Err(status) => {
+                let verdict = classify(&status);
+                if let Verdict::Final(reason) = verdict {
+                    warn!(doppler = %address, sequence = batch.sequence, reason, code = ?status.code(), error = %status.message(), "doppler refused batch; giving it up");
+                    return Err((reason, status));
+                }
+                if verdict == Verdict::Unexplained {
+                    unexplained += 1;
+                    if unexplained >= MAX_UNEXPLAINED_FAILURES {
+                        warn!(doppler = %address, sequence = batch.sequence, attempts = unexplained, code = ?status.code(), error = %status.message(), "batch failed every time for no stated reason; giving it up");
+                        return Err(("repeated_failure", status));
+                    }
+                }
                 attempt += 1;
                 senders.failed(index);
                 metrics.send_retries.inc();
@@ -451,9 +591,33 @@ async fn send_until_acknowledged(
     }
 }
 
-fn is_final(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-    )
+/// How often a batch may fail with an error that is neither a transport failure nor a
+/// refusal (`INTERNAL`, `UNKNOWN`, ...) before it is given up: such a batch may be the cause.
+const MAX_UNEXPLAINED_FAILURES: u32 = 8;
+
+/// What a failed send means for the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The doppler or the path is away, busy or slow: try again, for as long as it takes.
+    Retry,
+    /// No stated reason: try again, a bounded number of times.
+    Unexplained,
+    /// The batch itself was refused; the label says why.
+    Final(&'static str),
+}
+
+fn classify(status: &tonic::Status) -> Verdict {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted
+        | Code::Cancelled => Verdict::Retry,
+        // A message over a gRPC size limit, on either side.
+        Code::OutOfRange => Verdict::Final("too_large"),
+        Code::InvalidArgument if status.message().contains("too large") => {
+            Verdict::Final("too_large")
+        }
+        Code::InvalidArgument | Code::FailedPrecondition => Verdict::Final("invalid"),
+        Code::PermissionDenied | Code::Unauthenticated => Verdict::Final("denied"),
+        _ => Verdict::Unexplained,
+    }
 }

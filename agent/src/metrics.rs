@@ -21,10 +21,18 @@ pub struct AgentMetrics {
     pub envelopes_forwarded: Counter,
     /// Attempts to send a batch that failed and were retried.
     pub send_retries: Counter,
-    /// Batches given up on (a doppler refused them as invalid); their clients got the error.
-    pub batches_failed: Counter,
+    /// Batches given up on, by reason (`too_large`, `invalid`, `denied`, `repeated_failure`);
+    /// their clients got the error.
+    pub batches_failed: Family<ReasonLabels, Counter>,
+    /// Envelopes in batches given up on, by reason.
+    pub envelopes_failed: Family<ReasonLabels, Counter>,
     /// Envelopes accepted and not yet acknowledged by a doppler.
     pub pending_envelopes: Gauge,
+    /// Encoded bytes of those envelopes.
+    pub pending_bytes: Gauge,
+    /// Envelopes whose timestamp fell outside the accepted window and were stored at their
+    /// arrival time, by reason (`too_old`, `too_far_ahead`).
+    pub timestamps_replaced: Family<ReasonLabels, Counter>,
     /// Records (a syslog message, a `_bulk` document) turned into envelopes, by source.
     pub source_records: Family<ReasonLabels, Counter>,
     /// Records refused, by source and reason; the rest of their request is kept.
@@ -62,13 +70,28 @@ impl AgentMetrics {
             ),
             batches_failed: telemetry.register(
                 "sluice_agent_batches_failed",
-                "Batches a doppler refused as invalid; their clients received the error",
-                Counter::default(),
+                "Batches given up on, by reason; their clients received the error",
+                Family::default(),
+            ),
+            envelopes_failed: telemetry.register(
+                "sluice_agent_envelopes_failed",
+                "Envelopes in batches given up on, by reason",
+                Family::default(),
             ),
             pending_envelopes: telemetry.register(
                 "sluice_agent_pending_envelopes",
                 "Envelopes accepted and not yet acknowledged by a doppler",
                 Gauge::default(),
+            ),
+            pending_bytes: telemetry.register(
+                "sluice_agent_pending_bytes",
+                "Encoded bytes of envelopes accepted and not yet acknowledged by a doppler",
+                Gauge::default(),
+            ),
+            timestamps_replaced: telemetry.register(
+                "sluice_agent_timestamps_replaced",
+                "Envelopes stored at their arrival time because their own timestamp was outside the accepted window, by reason",
+                Family::default(),
             ),
             source_records: telemetry.register(
                 "sluice_agent_source_records",
@@ -90,6 +113,16 @@ impl AgentMetrics {
             .inc_by(count);
     }
 
+    /// Counts `count` records `source` refused for `reason`.
+    pub fn sources_refused(&self, source: &'static str, reason: &'static str, count: u64) {
+        self.source_rejected
+            .get_or_create(&vec![
+                ("source".to_owned(), source.to_owned()),
+                ("reason".to_owned(), reason.to_owned()),
+            ])
+            .inc_by(count);
+    }
+
     /// Counts one record `source` refused for `reason`.
     pub fn source_refused(&self, source: &'static str, reason: &'static str) {
         self.source_rejected
@@ -98,6 +131,20 @@ impl AgentMetrics {
                 ("reason".to_owned(), reason.to_owned()),
             ])
             .inc();
+    }
+
+    /// Counts a batch of `envelopes` given up on for `reason`.
+    pub fn batch_given_up(&self, reason: &'static str, envelopes: u64) {
+        let labels = vec![("reason".to_owned(), reason.to_owned())];
+        self.batches_failed.get_or_create(&labels).inc();
+        self.envelopes_failed.get_or_create(&labels).inc_by(envelopes);
+    }
+
+    /// Counts `count` envelopes whose timestamp the window replaced, for `reason`.
+    pub fn count_timestamps_replaced(&self, reason: &'static str, count: u64) {
+        self.timestamps_replaced
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc_by(count);
     }
 
     /// Counts `count` envelopes rejected for `reason`.

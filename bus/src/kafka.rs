@@ -64,6 +64,9 @@ pub struct KafkaBus {
     metrics: BusMetrics,
 }
 
+/// Room above `max_record_bytes` for Kafka's record and batch headers (the key among them).
+const KAFKA_FRAMING_BYTES: usize = 64 * 1024;
+
 fn client_config(settings: &RawKafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.brokers);
@@ -79,10 +82,16 @@ fn storage(context: &str) -> impl Fn(KafkaError) -> BusError + '_ {
 
 impl KafkaBus {
     /// Connects, creates the topic if it is missing, and learns its partitions.
+    ///
+    /// `max_record_bytes` is the largest record the producer sends (its `message.max.bytes`,
+    /// with room for the protocol's own framing) and the `max.message.bytes` of the topic when
+    /// Sluice creates it; a larger record is refused with [`BusError::TooLarge`].
     pub async fn open(
         settings: &RawKafkaConfig,
+        max_record_bytes: usize,
         metrics: BusMetrics,
     ) -> Result<KafkaBus, BusError> {
+        let request_limit = (max_record_bytes + KAFKA_FRAMING_BYTES).to_string();
         let admin: AdminClient<DefaultClientContext> = client_config(settings)
             .create()
             .map_err(storage("failed to create a kafka admin client"))?;
@@ -90,7 +99,8 @@ impl KafkaBus {
             &settings.topic,
             settings.partitions,
             TopicReplication::Fixed(settings.replication),
-        );
+        )
+        .set("max.message.bytes", &request_limit);
         let stints_name = stints_topic(&settings.topic);
         let stints = NewTopic::new(
             &stints_name,
@@ -116,6 +126,7 @@ impl KafkaBus {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "zstd")
+            .set("message.max.bytes", &request_limit)
             .set("linger.ms", "5")
             .set("message.timeout.ms", "300000")
             .create()
@@ -184,9 +195,12 @@ impl Bus for KafkaBus {
             }
             Err((error, _)) => {
                 self.metrics.append_failures.inc();
-                Err(BusError::Storage(format!(
-                    "failed to produce to kafka: {error}"
-                )))
+                let message = format!("failed to produce to kafka: {error}");
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+                    Err(BusError::TooLarge(message))
+                } else {
+                    Err(BusError::Storage(message))
+                }
             }
         }
     }

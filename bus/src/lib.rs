@@ -118,6 +118,9 @@ pub enum BusError {
     /// A caller error, such as an unknown consumer group.
     #[error("invalid bus request: {0}")]
     Invalid(String),
+    /// The record is larger than the bus takes; sending it again cannot succeed.
+    #[error("record too large for the bus: {0}")]
+    TooLarge(String),
 }
 
 impl BusError {
@@ -126,6 +129,7 @@ impl BusError {
         match self {
             BusError::Storage(_) | BusError::Unavailable(_) => ErrorKind::Unavailable,
             BusError::Invalid(_) => ErrorKind::InvalidArgument,
+            BusError::TooLarge(_) => ErrorKind::TooLarge,
         }
     }
 }

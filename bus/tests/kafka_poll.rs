@@ -33,7 +33,11 @@ fn settings(topic: &str) -> RawKafkaConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_cut_short_by_select_lose_no_record() {
     let topic = format!("poll-cancel-{}", sluice_common::time::now_nanos());
-    let bus = KafkaBus::open(&settings(&topic), BusMetrics::register(&Telemetry::new()))
+    let bus = KafkaBus::open(
+        &settings(&topic),
+        16 * 1024 * 1024,
+        BusMetrics::register(&Telemetry::new()),
+    )
         .await
         .expect("open the kafka bus");
     const RECORDS: usize = 3_000;

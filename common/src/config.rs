@@ -102,9 +102,20 @@ pub struct RawAgentConfig {
     /// A batch is sent once it holds this many envelopes.
     #[serde(default = "default_flush_envelopes")]
     pub flush_envelopes: usize,
+    /// A batch is sent once adding the next envelope would take it past this many bytes
+    /// (encoded), so a batch always fits the doppler's `max_message_bytes`.
+    #[serde(default = "default_flush_bytes")]
+    pub flush_bytes: usize,
     /// A batch is sent this long after its first envelope arrived, if not full before.
     #[serde(default = "default_flush_interval")]
     pub flush_interval: String,
+    /// Envelopes older than this (by their own timestamp) are stored at their arrival time,
+    /// with the original in the tag `original_timestamp`, and counted.
+    #[serde(default = "default_max_timestamp_age")]
+    pub max_timestamp_age: String,
+    /// Likewise for envelopes whose timestamp is more than this far in the future.
+    #[serde(default = "default_max_timestamp_ahead")]
+    pub max_timestamp_ahead: String,
     /// Largest accepted envelope, encoded, in bytes.
     #[serde(default = "default_max_envelope_bytes")]
     pub max_envelope_bytes: usize,
@@ -117,6 +128,11 @@ pub struct RawAgentConfig {
     /// Envelopes accepted but not yet acknowledged by a doppler before ingress pushes back.
     #[serde(default = "default_max_pending_envelopes")]
     pub max_pending_envelopes: usize,
+    /// Bytes of envelopes accepted but not yet acknowledged before ingress pushes back (with
+    /// `max_pending_envelopes`, whichever is reached first): the agent's memory bound while
+    /// every doppler is away.
+    #[serde(default = "default_agent_max_pending_bytes")]
+    pub max_pending_bytes: usize,
     /// The Elasticsearch `_bulk` source.
     #[serde(default)]
     pub elasticsearch: RawElasticsearchSourceConfig,
@@ -333,6 +349,18 @@ fn default_flush_envelopes() -> usize {
 fn default_flush_interval() -> String {
     "100ms".to_owned()
 }
+fn default_flush_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_timestamp_age() -> String {
+    "30d".to_owned()
+}
+fn default_max_timestamp_ahead() -> String {
+    "1h".to_owned()
+}
+fn default_agent_max_pending_bytes() -> usize {
+    256 * 1024 * 1024
+}
 fn default_max_envelope_bytes() -> usize {
     1024 * 1024
 }
@@ -357,8 +385,10 @@ pub struct RawDopplerConfig {
     /// and counted, so a slow reader never slows ingestion.
     #[serde(default = "default_subscriber_buffer")]
     pub subscriber_buffer_batches: usize,
-    /// Largest accepted gRPC message from an agent, in bytes.
-    #[serde(default = "default_max_message_bytes")]
+    /// Largest accepted gRPC message from an agent (one encoded batch, which becomes one bus
+    /// record), in bytes. Must be at least `agent.flush_bytes` plus a batch's framing
+    /// (1 KiB) and at most `bus.max_record_bytes`.
+    #[serde(default = "default_doppler_max_message_bytes")]
     pub max_message_bytes: usize,
     /// Bytes of batches waiting for the bus at once. While the bus is slow or away, a batch
     /// past this waits up to `pending_wait`, then is refused with `RESOURCE_EXHAUSTED` (and
@@ -377,6 +407,10 @@ fn default_pending_wait() -> String {
     "5s".to_owned()
 }
 
+fn default_doppler_max_message_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
 fn default_doppler_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8082))
 }
@@ -393,9 +427,18 @@ pub struct RawBusConfig {
     pub kind: String,
     /// WAL directory; default `<data_dir>/wal`.
     pub wal_dir: Option<PathBuf>,
+    /// Largest record (one encoded agent batch) the bus takes, in bytes. On Kafka this is the
+    /// producer's `message.max.bytes` and the `max.message.bytes` of a topic Sluice creates;
+    /// the brokers' own limit must be at least as large.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
     /// Kafka settings, for `kind = "kafka"`.
     #[serde(default)]
     pub kafka: RawKafkaConfig,
+}
+
+fn default_max_record_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_bus_kind() -> String {
@@ -458,6 +501,10 @@ pub struct RawIndexerConfig {
     /// An hour's writer is closed after this long without new documents.
     #[serde(default = "default_idle_writer")]
     pub close_idle_writer_after: String,
+    /// Hour writers open at once (each has a thread and up to `writer_memory_bytes`). A
+    /// document for another hour first commits and closes the writer written least recently.
+    #[serde(default = "default_max_open_writers")]
+    pub max_open_writers: usize,
     /// Where the indexer serves `sluice.v1.IndexSearch` (gRPC, mutual TLS) to query APIs in
     /// other processes; unset means no search service (`sluice up` searches in process).
     pub listen: Option<SocketAddr>,
@@ -468,6 +515,9 @@ fn default_commit_interval() -> String {
 }
 fn default_writer_memory() -> usize {
     64 * 1024 * 1024
+}
+fn default_max_open_writers() -> usize {
+    4
 }
 fn default_idle_writer() -> String {
     "5m".to_owned()
@@ -838,8 +888,14 @@ pub struct AgentConfig {
     pub dopplers: Vec<String>,
     /// Envelopes per batch.
     pub flush_envelopes: usize,
+    /// Largest batch, encoded.
+    pub flush_bytes: usize,
     /// Longest wait before a partial batch is sent.
     pub flush_interval: Duration,
+    /// Oldest timestamp kept as sent.
+    pub max_timestamp_age: Duration,
+    /// Furthest future timestamp kept as sent.
+    pub max_timestamp_ahead: Duration,
     /// Largest envelope in bytes.
     pub max_envelope_bytes: usize,
     /// Largest gRPC message in bytes.
@@ -848,6 +904,8 @@ pub struct AgentConfig {
     pub max_in_flight_batches: usize,
     /// Accepted, unacknowledged envelopes before backpressure.
     pub max_pending_envelopes: usize,
+    /// Accepted, unacknowledged bytes before backpressure.
+    pub max_pending_bytes: usize,
     /// Directory for the agent's identity.
     pub state_dir: PathBuf,
     /// The Elasticsearch `_bulk` source, when on.
@@ -978,10 +1036,36 @@ pub enum BusConfig {
     Wal {
         /// WAL directory.
         dir: PathBuf,
+        /// Largest record.
+        max_record_bytes: usize,
     },
     /// A Kafka topic.
-    Kafka(RawKafkaConfig),
+    Kafka {
+        /// Connection and topic settings.
+        settings: RawKafkaConfig,
+        /// Largest record.
+        max_record_bytes: usize,
+    },
 }
+
+impl BusConfig {
+    /// Largest record the bus takes.
+    pub fn max_record_bytes(&self) -> usize {
+        match self {
+            BusConfig::Wal {
+                max_record_bytes, ..
+            }
+            | BusConfig::Kafka {
+                max_record_bytes, ..
+            } => *max_record_bytes,
+        }
+    }
+}
+
+/// Bytes of an encoded batch besides its envelopes' own framing (the agent id and sequence
+/// number, with room to spare): what `doppler.max_message_bytes` must leave above
+/// `agent.flush_bytes`.
+pub const BATCH_OVERHEAD_BYTES: usize = 1024;
 
 /// Validated `[indexer]`.
 #[derive(Debug, Clone)]
@@ -994,6 +1078,8 @@ pub struct IndexerConfig {
     pub writer_memory_bytes: usize,
     /// Idle time after which an hour's writer is closed.
     pub close_idle_writer_after: Duration,
+    /// Hour writers open at once.
+    pub max_open_writers: usize,
     /// Search service address, if served.
     pub listen: Option<SocketAddr>,
 }
@@ -1097,11 +1183,8 @@ impl RawConfig {
             self.query_api.max_search_limit,
         )?;
         positive("query_api.max_sql_rows", self.query_api.max_sql_rows)?;
-        if self.agent.max_message_bytes < self.agent.max_envelope_bytes {
-            return Err(SluiceError::invalid(
-                "agent.max_message_bytes must be at least agent.max_envelope_bytes",
-            ));
-        }
+        positive("indexer.max_open_writers", self.indexer.max_open_writers)?;
+        check_size_limits(&self.agent, &self.doppler, self.bus.max_record_bytes)?;
         if self.agent.dopplers.is_empty() {
             return Err(SluiceError::invalid(
                 "agent.dopplers: name at least one doppler",
@@ -1117,9 +1200,11 @@ impl RawConfig {
                 "retention.zstd_level: must be between 1 and 22",
             ));
         }
+        let max_record_bytes = self.bus.max_record_bytes;
         let bus = match self.bus.kind.as_str() {
             "wal" => BusConfig::Wal {
                 dir: self.bus.wal_dir.unwrap_or_else(|| data_dir.join("wal")),
+                max_record_bytes,
             },
             "kafka" => {
                 let kafka = self.bus.kafka;
@@ -1133,7 +1218,15 @@ impl RawConfig {
                         "bus.kafka: partitions and replication must be at least 1",
                     ));
                 }
-                BusConfig::Kafka(kafka)
+                if kafka.client.contains_key("message.max.bytes") {
+                    return Err(SluiceError::invalid(
+                        "bus.kafka.client.\"message.max.bytes\": set bus.max_record_bytes instead, so the limits along the path stay consistent",
+                    ));
+                }
+                BusConfig::Kafka {
+                    settings: kafka,
+                    max_record_bytes,
+                }
             }
             other => {
                 return Err(SluiceError::invalid(format!(
@@ -1152,11 +1245,21 @@ impl RawConfig {
                 listen: self.agent.listen,
                 dopplers: self.agent.dopplers,
                 flush_envelopes: self.agent.flush_envelopes,
+                flush_bytes: self.agent.flush_bytes,
                 flush_interval: parse_duration("agent.flush_interval", &self.agent.flush_interval)?,
+                max_timestamp_age: parse_duration(
+                    "agent.max_timestamp_age",
+                    &self.agent.max_timestamp_age,
+                )?,
+                max_timestamp_ahead: parse_duration(
+                    "agent.max_timestamp_ahead",
+                    &self.agent.max_timestamp_ahead,
+                )?,
                 max_envelope_bytes: self.agent.max_envelope_bytes,
                 max_message_bytes: self.agent.max_message_bytes,
                 max_in_flight_batches: self.agent.max_in_flight_batches,
                 max_pending_envelopes: self.agent.max_pending_envelopes,
+                max_pending_bytes: self.agent.max_pending_bytes,
                 state_dir: data_dir.join("agent"),
                 elasticsearch: validate_elasticsearch(self.agent.elasticsearch)?,
                 syslog: validate_syslog(self.agent.syslog)?,
@@ -1184,6 +1287,7 @@ impl RawConfig {
                     "indexer.close_idle_writer_after",
                     &self.indexer.close_idle_writer_after,
                 )?,
+                max_open_writers: self.indexer.max_open_writers,
                 listen: self.indexer.listen,
             },
             retention: RetentionConfig {
@@ -1238,6 +1342,66 @@ fn parse_archive_location(location: &str, s3: RawS3Config) -> Result<ArchiveLoca
     Ok(ArchiveLocation::Local(PathBuf::from(location)))
 }
 
+/// The size limits along the path must nest, so that every batch an agent cuts is one the
+/// doppler receives and the bus stores: an envelope fits a batch (with its framing), a batch
+/// fits the doppler's receive limit, that fits a bus record, and the agent's pending budget
+/// holds at least one whole batch. Checked at start, naming the keys.
+fn check_size_limits(
+    agent: &RawAgentConfig,
+    doppler: &RawDopplerConfig,
+    max_record_bytes: usize,
+) -> Result<(), SluiceError> {
+    positive("agent.flush_bytes", agent.flush_bytes)?;
+    positive("bus.max_record_bytes", max_record_bytes)?;
+    let framed_envelope = agent.max_envelope_bytes.saturating_add(16);
+    let nested = [
+        (
+            "agent.max_message_bytes",
+            agent.max_message_bytes,
+            "agent.max_envelope_bytes",
+            agent.max_envelope_bytes,
+        ),
+        (
+            "agent.flush_bytes",
+            agent.flush_bytes,
+            "agent.max_envelope_bytes + 16 (its framing)",
+            framed_envelope,
+        ),
+        (
+            "doppler.max_message_bytes",
+            doppler.max_message_bytes,
+            "agent.flush_bytes + 1024 (a batch's framing)",
+            agent.flush_bytes.saturating_add(BATCH_OVERHEAD_BYTES),
+        ),
+        (
+            "bus.max_record_bytes",
+            max_record_bytes,
+            "doppler.max_message_bytes",
+            doppler.max_message_bytes,
+        ),
+        (
+            "agent.max_pending_bytes",
+            agent.max_pending_bytes,
+            "agent.flush_bytes",
+            agent.flush_bytes,
+        ),
+        (
+            "doppler.max_pending_bytes",
+            doppler.max_pending_bytes,
+            "doppler.max_message_bytes",
+            doppler.max_message_bytes,
+        ),
+    ];
+    for (outer, outer_value, inner, inner_value) in nested {
+        if outer_value < inner_value {
+            return Err(SluiceError::invalid(format!(
+                "{outer} ({outer_value}) must be at least {inner} ({inner_value})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn positive(field: &str, value: usize) -> Result<(), SluiceError> {
     if value == 0 {
         return Err(SluiceError::invalid(format!(
@@ -1256,7 +1420,7 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, SluiceError> 
     let (number, unit) = text.split_at(split);
     let invalid = || {
         SluiceError::invalid(format!(
-            "{field}: invalid duration {text:?}; expected e.g. 250ms, 1s, 5m, 2h"
+            "{field}: invalid duration {text:?}; expected e.g. 250ms, 1s, 5m, 2h, 7d"
         ))
     };
     let number: u64 = number.parse().map_err(|_| invalid())?;
@@ -1265,6 +1429,7 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, SluiceError> 
         "s" => Duration::from_secs(number),
         "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(invalid)?),
         "h" => Duration::from_secs(number.checked_mul(3_600).ok_or_else(invalid)?),
+        "d" => Duration::from_secs(number.checked_mul(86_400).ok_or_else(invalid)?),
         _ => return Err(invalid()),
     };
     if duration.is_zero() {
@@ -1300,7 +1465,7 @@ mod tests {
                 .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
             match role {
                 "doppler" | "indexer" | "retention" => {
-                    assert!(matches!(config.bus, BusConfig::Kafka(_)), "{role} on kafka")
+                    assert!(matches!(config.bus, BusConfig::Kafka { .. }), "{role} on kafka")
                 }
                 "query-api" => {
                     assert_eq!(config.query_api.indexers, vec!["127.0.0.1:8090".to_owned()])

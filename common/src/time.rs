@@ -184,13 +184,31 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
                 b'-' => -1,
                 _ => return None,
             };
-            let (hours, minutes) = rest[1..].split_once(':')?;
-            sign * (hours.parse::<i64>().ok()? * 3_600 + minutes.parse::<i64>().ok()? * 60)
+            sign * offset_seconds(&rest[1..])?
         }
     };
     let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second
         - offset_seconds;
     seconds.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// An RFC 3339 offset without its sign, exactly `HH:MM` (hours 00–23, minutes 00–59), in
+/// seconds. Anything longer is refused rather than multiplied: offsets arrive from clients.
+fn offset_seconds(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 5 || bytes[2] != b':' {
+        return None;
+    }
+    let two_digits = |pair: &[u8]| -> Option<i64> {
+        match pair {
+            [tens @ b'0'..=b'9', ones @ b'0'..=b'9'] => {
+                Some(i64::from(tens - b'0') * 10 + i64::from(ones - b'0'))
+            }
+            _ => None,
+        }
+    };
+    let (hours, minutes) = (two_digits(&bytes[0..2])?, two_digits(&bytes[3..5])?);
+    (hours <= 23 && minutes <= 59).then_some(hours * 3_600 + minutes * 60)
 }
 
 #[cfg(test)]
@@ -245,5 +263,66 @@ mod tests {
         );
         assert_eq!(parse_time_nanos("yesterday"), None);
         assert_eq!(parse_time_nanos("2025-13-26T14:03:07Z"), None);
+    }
+
+    /// Regression: an offset like `+9999999999999999:00` overflowed the offset arithmetic
+    /// (a panic in debug builds, a wrong time in release). RFC 3339 offsets are `HH:MM`.
+    #[test]
+    fn regression_huge_offsets_are_refused_not_overflowed() {
+        for text in [
+            "2025-11-26T14:03:07+9999999999999999:00",
+            "2025-11-26T14:03:07-9999999999999999:00",
+            "2025-11-26T14:03:07+00:9999999999999999",
+            "2025-11-26T14:03:07+24:00",
+            "2025-11-26T14:03:07+01:60",
+            "2025-11-26T14:03:07+1:00",
+            "2025-11-26T14:03:07+01:0",
+            "2025-11-26T14:03:07+-1:00",
+            "2025-11-26T14:03:07++1:00",
+        ] {
+            assert_eq!(parse_time_nanos(text), None, "{text}");
+        }
+        assert_eq!(
+            parse_time_nanos("2025-11-26T14:03:07-23:59"),
+            Some(1_764_165_787_000_000_000 + (23 * 3_600 + 59 * 60) * 1_000_000_000)
+        );
+    }
+
+    /// Every byte string, however formed, parses or is refused without a panic; a sweep of
+    /// mutations of valid times (a deterministic stand-in for the fuzz target, run every time).
+    #[test]
+    fn mutated_times_never_panic() {
+        let seeds = [
+            "2025-11-26T14:03:07.123456789+01:00",
+            "2025-11-26T14:03:07Z",
+            "1764165787000",
+            "-9223372036854775808",
+        ];
+        let alphabet = b"0123456789+-:.TZz \xff9";
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..50_000 {
+            let seed = seeds[(next() % seeds.len() as u64) as usize];
+            let mut bytes = seed.as_bytes().to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() % (bytes.len() as u64 + 1)) as usize;
+                let byte = alphabet[(next() % alphabet.len() as u64) as usize];
+                match next() % 3 {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.push(byte),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = parse_time_nanos(&text);
+        }
     }
 }

@@ -1,5 +1,11 @@
 //! `sluice.v1.DopplerIngress`: agents push numbered batches; each is appended to the bus and
 //! acknowledged only once durable.
+//!
+//! The agent id a batch is stored under is bound to the certificate its agent authenticated
+//! with: the doppler prefixes the id the agent claims with a digest of that certificate. So
+//! a holder of one certificate cannot pass its batches off as another's (which would make
+//! consumers drop the real ones as duplicates), while an agent retrying a batch on another
+//! doppler, with the same certificate, still gets the same stored id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +16,7 @@ use sluice_bus::Bus;
 use sluice_proto::v1::doppler_ingress_server::DopplerIngress;
 use sluice_proto::v1::{AgentBatch, AgentBatchAck};
 use tokio::sync::Semaphore;
+use sluice_common::{ErrorKind, SluiceError};
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
@@ -50,6 +57,25 @@ impl DopplerIngressService {
     }
 }
 
+/// The agent id a batch is stored under: `<first 16 bytes of the SHA-256 of the sender's
+/// certificate, hex>/<the id the agent claimed>`, or `unauthenticated/<id>` for a sender
+/// without a certificate.
+pub fn bound_agent_id(peer_certificate_der: Option<&[u8]>, claimed: &str) -> String {
+    match peer_certificate_der {
+        Some(der) => {
+            let digest = ring::digest::digest(&ring::digest::SHA256, der);
+            let mut bound = String::with_capacity(33 + claimed.len());
+            for byte in &digest.as_ref()[..16] {
+                bound.push_str(&format!("{byte:02x}"));
+            }
+            bound.push('/');
+            bound.push_str(claimed);
+            bound
+        }
+        None => format!("unauthenticated/{claimed}"),
+    }
+}
+
 /// Checks what the agent should already have checked: an agent that is not ours may be wrong.
 fn validate(batch: &AgentBatch) -> Result<(), Status> {
     if batch.agent_id.is_empty() {
@@ -78,11 +104,15 @@ fn validate(batch: &AgentBatch) -> Result<(), Status> {
 #[tonic::async_trait]
 impl DopplerIngress for DopplerIngressService {
     async fn push(&self, request: Request<AgentBatch>) -> Result<Response<AgentBatchAck>, Status> {
-        let batch = request.into_inner();
+        let peer = request
+            .peer_certs()
+            .and_then(|chain| chain.first().map(|leaf| leaf.as_ref().to_vec()));
+        let mut batch = request.into_inner();
         if let Err(status) = validate(&batch) {
-            self.metrics.batches_rejected.inc();
+            self.metrics.rejected("invalid");
             return Err(status);
         }
+        batch.agent_id = bound_agent_id(peer.as_deref(), &batch.agent_id);
         let key = batch
             .envelopes
             .first()
@@ -110,9 +140,20 @@ impl DopplerIngress for DopplerIngressService {
         let appended = self.bus.append(key, payload.clone()).await;
         self.metrics.pending_bytes.dec_by(payload.len() as i64);
         if let Err(error) = appended {
-            self.metrics.append_failures.inc();
-            warn!(agent_id = %batch.agent_id, sequence = batch.sequence, error = %error, "failed to append batch to the bus");
-            return Err(Status::unavailable(error.to_string()));
+            // The bus's own kind decides what the agent does: a record the bus can never take
+            // is refused for good (the agent gives it up, counted, and tells its clients); a
+            // bus that is away is retried.
+            let error = SluiceError::from(error);
+            if error.kind().is_retryable() {
+                self.metrics.append_failures.inc();
+            } else {
+                self.metrics.rejected(match error.kind() {
+                    ErrorKind::TooLarge => "too_large",
+                    _ => "invalid",
+                });
+            }
+            warn!(agent_id = %batch.agent_id, sequence = batch.sequence, bytes = payload.len(), error = %error, "failed to append batch to the bus");
+            return Err(error.into());
         }
         self.metrics.batches_appended.inc();
         self.metrics
@@ -151,6 +192,105 @@ mod tests {
         fn kind(&self) -> &'static str {
             "stalled"
         }
+    }
+
+    /// A bus that keeps what is appended.
+    #[derive(Default)]
+    struct RecordingBus(std::sync::Mutex<Vec<Bytes>>);
+
+    #[async_trait::async_trait]
+    impl Bus for RecordingBus {
+        async fn append(&self, _key: &str, payload: Bytes) -> Result<(), BusError> {
+            self.0.lock().expect("lock").push(payload);
+            Ok(())
+        }
+        async fn subscribe(
+            &self,
+            _group: &str,
+            _member: &str,
+            _sharing: sluice_bus::Sharing,
+        ) -> Result<Box<dyn Consumer>, BusError> {
+            Err(BusError::Invalid("not in this test".into()))
+        }
+        fn kind(&self) -> &'static str {
+            "recording"
+        }
+    }
+
+    /// Regression: any certificate from the CA could claim any agent id, so a holder of one
+    /// could make the consumers drop another agent's real batch as a duplicate. Two agents
+    /// with different certificates claiming the same id and sequence are stored under
+    /// different ids; the same agent sending the same batch twice (a retry) keeps its id.
+    #[tokio::test]
+    async fn regression_agent_ids_are_bound_to_the_sender_certificate() {
+        use sluice_proto::v1::doppler_ingress_client::DopplerIngressClient;
+        use sluice_proto::v1::doppler_ingress_server::DopplerIngressServer;
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Two certificates the doppler trusts (two CAs, so no signing code is needed here).
+        let first = sluice_common::tls::generate_local_ca().expect("certificates");
+        let second = sluice_common::tls::generate_local_ca().expect("certificates");
+        let telemetry = Telemetry::new();
+        let metrics = DopplerMetrics::register(&telemetry);
+        let bus = Arc::new(RecordingBus::default());
+        let service = DopplerIngressService::new(
+            Arc::clone(&bus) as Arc<dyn Bus>,
+            Arc::new(Hub::new(4, metrics.clone())),
+            metrics,
+            1 << 20,
+            Duration::from_secs(1),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server_tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&first.node_cert_pem, &first.node_key_pem))
+            .client_ca_root(Certificate::from_pem(format!(
+                "{}{}",
+                first.ca_cert_pem, second.ca_cert_pem
+            )));
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(server_tls)
+                .expect("tls")
+                .add_service(DopplerIngressServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let client = |certificates: &sluice_common::tls::GeneratedCertificates| {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&first.ca_cert_pem))
+                .identity(Identity::from_pem(
+                    &certificates.node_cert_pem,
+                    &certificates.node_key_pem,
+                ))
+                .domain_name("localhost");
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+                .expect("endpoint")
+                .tls_config(tls)
+                .expect("tls");
+            DopplerIngressClient::new(endpoint.connect_lazy())
+        };
+        let mut genuine = client(&first);
+        let mut impostor = client(&second);
+        genuine.push(batch(7)).await.expect("genuine batch");
+        impostor.push(batch(7)).await.expect("impostor batch");
+        genuine.push(batch(7)).await.expect("genuine retry");
+        let stored: Vec<String> = bus
+            .0
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|payload| AgentBatch::decode(payload.as_ref()).expect("batch").agent_id)
+            .collect();
+        assert_eq!(stored.len(), 3);
+        assert_ne!(stored[0], stored[1], "{stored:?}");
+        assert_eq!(stored[0], stored[2], "{stored:?}");
+        for id in &stored {
+            assert!(id.ends_with("/agent") && id.len() == 32 + 1 + 5, "{id}");
+        }
+        server.abort();
     }
 
     fn batch(sequence: u64) -> AgentBatch {
@@ -204,7 +344,10 @@ mod tests {
             text.contains("sluice_doppler_batches_shed_total 1"),
             "{text}"
         );
-        let waiting_bytes = 2 * batch(1).encoded_len();
+        // What waits is the batch as stored, under its bound agent id.
+        let mut stored = batch(1);
+        stored.agent_id = bound_agent_id(None, &stored.agent_id);
+        let waiting_bytes = 2 * stored.encoded_len();
         assert!(
             text.contains(&format!("sluice_doppler_pending_bytes {waiting_bytes}\n")),
             "{text}"

@@ -1,6 +1,7 @@
 //! Metrics of the doppler (see `docs/telemetry.md`).
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sluice_common::telemetry::Telemetry;
 
@@ -11,8 +12,8 @@ pub struct DopplerMetrics {
     pub batches_appended: Counter,
     /// Envelopes in those batches.
     pub envelopes_appended: Counter,
-    /// Batches refused as invalid.
-    pub batches_rejected: Counter,
+    /// Batches refused and never to be retried, by reason (`invalid`, `too_large`).
+    pub batches_rejected: Family<Vec<(String, String)>, Counter>,
     /// Batches the bus failed to append (the agent retries them).
     pub append_failures: Counter,
     /// Batches refused because too many bytes were waiting for the bus (the agent retries them).
@@ -28,6 +29,13 @@ pub struct DopplerMetrics {
 }
 
 impl DopplerMetrics {
+    /// Counts one batch refused for `reason`.
+    pub fn rejected(&self, reason: &'static str) {
+        self.batches_rejected
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
+
     /// Registers the doppler metrics.
     pub fn register(telemetry: &Telemetry) -> DopplerMetrics {
         DopplerMetrics {
@@ -54,7 +62,7 @@ impl DopplerMetrics {
             batches_rejected: telemetry.register(
                 "sluice_doppler_batches_rejected",
                 "Batches refused as invalid",
-                Counter::default(),
+                Family::default(),
             ),
             append_failures: telemetry.register(
                 "sluice_doppler_bus_append_failures",

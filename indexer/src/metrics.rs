@@ -29,12 +29,27 @@ pub struct IndexerMetrics {
     pub index_bytes: Gauge,
     /// Hour partitions on disk.
     pub partitions: Gauge,
+    /// Hour writers open now (at most `indexer.max_open_writers`, but for a moment while one
+    /// record spans more hours than that).
+    pub open_writers: Gauge,
+    /// Writers committed and closed early to make room for another hour's.
+    pub writers_evicted: Counter,
 }
 
 impl IndexerMetrics {
     /// Registers the indexer metrics.
     pub fn register(telemetry: &Telemetry) -> IndexerMetrics {
         IndexerMetrics {
+            open_writers: telemetry.register(
+                "sluice_indexer_open_writers",
+                "Hour index writers open now",
+                Gauge::default(),
+            ),
+            writers_evicted: telemetry.register(
+                "sluice_indexer_writers_evicted",
+                "Hour writers committed and closed early to make room for another hour's",
+                Counter::default(),
+            ),
             documents_indexed: telemetry.register(
                 "sluice_indexer_documents_indexed",
                 "Documents added to the index",

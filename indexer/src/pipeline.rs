@@ -84,6 +84,7 @@ pub async fn run(
         commit_interval: config.commit_interval,
         writer_memory_bytes: config.writer_memory_bytes,
         close_idle_writer_after: config.close_idle_writer_after,
+        max_open_writers: config.max_open_writers,
         last_commit: Instant::now(),
         last_size_update: Instant::now(),
         metrics,
@@ -266,6 +267,31 @@ impl HourState {
     }
 }
 
+/// Commits `state`'s writer with `payload` (the JSON of `positions`), which then become the
+/// hour's committed positions.
+fn commit_hour(
+    hour: Hour,
+    state: &mut HourState,
+    payload: &str,
+    positions: &Positions,
+) -> Result<(), SluiceError> {
+    let Some(writer) = state.writer.as_mut() else {
+        return Ok(());
+    };
+    let failed = |error: tantivy::TantivyError| {
+        SluiceError::internal(format!(
+            "failed to commit index partition {}: {error}",
+            hour.partition_name()
+        ))
+    };
+    let mut prepared = writer.prepare_commit().map_err(failed)?;
+    prepared.set_payload(payload);
+    prepared.commit().map_err(failed)?;
+    state.committed = positions.clone();
+    state.dirty = false;
+    Ok(())
+}
+
 struct IndexingStage {
     store: IndexStore,
     hours: BTreeMap<Hour, HourState>,
@@ -277,6 +303,7 @@ struct IndexingStage {
     commit_interval: Duration,
     writer_memory_bytes: usize,
     close_idle_writer_after: Duration,
+    max_open_writers: usize,
     last_commit: Instant,
     last_size_update: Instant,
     metrics: IndexerMetrics,
@@ -358,6 +385,9 @@ impl IndexingStage {
         let fields = self.store.fields().clone();
         let writer_memory_bytes = self.writer_memory_bytes;
         let (mut indexed, mut already, mut skipped) = (0_u64, 0_u64, 0_u64);
+        // Hours this record has written to: their writers hold part of it and must not be
+        // committed before the whole record is in.
+        let mut touched: Vec<Hour> = Vec::new();
         for envelope in &batch.envelopes {
             let origin = Origin {
                 agent_id: &batch.agent_id,
@@ -370,11 +400,15 @@ impl IndexingStage {
                 continue;
             };
             let hour = Hour::of_nanos(envelope.timestamp);
-            let state = self.hour_state(hour)?;
-            if state.committed.contains(record) {
+            if self.hour_state(hour)?.committed.contains(record) {
                 already += 1;
                 continue;
             }
+            if !touched.contains(&hour) {
+                self.make_room_for(hour, &touched)?;
+                touched.push(hour);
+            }
+            let state = self.hour_state(hour)?;
             let writer = state.writer(hour, writer_memory_bytes)?;
             writer.add_document(document).map_err(|error| {
                 SluiceError::internal(format!(
@@ -390,6 +424,41 @@ impl IndexingStage {
         self.metrics.documents_already_indexed.inc_by(already);
         self.metrics.envelopes_not_indexed.inc_by(skipped);
         self.consumed.advance_past(record);
+        Ok(())
+    }
+
+    /// Before `hour` opens a writer: when `max_open_writers` are open already, commits and
+    /// closes the one written least recently that holds no part of the record being indexed
+    /// (`touched`). Its commit payload is the positions before that record, which is exactly
+    /// what it holds. When every open writer holds part of the record, none can be closed,
+    /// and the record briefly takes more writers (bounded by a batch's envelopes).
+    fn make_room_for(&mut self, hour: Hour, touched: &[Hour]) -> Result<(), SluiceError> {
+        let is_open = |state: &HourState| state.writer.is_some();
+        if self.hours.get(&hour).is_some_and(is_open) {
+            return Ok(());
+        }
+        let open = self.hours.values().filter(|state| is_open(state)).count();
+        if open < self.max_open_writers {
+            return Ok(());
+        }
+        let victim = self
+            .hours
+            .iter()
+            .filter(|(candidate, state)| is_open(state) && !touched.contains(candidate))
+            .min_by_key(|(_, state)| state.last_write)
+            .map(|(candidate, _)| *candidate);
+        let Some(victim) = victim else {
+            return Ok(());
+        };
+        let payload = self.consumed.to_json();
+        if let Some(state) = self.hours.get_mut(&victim) {
+            if state.dirty {
+                commit_hour(victim, state, &payload, &self.consumed)?;
+                self.metrics.commits.inc();
+            }
+            state.writer = None;
+        }
+        self.metrics.writers_evicted.inc();
         Ok(())
     }
 
@@ -477,27 +546,10 @@ impl IndexingStage {
         self.last_commit = Instant::now();
         let payload = self.consumed.to_json();
         for (hour, state) in &mut self.hours {
-            if !state.dirty {
+            if !state.dirty || state.writer.is_none() {
                 continue;
             }
-            let Some(writer) = state.writer.as_mut() else {
-                continue;
-            };
-            let mut prepared = writer.prepare_commit().map_err(|error| {
-                SluiceError::internal(format!(
-                    "failed to commit index partition {}: {error}",
-                    hour.partition_name()
-                ))
-            })?;
-            prepared.set_payload(&payload);
-            prepared.commit().map_err(|error| {
-                SluiceError::internal(format!(
-                    "failed to commit index partition {}: {error}",
-                    hour.partition_name()
-                ))
-            })?;
-            state.committed = self.consumed.clone();
-            state.dirty = false;
+            commit_hour(*hour, state, &payload, &self.consumed)?;
             self.metrics.commits.inc();
         }
         if self.consumed != self.checkpointed {
@@ -510,6 +562,27 @@ impl IndexingStage {
         let idle_after = self.close_idle_writer_after;
         self.hours
             .retain(|_, state| state.dirty || state.last_write.elapsed() < idle_after);
+        // Everything is committed now: a rewind may have opened writers past the limit;
+        // close the least recently written of them.
+        let mut open: Vec<(Instant, Hour)> = self
+            .hours
+            .iter()
+            .filter(|(_, state)| state.writer.is_some())
+            .map(|(hour, state)| (state.last_write, *hour))
+            .collect();
+        open.sort();
+        let excess = open.len().saturating_sub(self.max_open_writers);
+        for (_, hour) in open.into_iter().take(excess) {
+            if let Some(state) = self.hours.get_mut(&hour) {
+                state.writer = None;
+            }
+        }
+        self.metrics.open_writers.set(
+            self.hours
+                .values()
+                .filter(|state| state.writer.is_some())
+                .count() as i64,
+        );
         if self.last_size_update.elapsed() >= Duration::from_secs(10)
             || self.metrics.partitions.get() == 0
         {
@@ -567,8 +640,68 @@ mod tests {
             commit_interval: Duration::from_millis(100),
             writer_memory_bytes: 15_000_000,
             close_idle_writer_after: Duration::from_secs(60),
+            max_open_writers: 4,
             listen: None,
         }
+    }
+
+    /// Threads of this process that are Tantivy indexing workers (one per open writer).
+    fn tantivy_indexing_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("thrd-tantivy-in"))
+            .count()
+    }
+
+    /// Regression: one writer (a thread and up to `writer_memory_bytes`) stayed open per
+    /// distinct hour written, so envelopes spread over many hours opened thousands of threads.
+    /// Now at most `max_open_writers` are open; the others are committed and closed, and no
+    /// document is lost or indexed twice on the way, a record spanning several hours included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn regression_envelopes_over_many_hours_keep_the_open_writers_bounded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let telemetry = Telemetry::new();
+        let bus = WalBus::open(&dir.path().join("wal"), BusMetrics::register(&telemetry))
+            .await
+            .expect("wal");
+        let hour = sluice_common::time::NANOS_PER_HOUR;
+        let base = 480_000 * hour;
+        for sequence in 1..=40_u64 {
+            let at = base + (sequence as i64 % 20) * 7 * hour + sequence as i64;
+            bus.append("app", batch(sequence, &[at])).await.expect("append");
+        }
+        // One record over six hours, and then the first hour again.
+        let spread: Vec<i64> = (0..6).map(|step| base + step * 3 * hour + 99).collect();
+        bus.append("app", batch(41, &spread)).await.expect("append");
+        bus.append("app", batch(42, &[base + 5])).await.expect("append");
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        let task = tokio::spawn(run(
+            config(dir.path()),
+            Arc::new(bus.clone()),
+            Sharing::Sole,
+            telemetry.clone(),
+            shutdown,
+        ));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while total(dir.path()) < 47 {
+            assert!(Instant::now() < deadline, "indexed {} of 47", total(dir.path()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Writers stay open until idle (60 s here): what is open now is what the limit allows.
+        let threads = tantivy_indexing_threads();
+        let text = telemetry.encode();
+        trigger.fire();
+        task.await.expect("join").expect("indexer ran");
+        assert!(threads <= 6, "{threads} tantivy indexing threads open\n{text}");
+        assert!(text.contains("sluice_indexer_open_writers 4\n"), "{text}");
+        let evicted = text
+            .lines()
+            .find_map(|line| line.strip_prefix("sluice_indexer_writers_evicted_total "))
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(evicted >= 16, "{evicted} writers evicted\n{text}");
+        assert_eq!(total(dir.path()), 47, "every document exactly once");
     }
 
     async fn index_everything(dir: &Path, bus: &WalBus, telemetry: &Telemetry) {

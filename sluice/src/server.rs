@@ -90,14 +90,17 @@ fn load_tls(config: &Config) -> anyhow::Result<TlsMaterial> {
 
 async fn open_bus(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<dyn Bus>> {
     match &config.bus {
-        BusConfig::Wal { dir } => {
+        BusConfig::Wal { dir, .. } => {
             let bus = WalBus::open(dir, BusMetrics::register(telemetry))
                 .await
                 .with_context(|| format!("failed to open the WAL bus at {}", dir.display()))?;
             Ok(Arc::new(bus))
         }
-        BusConfig::Kafka(settings) => {
-            let bus = KafkaBus::open(settings, BusMetrics::register(telemetry))
+        BusConfig::Kafka {
+            settings,
+            max_record_bytes,
+        } => {
+            let bus = KafkaBus::open(settings, *max_record_bytes, BusMetrics::register(telemetry))
                 .await
                 .with_context(|| format!("failed to open the Kafka bus at {}", settings.brokers))?;
             Ok(Arc::new(bus))

@@ -1,7 +1,15 @@
 //! Following files: every 250 ms the globs are expanded, new files are opened, and every open
 //! file's new bytes are cut into records, forwarded, and, once a doppler has them on the bus,
-//! checkpointed (`<state_dir>/files-checkpoints.json`, by device and inode). So a restart
-//! resumes each file where its durable records end: nothing is sent twice or skipped.
+//! checkpointed (`<state_dir>/files-checkpoints.json`, by device and inode, with a fingerprint
+//! of the file's first bytes). So a restart resumes each file where its durable records end:
+//! nothing is sent twice or skipped. A checkpoint whose fingerprint does not match the file
+//! now at that inode (the inode was reused by a new file while the agent was down) is not
+//! used: the new file is read from its start, as Filebeat and Vector do.
+//!
+//! A checkpoint never passes a line that was not acknowledged: when a batch of lines fails,
+//! the file is read again from the end of its last acknowledged line, and the lines are sent
+//! again. Lines refused for good ([`MAX_REFUSALS`] times in a row at the same offset) are
+//! skipped, counted in `sluice_agent_source_records_rejected_total{source="files"}`.
 //!
 //! Rotation: a file renamed away (rotation by rename) keeps being read through its open handle
 //! until it is drained, while the new file at the path is picked up from its start; a file
@@ -39,10 +47,61 @@ const READ_CHUNK: usize = 1024 * 1024;
 /// Device and inode: a file's identity across renames.
 type Identity = (u64, u64);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Checkpoint {
-    path: PathBuf,
-    offset: u64,
+/// Bytes at a file's start whose digest tells a file from another that got its inode later.
+const FINGERPRINT_BYTES: u64 = 1024;
+
+/// Lines refused this many times in a row, at the same offset, are skipped (counted).
+pub const MAX_REFUSALS: u32 = 3;
+
+/// A followed file's durable position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Where the file was last seen.
+    pub path: PathBuf,
+    /// End of its last acknowledged record.
+    pub offset: u64,
+    /// SHA-256 (hex) of its first `fingerprint_bytes` bytes; absent in checkpoints written
+    /// before fingerprints, which are trusted as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// How many bytes the fingerprint covers (fewer than [`FINGERPRINT_BYTES`] for a file
+    /// that was that short).
+    #[serde(default)]
+    pub fingerprint_bytes: u64,
+}
+
+/// The digest of the first `length` bytes of `file`, or `None` when it has fewer.
+pub fn fingerprint(file: &File, length: u64) -> Option<String> {
+    let mut head = vec![0_u8; usize::try_from(length).ok()?];
+    file.read_exact_at(&mut head, 0).ok()?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &head);
+    Some(digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Where to start reading a file of `size` bytes just found at an identity: its checkpoint's
+/// offset when the checkpoint is really of this file (`head` computes this file's
+/// fingerprint over so many bytes), else its start, or its end for a file that was there
+/// before the agent started with `start_at = "end"`.
+pub fn resume_offset(
+    checkpoint: Option<&Checkpoint>,
+    size: u64,
+    head: impl Fn(u64) -> Option<String>,
+    present_at_start: bool,
+    start_at: StartAt,
+) -> u64 {
+    match checkpoint {
+        Some(checkpoint) if checkpoint.offset > size => 0,
+        Some(checkpoint) => match &checkpoint.fingerprint {
+            None => checkpoint.offset,
+            Some(expected) if head(checkpoint.fingerprint_bytes).as_ref() == Some(expected) => {
+                checkpoint.offset
+            }
+            // Another file has this inode now.
+            Some(_) => 0,
+        },
+        None if present_at_start && start_at == StartAt::End => size,
+        None => 0,
+    }
 }
 
 struct Tracked {
@@ -51,6 +110,11 @@ struct Tracked {
     file: File,
     /// Where the unread bytes start (everything before is in `buffer` or forwarded).
     read_offset: u64,
+    /// End of the last record a doppler acknowledged: where reading starts over after a
+    /// failure.
+    acknowledged: u64,
+    /// Failures in a row of the lines starting at `acknowledged`.
+    refusals: u32,
     /// File offset of `buffer[0]`.
     buffer_start: u64,
     buffer: Vec<u8>,
@@ -124,11 +188,14 @@ impl FilesSource {
                 };
                 match self.pump(file).await {
                     Ok(Some(offset)) => {
+                        let fingerprint_bytes = offset.min(FINGERPRINT_BYTES);
                         checkpoints.insert(
                             identity_key(identity),
                             Checkpoint {
                                 path: file.path.clone(),
                                 offset,
+                                fingerprint: fingerprint(&file.file, fingerprint_bytes),
+                                fingerprint_bytes,
                             },
                         );
                         self.save_checkpoints(&checkpoints);
@@ -207,12 +274,13 @@ impl FilesSource {
                         continue;
                     };
                     let size = metadata.len();
-                    let offset = match checkpoints.get(&identity_key(identity)) {
-                        Some(checkpoint) if checkpoint.offset <= size => checkpoint.offset,
-                        Some(_) => 0,
-                        None if first_scan && input.config.start_at == StartAt::End => size,
-                        None => 0,
-                    };
+                    let offset = resume_offset(
+                        checkpoints.get(&identity_key(identity)),
+                        size,
+                        |length| fingerprint(&file, length),
+                        first_scan,
+                        input.config.start_at,
+                    );
                     debug!(path = %path.display(), offset, "following a file");
                     tracked.insert(
                         identity,
@@ -221,6 +289,8 @@ impl FilesSource {
                             path,
                             file,
                             read_offset: offset,
+                            acknowledged: offset,
+                            refusals: 0,
                             buffer_start: offset,
                             buffer: Vec::new(),
                             pending: None,
@@ -251,10 +321,7 @@ impl FilesSource {
         if size < file.read_offset {
             // Truncated (copytruncate): the file starts over.
             debug!(path = %file.path.display(), "file truncated; reading it from its start");
-            file.read_offset = 0;
-            file.buffer_start = 0;
-            file.buffer.clear();
-            file.pending = None;
+            file.restart_at(0);
         }
         let mut grew = false;
         while file.read_offset < size {
@@ -321,22 +388,52 @@ impl FilesSource {
             .collect();
         let count = envelopes.len() as u64;
         let (ticket, done) = Ticket::new();
-        self.forwarder
-            .submit(envelopes, &ticket)
-            .await
-            .map_err(|status| status.message().to_owned())?;
+        if let Err(status) = self.forwarder.submit(envelopes, &ticket).await {
+            file.restart_at(file.acknowledged);
+            return Err(status.message().to_owned());
+        }
         drop(ticket);
         match done.await {
             Ok(Ok(())) => {
                 self.metrics.source_accepted(SOURCE, count);
+                file.acknowledged = offset;
+                file.refusals = 0;
                 Ok(Some(offset))
             }
-            Ok(Err(status)) => Err(format!(
-                "lines not acknowledged: {}; they are read again after a restart",
-                status.message()
-            )),
-            Err(_) => Err("the agent stopped before the lines were acknowledged".to_owned()),
+            Ok(Err(status)) => {
+                file.refusals += 1;
+                if file.refusals >= MAX_REFUSALS {
+                    // Refused every time: skip these lines, counted, rather than stall the file.
+                    self.metrics.sources_refused(SOURCE, "refused", count);
+                    file.acknowledged = offset;
+                    file.refusals = 0;
+                    return Err(format!(
+                        "{count} lines refused {MAX_REFUSALS} times ({}); skipped",
+                        status.message()
+                    ));
+                }
+                file.restart_at(file.acknowledged);
+                Err(format!(
+                    "lines not acknowledged: {}; reading them again",
+                    status.message()
+                ))
+            }
+            Err(_) => {
+                file.restart_at(file.acknowledged);
+                Err("the agent stopped before the lines were acknowledged".to_owned())
+            }
         }
+    }
+}
+
+impl Tracked {
+    /// Forgets everything read past `offset`, so reading continues from there.
+    fn restart_at(&mut self, offset: u64) {
+        self.read_offset = offset;
+        self.buffer_start = offset;
+        self.buffer.clear();
+        self.pending = None;
+        self.acknowledged = self.acknowledged.min(offset);
     }
 }
 

@@ -1,6 +1,10 @@
+use std::io::Write as _;
+
 use regex::Regex;
+use sluice_common::config::StartAt;
 
 use super::reader::{Record, cut, join};
+use super::source::{Checkpoint, fingerprint, resume_offset};
 
 fn texts(records: &[Record]) -> Vec<&str> {
     records.iter().map(|record| record.text.as_str()).collect()
@@ -59,4 +63,181 @@ fn multiline_records_join_until_the_next_start() {
     assert_eq!(texts(&done), ["2026-11-27 fine\n  more"]);
     assert_eq!(done[0].end_offset, 58);
     assert!(open.is_none());
+}
+
+/// Regression: checkpoints were keyed by device and inode only, so a new file that got the
+/// inode of a deleted one while the agent was down was resumed mid-file and its head never
+/// read. A checkpoint whose fingerprint does not match the file there now is not used.
+#[test]
+fn regression_a_reused_inode_is_read_from_its_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("app.log");
+    std::fs::write(&path, "first file line one\nfirst file line two\n").expect("write");
+    let file = std::fs::File::open(&path).expect("open");
+    let checkpoint = Checkpoint {
+        path: path.clone(),
+        offset: 40,
+        fingerprint: fingerprint(&file, 40),
+        fingerprint_bytes: 40,
+    };
+    let head = |length| fingerprint(&file, length);
+    // The same file, grown: resumed where it was.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut appender| appender.write_all(b"and more\n"))
+        .expect("append");
+    assert_eq!(
+        resume_offset(Some(&checkpoint), 49, head, true, StartAt::End),
+        40
+    );
+    // Another file now at that inode (same size or larger): read from its start.
+    std::fs::write(&path, "a new file, longer than the first one was\n").expect("write");
+    let other = std::fs::File::open(&path).expect("open");
+    let head = |length| fingerprint(&other, length);
+    assert_eq!(
+        resume_offset(Some(&checkpoint), 43, head, true, StartAt::End),
+        0
+    );
+    // Checkpoints from before fingerprints are trusted; a checkpoint past the end is not.
+    let legacy = Checkpoint {
+        fingerprint: None,
+        ..checkpoint.clone()
+    };
+    assert_eq!(
+        resume_offset(Some(&legacy), 43, |_| None, true, StartAt::End),
+        40
+    );
+    assert_eq!(
+        resume_offset(Some(&legacy), 10, |_| None, true, StartAt::End),
+        0
+    );
+    // No checkpoint: the end for files there at start (start_at = "end"), else the start.
+    assert_eq!(resume_offset(None, 43, |_| None, true, StartAt::End), 43);
+    assert_eq!(resume_offset(None, 43, |_| None, false, StartAt::End), 0);
+    assert_eq!(resume_offset(None, 43, |_| None, true, StartAt::Beginning), 0);
+}
+
+/// A doppler that refuses the first `refuse` batches as invalid, then stores what it gets.
+struct RefusingDoppler {
+    refuse: std::sync::atomic::AtomicU32,
+    lines: std::sync::Mutex<Vec<String>>,
+}
+
+#[tonic::async_trait]
+impl sluice_proto::v1::doppler_ingress_server::DopplerIngress for RefusingDoppler {
+    async fn push(
+        &self,
+        request: tonic::Request<sluice_proto::v1::AgentBatch>,
+    ) -> Result<tonic::Response<sluice_proto::v1::AgentBatchAck>, tonic::Status> {
+        use std::sync::atomic::Ordering;
+        let batch = request.into_inner();
+        let refused = self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .is_ok();
+        if refused {
+            return Err(tonic::Status::invalid_argument("refused by this test"));
+        }
+        let mut lines = self.lines.lock().expect("lock");
+        for envelope in &batch.envelopes {
+            if let Some(sluice_proto::v2::envelope::Message::Log(log)) = &envelope.message {
+                lines.push(String::from_utf8_lossy(&log.payload).into_owned());
+            }
+        }
+        Ok(tonic::Response::new(sluice_proto::v1::AgentBatchAck {
+            sequence: batch.sequence,
+        }))
+    }
+}
+
+/// Regression: when a batch of a file's lines failed, its lines were already taken from the
+/// buffer, and the next batch's acknowledgement moved the checkpoint past them: they were
+/// never sent. Now the file is read again from its last acknowledged line, so lines refused
+/// twice still arrive, in order, and the checkpoint ends at the end of the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_lines_of_a_failed_batch_are_sent_again_not_skipped() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certificates = sluice_common::tls::generate_local_ca().expect("certificates");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let paths = sluice_common::tls::TlsPaths {
+        ca_cert: write("ca.pem", &certificates.ca_cert_pem),
+        cert: write("node.pem", &certificates.node_cert_pem),
+        key: write("node-key.pem", &certificates.node_key_pem),
+    };
+    let tls = sluice_common::tls::TlsMaterial::load(&paths, "localhost").expect("tls");
+    let doppler = Arc::new(RefusingDoppler {
+        refuse: std::sync::atomic::AtomicU32::new(2),
+        lines: std::sync::Mutex::new(Vec::new()),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls.server_config())
+            .expect("tls")
+            .add_service(
+                sluice_proto::v1::doppler_ingress_server::DopplerIngressServer::from_arc(
+                    Arc::clone(&doppler),
+                ),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let log = dir.path().join("app.log");
+    let lines: Vec<String> = (0..10).map(|index| format!("line {index}")).collect();
+    std::fs::write(&log, format!("{}\n", lines.join("\n"))).expect("write");
+    let config = sluice_common::config::RawConfig::from_toml(&format!(
+        "data_dir = {:?}\n[agent]\ndopplers = [\"{address}\"]\n\
+         [[agent.files]]\npaths = [{:?}]\nsource_id = \"app\"\nstart_at = \"beginning\"\n",
+        dir.path().join("data"),
+        log.display().to_string()
+    ))
+    .and_then(sluice_common::config::RawConfig::validate)
+    .expect("config");
+    let telemetry = sluice_common::telemetry::Telemetry::new();
+    let metrics = crate::metrics::AgentMetrics::register(&telemetry);
+    let forwarder = crate::forwarder::Forwarder::start(
+        &config.agent,
+        "agent".to_owned(),
+        &tls,
+        metrics.clone(),
+    )
+    .expect("forwarder");
+    let source = super::FilesSource::new(
+        config.agent.files.clone(),
+        &config.agent.state_dir,
+        Arc::clone(&forwarder),
+        metrics,
+    )
+    .expect("source");
+    let (trigger, shutdown) = sluice_common::shutdown::ShutdownTrigger::new();
+    let task = tokio::spawn(source.serve(shutdown));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while doppler.lines.lock().expect("lock").len() < lines.len() {
+        assert!(Instant::now() < deadline, "only {:?}", doppler.lines.lock());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let checkpoints = config.agent.state_dir.join("files-checkpoints.json");
+    let size = std::fs::metadata(&log).expect("log").len();
+    while !std::fs::read_to_string(&checkpoints)
+        .is_ok_and(|text| text.contains(&format!("\"offset\":{size}")))
+    {
+        assert!(Instant::now() < deadline, "checkpoint never reached {size}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    trigger.fire();
+    task.await.expect("join").expect("source ran");
+    forwarder.drain().await;
+    server.abort();
+    assert_eq!(*doppler.lines.lock().expect("lock"), lines);
 }

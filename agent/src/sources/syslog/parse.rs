@@ -379,7 +379,11 @@ fn bsd_timestamp(input: &[u8], now: i64) -> Option<(i64, &[u8])> {
     let hour: i64 = parts.next()?.parse().ok()?;
     let minute: i64 = parts.next()?.parse().ok()?;
     let second: i64 = parts.next()?.parse().ok()?;
-    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=31).contains(&day)
+        || !(0..=23).contains(&hour)
+        || !(0..=59).contains(&minute)
+        || !(0..=60).contains(&second)
+    {
         return None;
     }
     let this_year = sluice_common::time::Hour::of_nanos(now).civil().0;
