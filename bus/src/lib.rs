@@ -107,7 +107,7 @@ pub enum BusEvent {
 }
 
 /// Errors of the bus.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     /// The underlying storage failed; the operation may be retried.
     #[error("bus storage failed: {0}")]
@@ -118,6 +118,10 @@ pub enum BusError {
     /// A caller error, such as an unknown consumer group.
     #[error("invalid bus request: {0}")]
     Invalid(String),
+    /// The bus has no room now (its disk budget is used up or its disk is full); retrying
+    /// once consumers catch up, or space is freed, succeeds.
+    #[error("bus full: {0}")]
+    Full(String),
     /// The record is larger than the bus takes; sending it again cannot succeed.
     #[error("record too large for the bus: {0}")]
     TooLarge(String),
@@ -130,6 +134,7 @@ impl BusError {
             BusError::Storage(_) | BusError::Unavailable(_) => ErrorKind::Unavailable,
             BusError::Invalid(_) => ErrorKind::InvalidArgument,
             BusError::TooLarge(_) => ErrorKind::TooLarge,
+            BusError::Full(_) => ErrorKind::ResourceExhausted,
         }
     }
 }

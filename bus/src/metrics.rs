@@ -19,6 +19,12 @@ pub struct BusMetrics {
     pub append_failures: Counter,
     /// Bytes the WAL occupies on disk.
     pub wal_disk_bytes: Gauge,
+    /// The WAL's disk budget.
+    pub wal_budget_bytes: Gauge,
+    /// Appends the WAL refused, by reason (`budget`, `disk_full`, `too_large`, `io`).
+    pub wal_refused_records: Family<GroupLabels, Counter>,
+    /// Bytes of torn or corrupt WAL tails cut off when the WAL opened.
+    pub wal_recovered_cut_bytes: Counter,
     /// Records appended but not yet checkpointed, per consumer group.
     pub consumer_lag_records: Family<GroupLabels, Gauge>,
 }
@@ -47,12 +53,34 @@ impl BusMetrics {
                 "Bytes the WAL occupies on disk",
                 Gauge::default(),
             ),
+            wal_budget_bytes: telemetry.register(
+                "sluice_bus_wal_budget_bytes",
+                "The WAL's disk budget (bus.wal.max_disk_bytes)",
+                Gauge::default(),
+            ),
+            wal_refused_records: telemetry.register(
+                "sluice_bus_wal_refused_records",
+                "Appends the WAL refused, by reason; the doppler answered RESOURCE_EXHAUSTED (budget, disk_full) or INVALID_ARGUMENT (too_large)",
+                Family::default(),
+            ),
+            wal_recovered_cut_bytes: telemetry.register(
+                "sluice_bus_wal_recovered_cut_bytes",
+                "Bytes of torn or corrupt WAL tails cut off at open (a crash mid-write)",
+                Counter::default(),
+            ),
             consumer_lag_records: telemetry.register(
                 "sluice_bus_consumer_lag_records",
                 "Records appended but not yet checkpointed by a consumer group",
                 Family::default(),
             ),
         }
+    }
+
+    /// Counts one append the WAL refused for `reason`.
+    pub fn wal_refused(&self, reason: &'static str) {
+        self.wal_refused_records
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
     }
 
     /// The lag gauge of `group`.

@@ -427,6 +427,9 @@ pub struct RawBusConfig {
     pub kind: String,
     /// WAL directory; default `<data_dir>/wal`.
     pub wal_dir: Option<PathBuf>,
+    /// `[bus.wal]`: how the embedded WAL keeps its records.
+    #[serde(default)]
+    pub wal: RawWalConfig,
     /// Largest record (one encoded agent batch) the bus takes, in bytes. On Kafka this is the
     /// producer's `message.max.bytes` and the `max.message.bytes` of a topic Sluice creates;
     /// the brokers' own limit must be at least as large.
@@ -435,6 +438,57 @@ pub struct RawBusConfig {
     /// Kafka settings, for `kind = "kafka"`.
     #[serde(default)]
     pub kafka: RawKafkaConfig,
+}
+
+/// `[bus.wal]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWalConfig {
+    /// Bytes the WAL may hold on disk (records some consumer has not checkpointed). Past it,
+    /// and when the disk is full, the doppler refuses batches with `RESOURCE_EXHAUSTED`;
+    /// agents hold theirs and retry.
+    #[serde(default = "default_wal_max_disk_bytes")]
+    pub max_disk_bytes: u64,
+    /// A new segment file starts once the current one holds this many bytes; released
+    /// records leave the disk a whole segment at a time.
+    #[serde(default = "default_wal_segment_bytes")]
+    pub segment_bytes: u64,
+    /// `fsync`: a batch is acknowledged once written and synced to disk (per group of
+    /// batches), surviving a power loss. `flush`: once written to the operating system,
+    /// surviving a crash of the process, synced every `sync_interval`.
+    #[serde(default = "default_wal_durability")]
+    pub durability: String,
+    /// With `durability = "flush"`, time between syncs.
+    #[serde(default = "default_wal_sync_interval")]
+    pub sync_interval: String,
+}
+
+impl Default for RawWalConfig {
+    fn default() -> RawWalConfig {
+        toml::from_str("").expect("an empty [bus.wal] is valid")
+    }
+}
+
+fn default_wal_max_disk_bytes() -> u64 {
+    8 * 1024 * 1024 * 1024
+}
+fn default_wal_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_wal_durability() -> String {
+    "fsync".to_owned()
+}
+fn default_wal_sync_interval() -> String {
+    "200ms".to_owned()
+}
+
+/// When a WAL append counts as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalDurability {
+    /// Synced to disk before the acknowledgement.
+    Fsync,
+    /// Written to the operating system before the acknowledgement, synced every interval.
+    Flush(Duration),
 }
 
 fn default_max_record_bytes() -> usize {
@@ -1038,6 +1092,12 @@ pub enum BusConfig {
         dir: PathBuf,
         /// Largest record.
         max_record_bytes: usize,
+        /// Disk budget.
+        max_disk_bytes: u64,
+        /// Segment size.
+        segment_bytes: u64,
+        /// When an append counts as stored.
+        durability: WalDurability,
     },
     /// A Kafka topic.
     Kafka {
@@ -1202,10 +1262,40 @@ impl RawConfig {
         }
         let max_record_bytes = self.bus.max_record_bytes;
         let bus = match self.bus.kind.as_str() {
-            "wal" => BusConfig::Wal {
-                dir: self.bus.wal_dir.unwrap_or_else(|| data_dir.join("wal")),
-                max_record_bytes,
-            },
+            "wal" => {
+                let wal = self.bus.wal;
+                let durability = match wal.durability.as_str() {
+                    "fsync" => WalDurability::Fsync,
+                    "flush" => WalDurability::Flush(parse_duration(
+                        "bus.wal.sync_interval",
+                        &wal.sync_interval,
+                    )?),
+                    other => {
+                        return Err(SluiceError::invalid(format!(
+                            "bus.wal.durability: unknown setting {other:?}; expected \"fsync\" or \"flush\""
+                        )));
+                    }
+                };
+                if wal.segment_bytes < max_record_bytes as u64 {
+                    return Err(SluiceError::invalid(format!(
+                        "bus.wal.segment_bytes ({}) must be at least bus.max_record_bytes ({max_record_bytes})",
+                        wal.segment_bytes
+                    )));
+                }
+                if wal.max_disk_bytes < 2 * wal.segment_bytes {
+                    return Err(SluiceError::invalid(format!(
+                        "bus.wal.max_disk_bytes ({}) must be at least twice bus.wal.segment_bytes ({})",
+                        wal.max_disk_bytes, wal.segment_bytes
+                    )));
+                }
+                BusConfig::Wal {
+                    dir: self.bus.wal_dir.unwrap_or_else(|| data_dir.join("wal")),
+                    max_record_bytes,
+                    max_disk_bytes: wal.max_disk_bytes,
+                    segment_bytes: wal.segment_bytes,
+                    durability,
+                }
+            }
             "kafka" => {
                 let kafka = self.bus.kafka;
                 if kafka.brokers.trim().is_empty() || kafka.topic.trim().is_empty() {

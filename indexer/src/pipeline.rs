@@ -607,7 +607,7 @@ mod tests {
     use crate::search::{SearchRequest, Searcher};
     use bytes::Bytes;
     use sluice_bus::metrics::BusMetrics;
-    use sluice_bus::wal::WalBus;
+    use sluice_bus::wal::{WalBus, WalSettings};
     use sluice_common::shutdown::ShutdownTrigger;
     use sluice_proto::v2::{Envelope, Log, envelope};
 
@@ -662,7 +662,11 @@ mod tests {
     async fn regression_envelopes_over_many_hours_keep_the_open_writers_bounded() {
         let dir = tempfile::tempdir().expect("temp dir");
         let telemetry = Telemetry::new();
-        let bus = WalBus::open(&dir.path().join("wal"), BusMetrics::register(&telemetry))
+        let bus = WalBus::open(
+            &dir.path().join("wal"),
+            WalSettings::default(),
+            BusMetrics::register(&telemetry),
+        )
             .await
             .expect("wal");
         let hour = sluice_common::time::NANOS_PER_HOUR;
@@ -740,6 +744,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = WalBus::open(
             &dir.path().join("wal"),
+            WalSettings::default(),
             BusMetrics::register(&Telemetry::new()),
         )
         .await
@@ -786,6 +791,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = WalBus::open(
             &dir.path().join("wal"),
+            WalSettings::default(),
             BusMetrics::register(&Telemetry::new()),
         )
         .await

@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use sluice_bus::kafka::KafkaBus;
 use sluice_bus::metrics::BusMetrics;
-use sluice_bus::wal::WalBus;
+use sluice_bus::wal::{Durability, WalBus, WalSettings};
 use sluice_bus::{Bus, Sharing};
 use sluice_common::SluiceError;
-use sluice_common::config::{BusConfig, Config, IndexerConfig, RawConfig};
+use sluice_common::config::{BusConfig, Config, IndexerConfig, RawConfig, WalDurability};
 use sluice_common::shutdown::{Shutdown, ShutdownTrigger};
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::{TlsMaterial, ensure_local_ca};
@@ -90,8 +90,25 @@ fn load_tls(config: &Config) -> anyhow::Result<TlsMaterial> {
 
 async fn open_bus(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<dyn Bus>> {
     match &config.bus {
-        BusConfig::Wal { dir, .. } => {
-            let bus = WalBus::open(dir, BusMetrics::register(telemetry))
+        BusConfig::Wal {
+            dir,
+            max_record_bytes,
+            max_disk_bytes,
+            segment_bytes,
+            durability,
+        } => {
+            let settings = WalSettings {
+                max_record_bytes: *max_record_bytes,
+                max_disk_bytes: *max_disk_bytes,
+                segment_bytes: *segment_bytes,
+                durability: match durability {
+                    WalDurability::Fsync => Durability::Fsync,
+                    WalDurability::Flush(interval) => Durability::Flush {
+                        interval: *interval,
+                    },
+                },
+            };
+            let bus = WalBus::open(dir, settings, BusMetrics::register(telemetry))
                 .await
                 .with_context(|| format!("failed to open the WAL bus at {}", dir.display()))?;
             Ok(Arc::new(bus))

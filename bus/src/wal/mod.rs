@@ -1,0 +1,864 @@
+//! The embedded bus: a durable write-ahead log on local disk, one process only.
+//!
+//! One partition (0). Records live in segment files (`<dir>/segments`, format in
+//! [`segment`]), never in memory: the log holds whatever consumers have not checkpointed, up
+//! to a disk budget (`bus.wal.max_disk_bytes`), however long a consumer is stuck. Past the
+//! budget, or when the disk is full, appends are refused with [`BusError::Full`], which the
+//! doppler answers with `RESOURCE_EXHAUSTED`: agents hold their bounded pending batches and
+//! retry, pushing back on their own clients, until consumers catch up or space returns.
+//!
+//! Durability (`bus.wal.durability`): `fsync` (the default) answers an append once its group
+//! of records is written and `fdatasync`ed, so an acknowledged batch survives a power loss;
+//! `flush` answers once it is written to the operating system (surviving a crash of the
+//! process, not of the machine) and syncs every `sync_interval`. Offsets are assigned here,
+//! rise monotonically, and are visible to consumers only once synced, so they never move
+//! backwards, power loss or not. The writer runs on its own thread ([`writer`]).
+//!
+//! Every record stays until every consumer group known to this WAL has checkpointed past
+//! it; the groups and their checkpoints live in `groups.json` beside the log, so a group that
+//! is down still holds its records back. Whole segments are deleted once released.
+//!
+//! A WAL written by earlier versions (Quickwit's `mrecordlog`, in `<dir>/records`) is moved
+//! into segments, with its offsets, the first time it is opened ([`legacy`]).
+
+mod legacy;
+pub mod segment;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use self::segment::{Cursor, SegmentMap};
+use self::writer::{Request, Writer};
+use crate::metrics::BusMetrics;
+use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Positions, Sharing};
+
+const PARTITION: u32 = 0;
+
+/// Payload bytes one poll returns at most (besides its record count).
+const MAX_POLL_BYTES: usize = 32 * 1024 * 1024;
+
+/// When an appended record counts as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Written and synced to the disk (per group of records) before the append returns.
+    Fsync,
+    /// Written to the operating system before the append returns; synced every `interval`.
+    Flush {
+        /// Time between syncs.
+        interval: Duration,
+    },
+}
+
+/// How the WAL keeps its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalSettings {
+    /// Largest record.
+    pub max_record_bytes: usize,
+    /// Bytes the log may hold on disk; appends past it are refused until consumers catch up.
+    pub max_disk_bytes: u64,
+    /// A new segment starts once the current one holds this many bytes.
+    pub segment_bytes: u64,
+    /// When an append counts as stored.
+    pub durability: Durability,
+}
+
+impl Default for WalSettings {
+    fn default() -> WalSettings {
+        WalSettings {
+            max_record_bytes: 16 * 1024 * 1024,
+            max_disk_bytes: 8 * 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            durability: Durability::Fsync,
+        }
+    }
+}
+
+/// The embedded write-ahead-log bus.
+#[derive(Clone)]
+pub struct WalBus {
+    shared: Arc<Shared>,
+}
+
+/// What the writer thread, the consumers and the bus share.
+struct State {
+    segments: std::sync::Mutex<SegmentMap>,
+    /// Bytes of every segment on disk.
+    disk_bytes: AtomicU64,
+    /// The offset after the last record readers may see; consumers wait on it.
+    committed: watch::Sender<u64>,
+    metrics: BusMetrics,
+}
+
+impl State {
+    fn lock_segments(&self) -> std::sync::MutexGuard<'_, SegmentMap> {
+        self.segments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+struct Shared {
+    state: Arc<State>,
+    requests: mpsc::Sender<Request>,
+    /// Consumer groups and the offset each has checkpointed up to (exclusive).
+    groups: Mutex<BTreeMap<String, u64>>,
+    groups_path: PathBuf,
+    settings: WalSettings,
+}
+
+impl WalBus {
+    /// Opens (or creates) the WAL in `dir`, checking and recovering what it holds. Must be
+    /// called inside a Tokio runtime (flush mode starts a timer task there).
+    pub async fn open(
+        dir: &Path,
+        settings: WalSettings,
+        metrics: BusMetrics,
+    ) -> Result<WalBus, BusError> {
+        if settings.max_disk_bytes < 2 * settings.segment_bytes
+            || settings.segment_bytes < settings.max_record_bytes as u64
+        {
+            return Err(BusError::Invalid(format!(
+                "wal limits do not nest: max_disk_bytes ({}) must be at least twice segment_bytes ({}), which must be at least max_record_bytes ({})",
+                settings.max_disk_bytes, settings.segment_bytes, settings.max_record_bytes
+            )));
+        }
+        let dir = dir.to_path_buf();
+        let groups_path = dir.join("groups.json");
+        let groups = read_groups(&groups_path).await?;
+        let opened = {
+            let dir = dir.clone();
+            let floor = groups.values().copied().max().unwrap_or(0);
+            tokio::task::spawn_blocking(move || open_log(&dir, settings, floor))
+                .await
+                .map_err(|error| BusError::Storage(format!("wal open task failed: {error}")))??
+        };
+        let OpenedLog {
+            segments,
+            file,
+            segment_first,
+            segment_bytes,
+            next_offset,
+            disk_bytes,
+            cut_bytes,
+        } = opened;
+        metrics.wal_recovered_cut_bytes.inc_by(cut_bytes);
+        metrics
+            .wal_disk_bytes
+            .set(i64::try_from(disk_bytes).unwrap_or(i64::MAX));
+        metrics
+            .wal_budget_bytes
+            .set(i64::try_from(settings.max_disk_bytes).unwrap_or(i64::MAX));
+        for (group, checkpoint) in &groups {
+            metrics
+                .lag(group)
+                .set(next_offset.saturating_sub(*checkpoint) as i64);
+        }
+        info!(dir = %dir.display(), next_offset, disk_bytes, segments = segments.len(), groups = groups.len(), durability = ?settings.durability, "wal opened");
+        let (committed, _) = watch::channel(next_offset);
+        let state = Arc::new(State {
+            segments: std::sync::Mutex::new(segments),
+            disk_bytes: AtomicU64::new(disk_bytes),
+            committed,
+            metrics,
+        });
+        let (requests, receiver) = mpsc::channel(writer::MAX_GROUP);
+        let writer = Writer {
+            dir: dir.join("segments"),
+            settings,
+            state: Arc::clone(&state),
+            file,
+            segment_first,
+            segment_bytes,
+            next_offset,
+            unsynced: false,
+            last_sync: Instant::now(),
+        };
+        std::thread::Builder::new()
+            .name("sluice-wal".to_owned())
+            .spawn(move || writer.run(receiver))
+            .map_err(|error| BusError::Storage(format!("failed to start the wal writer: {error}")))?;
+        if let Durability::Flush { interval } = settings.durability {
+            tokio::spawn(writer::sync_timer(requests.downgrade(), interval));
+        }
+        Ok(WalBus {
+            shared: Arc::new(Shared {
+                state,
+                requests,
+                groups: Mutex::new(groups),
+                groups_path,
+                settings,
+            }),
+        })
+    }
+
+    /// Bytes the log occupies on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.state.disk_bytes.load(Ordering::Acquire)
+    }
+}
+
+/// The log as found on disk, ready for the writer.
+struct OpenedLog {
+    segments: SegmentMap,
+    file: std::fs::File,
+    segment_first: u64,
+    segment_bytes: u64,
+    next_offset: u64,
+    disk_bytes: u64,
+    cut_bytes: u64,
+}
+
+/// Recovers the segments (moving a legacy log in first) and opens the last for appending.
+/// `floor` is the highest group checkpoint: offsets never restart below it.
+fn open_log(dir: &Path, settings: WalSettings, floor: u64) -> Result<OpenedLog, BusError> {
+    let segments_dir = dir.join("segments");
+    std::fs::create_dir_all(&segments_dir).map_err(|error| {
+        BusError::Storage(format!(
+            "failed to create wal directory {}: {error}",
+            segments_dir.display()
+        ))
+    })?;
+    legacy::migrate(dir, &segments_dir)?;
+    let max_payload = settings.max_record_bytes.max(legacy::MAX_LEGACY_RECORD_BYTES);
+    let (mut segments, cut_bytes) = segment::recover(&segments_dir, max_payload)?;
+    let disk_end = segments.values().next_back().map_or(0, |info| info.visible_end);
+    let next_offset = disk_end.max(floor);
+    let reuse_last = segments
+        .values()
+        .next_back()
+        .filter(|info| info.visible_end == next_offset && info.visible_bytes < settings.segment_bytes)
+        .cloned();
+    let (file, segment_first, segment_bytes) = match reuse_last {
+        Some(info) => {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .read(true)
+                .open(&info.path)
+                .map_err(|error| {
+                    BusError::Storage(format!("failed to open {}: {error}", info.path.display()))
+                })?;
+            (file, info.first_offset, info.visible_bytes)
+        }
+        None => {
+            let (file, info) = writer::create_segment(&segments_dir, next_offset)?;
+            segments.insert(next_offset, info);
+            (file, next_offset, 0)
+        }
+    };
+    let disk_bytes = segments.values().map(|info| info.visible_bytes).sum();
+    Ok(OpenedLog {
+        segments,
+        file,
+        segment_first,
+        segment_bytes,
+        next_offset,
+        disk_bytes,
+        cut_bytes,
+    })
+}
+
+async fn read_groups(path: &Path) -> Result<BTreeMap<String, u64>, BusError> {
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|error| BusError::Storage(format!("invalid {}: {error}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(error) => Err(BusError::Storage(format!(
+            "failed to read {}: {error}",
+            path.display()
+        ))),
+    }
+}
+
+#[async_trait]
+impl Bus for WalBus {
+    async fn append(&self, _key: &str, payload: Bytes) -> Result<(), BusError> {
+        let length = payload.len() as u64;
+        let (reply, answer) = oneshot::channel();
+        let metrics = &self.shared.state.metrics;
+        self.shared
+            .requests
+            .send(Request::Append { payload, reply })
+            .await
+            .map_err(|_| BusError::Unavailable("the wal writer stopped".to_owned()))?;
+        match answer.await {
+            Ok(Ok(_offset)) => {
+                metrics.records_appended.inc();
+                metrics.bytes_appended.inc_by(length);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => {
+                metrics.append_failures.inc();
+                Err(BusError::Unavailable(
+                    "the wal writer stopped before answering".to_owned(),
+                ))
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        _member: &str,
+        _sharing: Sharing,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        let mut groups = self.shared.groups.lock().await;
+        if !groups.contains_key(group) {
+            // A new group holds back everything still in the log from now on.
+            let first_retained = self
+                .shared
+                .state
+                .lock_segments()
+                .values()
+                .next()
+                .map_or(*self.shared.state.committed.borrow(), |info| info.first_offset);
+            groups.insert(group.to_owned(), first_retained);
+            write_groups(&self.shared.groups_path, &groups).await?;
+        }
+        // Until it seeks, a consumer starts where its group has checkpointed.
+        let start = groups.get(group).copied().unwrap_or(0);
+        Ok(Box::new(WalConsumer {
+            shared: Arc::clone(&self.shared),
+            group: group.to_owned(),
+            cursor: Some(Cursor::at(start)),
+            committed: self.shared.state.committed.subscribe(),
+            lag: self.shared.state.metrics.lag(group),
+        }))
+    }
+
+    fn kind(&self) -> &'static str {
+        "wal"
+    }
+}
+
+struct WalConsumer {
+    shared: Arc<Shared>,
+    group: String,
+    /// Taken while a read runs on a blocking thread.
+    cursor: Option<Cursor>,
+    committed: watch::Receiver<u64>,
+    lag: Gauge,
+}
+
+#[async_trait]
+impl Consumer for WalConsumer {
+    async fn seek(&mut self, positions: &Positions) -> Result<(), BusError> {
+        self.cursor
+            .get_or_insert_with(Cursor::default)
+            .reset(positions.next_offset(PARTITION));
+        Ok(())
+    }
+
+    /// Cancel-safe: a read in progress keeps the cursor on its blocking thread only while it
+    /// runs; if the poll is dropped meanwhile the cursor is found again by offset.
+    async fn poll(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<BusEvent>, BusError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            // Mark the current commit as seen *before* reading, so a commit that lands
+            // between the read and the wait still wakes us.
+            let committed = *self.committed.borrow_and_update();
+            let mut cursor = self.cursor.take().unwrap_or_default();
+            let next_offset = cursor.next_offset;
+            if next_offset < committed {
+                let state = Arc::clone(&self.shared.state);
+                let max_payload = self
+                    .shared
+                    .settings
+                    .max_record_bytes
+                    .max(legacy::MAX_LEGACY_RECORD_BYTES);
+                // If this poll is dropped while the read runs, the next one starts a fresh
+                // cursor at the same offset (records are delivered once the read returns).
+                self.cursor = Some(Cursor::at(next_offset));
+                let (cursor, read) = tokio::task::spawn_blocking(move || {
+                    let read =
+                        cursor.read(&state.segments, max_records, MAX_POLL_BYTES, max_payload);
+                    (cursor, read)
+                })
+                .await
+                .map_err(|error| BusError::Storage(format!("wal read task failed: {error}")))?;
+                let read = read?;
+                self.cursor = Some(cursor);
+                if let Some((wanted, found)) = read.skipped {
+                    warn!(group = %self.group, expected = wanted, found, "wal records were released before this group read them");
+                }
+                if !read.records.is_empty() {
+                    return Ok(read
+                        .records
+                        .into_iter()
+                        .map(|(offset, payload)| {
+                            BusEvent::Record(BusRecord {
+                                partition: PARTITION,
+                                offset,
+                                payload: Bytes::from(payload),
+                            })
+                        })
+                        .collect());
+                }
+            } else {
+                self.cursor = Some(cursor);
+            }
+            match tokio::time::timeout_at(deadline, self.committed.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(BusError::Unavailable("wal closed".to_owned())),
+                Err(_elapsed) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn checkpoint(&mut self, positions: &Positions) -> Result<(), BusError> {
+        let offset = positions.next_offset(PARTITION);
+        let mut groups = self.shared.groups.lock().await;
+        let previous = groups.get(&self.group).copied().unwrap_or(0);
+        if offset <= previous {
+            return Ok(());
+        }
+        groups.insert(self.group.clone(), offset);
+        write_groups(&self.shared.groups_path, &groups).await?;
+        let committed = *self.shared.state.committed.borrow();
+        self.lag.set(committed.saturating_sub(offset) as i64);
+        let releasable = groups.values().copied().min().unwrap_or(0);
+        drop(groups);
+        self.release(releasable).await
+    }
+}
+
+impl WalConsumer {
+    /// Deletes every segment whose records all lie below `releasable` (never the last, which
+    /// the writer appends to).
+    async fn release(&self, releasable: u64) -> Result<(), BusError> {
+        let doomed: Vec<(PathBuf, u64)> = {
+            let mut segments = self.shared.state.lock_segments();
+            let firsts: Vec<u64> = segments.keys().copied().collect();
+            let mut doomed = Vec::new();
+            for pair in firsts.windows(2) {
+                let [first, next_first] = [pair[0], pair[1]];
+                if next_first > releasable {
+                    break;
+                }
+                if let Some(info) = segments.remove(&first) {
+                    doomed.push((info.path, info.visible_bytes));
+                }
+            }
+            doomed
+        };
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let freed: u64 = doomed.iter().map(|(_, bytes)| bytes).sum();
+        let state = &self.shared.state;
+        let total = state.disk_bytes.fetch_sub(freed, Ordering::AcqRel) - freed;
+        state
+            .metrics
+            .wal_disk_bytes
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+        tokio::task::spawn_blocking(move || {
+            for (path, _) in doomed {
+                // A reader may still have it open; the file goes once it closes it.
+                if let Err(error) = std::fs::remove_file(&path) {
+                    warn!(segment = %path.display(), error = %error, "failed to delete a released wal segment");
+                }
+            }
+        })
+        .await
+        .map_err(|error| BusError::Storage(format!("wal release task failed: {error}")))
+    }
+}
+
+/// Writes the group checkpoints atomically: temporary file, fsync, rename.
+async fn write_groups(path: &Path, groups: &BTreeMap<String, u64>) -> Result<(), BusError> {
+    let text =
+        serde_json::to_vec(groups).map_err(|error| BusError::Storage(format!("{error:?}")))?;
+    let temporary = path.with_extension("json.tmp");
+    let write = async {
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let mut file = tokio::fs::File::create(&temporary).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, &text).await?;
+        file.sync_all().await?;
+        tokio::fs::rename(&temporary, path).await
+    };
+    write
+        .await
+        .map_err(|error| BusError::Storage(format!("failed to write {}: {error}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_common::telemetry::Telemetry;
+
+    async fn open(dir: &Path) -> WalBus {
+        WalBus::open(dir, WalSettings::default(), BusMetrics::register(&Telemetry::new()))
+            .await
+            .expect("open wal")
+    }
+
+    async fn poll_all(consumer: &mut Box<dyn Consumer>) -> Vec<BusRecord> {
+        consumer
+            .poll(1_000, Duration::from_millis(50))
+            .await
+            .expect("poll")
+            .into_iter()
+            .map(|event| match event {
+                BusEvent::Record(record) => record,
+                BusEvent::Rewind { .. } => panic!("the wal never rewinds"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn appended_records_survive_reopening_and_are_read_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let bus = open(dir.path()).await;
+            let _consumer = bus
+                .subscribe("indexer", "test", Sharing::Sole)
+                .await
+                .expect("subscribe");
+            for index in 0..10 {
+                bus.append("key", Bytes::from(format!("record {index}")))
+                    .await
+                    .expect("append");
+            }
+        }
+        let bus = open(dir.path()).await;
+        let mut consumer = bus
+            .subscribe("indexer", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        let records = poll_all(&mut consumer).await;
+        assert_eq!(records.len(), 10);
+        assert_eq!(records[3].offset, 3);
+        assert_eq!(records[3].payload, Bytes::from("record 3"));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_wakes_on_append_and_seek_resumes_exactly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = open(dir.path()).await;
+        let mut consumer = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        assert!(poll_all(&mut consumer).await.is_empty());
+        let writer = bus.clone();
+        let waiter = tokio::spawn(async move { consumer.poll(10, Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        writer
+            .append("key", Bytes::from_static(b"a"))
+            .await
+            .expect("append");
+        let records = waiter.await.expect("join").expect("poll");
+        assert_eq!(records.len(), 1);
+        for _ in 0..4 {
+            writer
+                .append("key", Bytes::from_static(b"b"))
+                .await
+                .expect("append");
+        }
+        let mut again = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        again
+            .seek(&Positions([(0, 3)].into_iter().collect()))
+            .await
+            .expect("seek");
+        let offsets: Vec<u64> = poll_all(&mut again)
+            .await
+            .iter()
+            .map(|record| record.offset)
+            .collect();
+        assert_eq!(offsets, vec![3, 4]);
+    }
+
+    #[tokio::test]
+    async fn records_are_released_only_after_every_group_checkpointed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = open(dir.path()).await;
+        let mut indexer = bus
+            .subscribe("indexer", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        let mut retention = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        for _ in 0..6 {
+            bus.append("key", Bytes::from_static(b"x"))
+                .await
+                .expect("append");
+        }
+        indexer
+            .checkpoint(&Positions([(0, 6)].into_iter().collect()))
+            .await
+            .expect("checkpoint");
+        // Retention has not checkpointed: a fresh reader still sees everything.
+        let mut late = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        assert_eq!(poll_all(&mut late).await.len(), 6);
+        retention
+            .checkpoint(&Positions([(0, 4)].into_iter().collect()))
+            .await
+            .expect("checkpoint");
+        drop((bus, indexer, retention, late));
+        // After a restart, the released records are gone and the checkpoints remain.
+        let bus = open(dir.path()).await;
+        let mut reader = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        let offsets: Vec<u64> = poll_all(&mut reader)
+            .await
+            .iter()
+            .map(|record| record.offset)
+            .collect();
+        assert_eq!(offsets, vec![4, 5]);
+    }
+
+    fn settings(max_disk_bytes: u64, segment_bytes: u64) -> WalSettings {
+        WalSettings {
+            max_record_bytes: 1024,
+            max_disk_bytes,
+            segment_bytes,
+            durability: Durability::Fsync,
+        }
+    }
+
+    /// Regression: the WAL kept every unreleased record in memory, so a stuck consumer grew
+    /// the process without bound. Records now live in segment files only, up to a disk
+    /// budget: past it appends are refused with `Full` (retryable), and once the consumers
+    /// checkpoint, whole segments are deleted and appends succeed again.
+    #[tokio::test]
+    async fn regression_a_stuck_consumer_fills_the_disk_budget_not_memory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let telemetry = Telemetry::new();
+        let bus = WalBus::open(
+            dir.path(),
+            settings(64 * 1024, 8 * 1024),
+            BusMetrics::register(&telemetry),
+        )
+        .await
+        .expect("open");
+        let mut consumer = bus
+            .subscribe("indexer", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        let record = Bytes::from(vec![b'r'; 1000]);
+        let mut stored = 0_u64;
+        let refusal = loop {
+            match bus.append("key", record.clone()).await {
+                Ok(()) => stored += 1,
+                Err(error) => break error,
+            }
+            assert!(stored < 1_000, "the budget never refused an append");
+        };
+        assert!(matches!(refusal, BusError::Full(_)), "{refusal:?}");
+        assert_eq!(
+            sluice_common::SluiceError::from(refusal).kind(),
+            sluice_common::ErrorKind::ResourceExhausted
+        );
+        // 1,016 bytes a record within a 64 KiB budget.
+        assert_eq!(stored, 64 * 1024 / 1_016);
+        assert!(bus.disk_bytes() <= 64 * 1024);
+        let segments = std::fs::read_dir(dir.path().join("segments"))
+            .expect("segments")
+            .count();
+        assert!(segments >= 7, "{segments} segment files");
+        let text = telemetry.encode();
+        assert!(
+            text.contains("sluice_bus_wal_refused_records_total{reason=\"budget\"} 1"),
+            "{text}"
+        );
+        // The consumer catches up: segments go, and there is room again.
+        let records = poll_all(&mut consumer).await;
+        assert_eq!(records.len() as u64, stored);
+        consumer
+            .checkpoint(&Positions([(0, stored)].into_iter().collect()))
+            .await
+            .expect("checkpoint");
+        assert!(bus.disk_bytes() < 16 * 1024, "{} bytes left", bus.disk_bytes());
+        bus.append("key", record.clone()).await.expect("room again");
+        let next = poll_all(&mut consumer).await;
+        assert_eq!(next.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![stored]);
+    }
+
+    /// Regression: positions were picked by the log at append and could move backwards after
+    /// losing a tail. Offsets are now assigned by the WAL, never below a group's checkpoint,
+    /// and a torn tail is cut at the last whole record: after a crash that tore the last
+    /// record, reopening resumes at the next offset of what survived, and later appends never
+    /// reuse a checkpointed offset.
+    #[tokio::test]
+    async fn regression_offsets_never_move_backwards_after_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let bus = open(dir.path()).await;
+            let mut consumer = bus
+                .subscribe("indexer", "test", Sharing::Sole)
+                .await
+                .expect("subscribe");
+            for index in 0..5 {
+                bus.append("key", Bytes::from(format!("record {index}")))
+                    .await
+                    .expect("append");
+            }
+            consumer
+                .checkpoint(&Positions([(0, 5)].into_iter().collect()))
+                .await
+                .expect("checkpoint");
+        }
+        // Tear the last record in two, as a power loss mid-write would.
+        let segment = std::fs::read_dir(dir.path().join("segments"))
+            .expect("segments")
+            .map(|entry| entry.expect("entry").path())
+            .max()
+            .expect("a segment");
+        let length = std::fs::metadata(&segment).expect("size").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .and_then(|file| file.set_len(length - 3))
+            .expect("tear");
+        let bus = open(dir.path()).await;
+        bus.append("key", Bytes::from_static(b"after the crash"))
+            .await
+            .expect("append");
+        let mut reader = bus
+            .subscribe("retention", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        let records = poll_all(&mut reader).await;
+        let last = records.last().expect("records");
+        assert_eq!(last.payload, Bytes::from_static(b"after the crash"));
+        assert!(last.offset >= 5, "offset {} reused a checkpointed one", last.offset);
+        let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
+        assert!(offsets.windows(2).all(|pair| pair[0] < pair[1]), "{offsets:?}");
+    }
+
+    /// With `flush`, an append returns once written, and consumers see it after the next
+    /// sync; with `fsync`, at once.
+    #[tokio::test]
+    async fn flush_mode_makes_records_visible_at_the_next_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = WalBus::open(
+            dir.path(),
+            WalSettings {
+                durability: Durability::Flush {
+                    interval: Duration::from_millis(50),
+                },
+                ..WalSettings::default()
+            },
+            BusMetrics::register(&Telemetry::new()),
+        )
+        .await
+        .expect("open");
+        let mut consumer = bus
+            .subscribe("indexer", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        bus.append("key", Bytes::from_static(b"a")).await.expect("append");
+        let records = consumer
+            .poll(10, Duration::from_secs(5))
+            .await
+            .expect("poll");
+        assert_eq!(records.len(), 1);
+    }
+
+    /// Compatibility: a WAL written by the previous format (mrecordlog in `records/`) is moved
+    /// into segments with its offsets, its group checkpoints kept.
+    #[tokio::test]
+    async fn a_legacy_wal_is_migrated_with_its_offsets() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            std::fs::create_dir_all(dir.path().join("records")).expect("dir");
+            let mut log = mrecordlog::MultiRecordLog::open(&dir.path().join("records"))
+                .await
+                .expect("legacy log");
+            log.create_queue("envelopes").await.expect("queue");
+            for index in 0..7 {
+                log.append_record("envelopes", None, Bytes::from(format!("old {index}")))
+                    .await
+                    .expect("append");
+            }
+            log.truncate("envelopes", 2).await.expect("release 0..=2");
+            std::fs::write(dir.path().join("groups.json"), r#"{"indexer":3}"#).expect("groups");
+        }
+        let bus = open(dir.path()).await;
+        assert!(!dir.path().join("records").exists());
+        let mut consumer = bus
+            .subscribe("indexer", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        consumer
+            .seek(&Positions([(0, 3)].into_iter().collect()))
+            .await
+            .expect("seek");
+        bus.append("key", Bytes::from_static(b"new")).await.expect("append");
+        let records = poll_all(&mut consumer).await;
+        let seen: Vec<(u64, String)> = records
+            .iter()
+            .map(|record| (record.offset, String::from_utf8_lossy(&record.payload).into_owned()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (3, "old 3".to_owned()),
+                (4, "old 4".to_owned()),
+                (5, "old 5".to_owned()),
+                (6, "old 6".to_owned()),
+                (7, "new".to_owned()),
+            ]
+        );
+    }
+
+    /// Compatibility: a segment written by this version (committed under `tests/fixtures`)
+    /// is read by every later one.
+    #[tokio::test]
+    async fn the_committed_segment_fixture_reads_back() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wal-v1");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("segments")).expect("dir");
+        for name in ["groups.json", "segments/00000000000000000010.wal"] {
+            std::fs::copy(fixture.join(name), dir.path().join(name)).expect("copy fixture");
+        }
+        let bus = open(dir.path()).await;
+        let mut consumer = bus
+            .subscribe("indexer", "test", Sharing::Sole)
+            .await
+            .expect("subscribe");
+        consumer
+            .seek(&Positions([(0, 10)].into_iter().collect()))
+            .await
+            .expect("seek");
+        let records = poll_all(&mut consumer).await;
+        let seen: Vec<(u64, Bytes)> = records
+            .into_iter()
+            .map(|record| (record.offset, record.payload))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (10, Bytes::from_static(b"fixture record 10")),
+                (11, Bytes::from_static(b"fixture record 11")),
+                (12, Bytes::from_static(b"fixture record 12")),
+            ]
+        );
+    }
+}
