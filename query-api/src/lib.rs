@@ -10,6 +10,7 @@
 //!
 //! Errors are JSON `{"error": "…"}` with a status from the error taxonomy: bad input is 4xx.
 
+pub mod audit;
 pub mod metrics;
 mod routes;
 pub mod search;

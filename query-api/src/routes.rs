@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/search", get(search))
         .route("/api/v1/tail", get(tail))
         .route("/api/v1/sql", post(sql))
+        .route("/api/v1/audit", get(audit))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -226,6 +227,45 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         Err(error) => Err(error),
     };
     respond(&state, "sql", result)
+}
+
+/// `GET /api/v1/audit?source_id=…&start=…&end=…`: `source_id` may repeat; the range defaults
+/// to the last hour.
+async fn audit(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let pairs: Vec<(String, String)> = raw.as_deref().map(|query| url_pairs(query).collect()).unwrap_or_default();
+    let value = |name: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    let result = async {
+        if let Some((key, _)) = pairs
+            .iter()
+            .find(|(key, _)| !matches!(key.as_str(), "source_id" | "start" | "end"))
+        {
+            return Err(SluiceError::invalid(format!(
+                "{key}: unknown parameter; expected source_id, start, end"
+            )));
+        }
+        let end_ns = parse_time_param("end", value("end").as_ref())?
+            .unwrap_or_else(sluice_common::time::now_nanos);
+        let start_ns = parse_time_param("start", value("start").as_ref())?
+            .unwrap_or(end_ns.saturating_sub(sluice_common::time::NANOS_PER_HOUR));
+        let request = crate::audit::AuditRequest {
+            source_ids: pairs
+                .iter()
+                .filter(|(key, _)| key == "source_id")
+                .map(|(_, value)| value.clone())
+                .collect(),
+            start_ns,
+            end_ns,
+        };
+        crate::audit::audit(&state, request).await
+    }
+    .await;
+    respond(&state, "audit", result)
 }
 
 async fn healthz() -> &'static str {

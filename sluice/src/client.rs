@@ -11,7 +11,7 @@ use sluice_proto::v2::{Envelope, EnvelopeBatch, Log, envelope};
 use tonic::transport::Endpoint;
 
 use crate::output::{cell, print_table};
-use crate::{EmitArgs, OutputFormat, SearchArgs, SqlArgs, TailArgs};
+use crate::{AuditArgs, EmitArgs, OutputFormat, SearchArgs, SqlArgs, TailArgs};
 
 /// `sluice emit`: sends lines through the agent's Loggregator ingress.
 pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
@@ -228,6 +228,99 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
                 cell(body.get("took_ms"))
             );
         }
+    }
+    Ok(())
+}
+
+/// `sluice audit`: per agent, batches found and missing; per source and agent, rows archived
+/// and indexed; then every counted refusal or drop. Exits non-zero when gaps are unexplained.
+pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let mut params: Vec<(&str, String)> = args
+        .source_id
+        .iter()
+        .map(|source_id| ("source_id", source_id.clone()))
+        .collect();
+    if let Some(start) = &args.start {
+        params.push(("start", start.clone()));
+    }
+    if let Some(end) = &args.end {
+        params.push(("end", end.clone()));
+    }
+    let url = format!("{}/api/v1/audit", args.client.api.trim_end_matches('/'));
+    let body = call(reqwest::Client::new().get(&url).query(&params), &url).await?;
+    let list = |key: &str| {
+        body.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    match args.client.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        OutputFormat::Table => {
+            println!("{} to {}", cell(body.get("start")), cell(body.get("end")));
+            let headers: Vec<String> = ["agent_id", "first", "last", "batches", "missing"]
+                .map(str::to_owned)
+                .to_vec();
+            let rows: Vec<Vec<String>> = list("agents")
+                .iter()
+                .map(|agent| {
+                    ["agent_id", "first_sequence", "last_sequence", "batches_found", "batches_missing"]
+                        .iter()
+                        .map(|key| cell(agent.get(*key)))
+                        .collect()
+                })
+                .collect();
+            print_table(&headers, &rows, 160);
+            let headers: Vec<String> = ["source_id", "agent_id", "archived", "indexable", "indexed"]
+                .map(str::to_owned)
+                .to_vec();
+            let mut rows = Vec::new();
+            for source in list("sources") {
+                for agent in source.get("agents").and_then(Value::as_array).into_iter().flatten() {
+                    let archived: u64 = agent
+                        .get("archived")
+                        .and_then(Value::as_object)
+                        .map(|tables| tables.values().filter_map(Value::as_u64).sum())
+                        .unwrap_or(0);
+                    rows.push(vec![
+                        cell(source.get("source_id")),
+                        cell(agent.get("agent_id")),
+                        archived.to_string(),
+                        cell(agent.get("indexable")),
+                        cell(agent.get("indexed")),
+                    ]);
+                }
+            }
+            println!();
+            print_table(&headers, &rows, 160);
+            let counted = list("refused_or_dropped");
+            if !counted.is_empty() {
+                println!();
+                let headers: Vec<String> =
+                    ["stage", "metric", "labels", "count"].map(str::to_owned).to_vec();
+                let rows: Vec<Vec<String>> = counted
+                    .iter()
+                    .map(|entry| {
+                        vec![
+                            cell(entry.get("stage")),
+                            cell(entry.get("metric")),
+                            entry.get("labels").map(Value::to_string).unwrap_or_default(),
+                            cell(entry.get("value")),
+                        ]
+                    })
+                    .collect();
+                print_table(&headers, &rows, 160);
+            }
+            println!(
+                "\n{} batches missing, {} given up (clients told), {} unexplained",
+                cell(body.get("batches_missing")),
+                cell(body.get("batches_given_up")),
+                cell(body.get("unexplained_gaps"))
+            );
+        }
+    }
+    if body.get("unexplained_gaps").and_then(Value::as_u64).unwrap_or(0) > 0 {
+        bail!("the audit found batches missing that nothing explains");
     }
     Ok(())
 }

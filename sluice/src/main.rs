@@ -47,6 +47,8 @@ enum Command {
     Search(SearchArgs),
     /// SQL over the archive.
     Sql(SqlArgs),
+    /// The loss audit: what each agent's batches became, and every counted refusal or drop.
+    Audit(AuditArgs),
 }
 
 /// Options shared by the server roles; flags override the config file.
@@ -170,6 +172,21 @@ struct SearchArgs {
 }
 
 #[derive(Debug, Args)]
+struct AuditArgs {
+    /// Only these sources (repeatable; all when absent).
+    #[arg(long)]
+    source_id: Vec<String>,
+    /// Start of the range (RFC 3339, or seconds/ms/ns since the epoch); default an hour ago.
+    #[arg(long)]
+    start: Option<String>,
+    /// End of the range, exclusive; default now.
+    #[arg(long)]
+    end: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
 struct SqlArgs {
     /// The query (read-only).
     query: String,
@@ -209,6 +226,7 @@ fn main() -> std::process::ExitCode {
             Command::Tail(args) => client::tail(args).await,
             Command::Search(args) => client::search(args).await,
             Command::Sql(args) => client::sql(args).await,
+            Command::Audit(args) => client::audit(args).await,
         }
     });
     match result {
