@@ -28,8 +28,12 @@
 //! commit leaves that member's data past the group's offset, and only the log says whether
 //! someone else has read those records since.
 //!
-//! librdkafka can block for a long time while closing a consumer; dropping one hands it to a
-//! thread of its own so the async runtime never waits on it.
+//! librdkafka blocks: rebalance callbacks run inside the consumer's poll and do network I/O
+//! (committed offsets, the stint log: up to about a minute), and closing a consumer can take
+//! as long. So each consumer is polled by a thread of its own ([`poller`]), which hands the
+//! records and rebalance events it took to the async side through a channel; commits run on
+//! blocking threads, and dropping a consumer closes it on a thread of its own. The async
+//! runtime never waits on librdkafka.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -41,7 +45,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
@@ -53,7 +57,7 @@ use sluice_common::config::RawKafkaConfig;
 use tracing::{debug, info, warn};
 
 use crate::metrics::BusMetrics;
-use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Partition, Positions, Sharing};
+use crate::{Bus, BusError, BusEvent, Consumer, Partition, Positions, Sharing};
 
 /// The Kafka bus.
 #[derive(Clone)]
@@ -228,7 +232,7 @@ impl Bus for KafkaBus {
             producer: stint_producer,
             state: Mutex::new(OwnershipState::default()),
         });
-        let consumer: StreamConsumer<GroupContext> = client_config(&self.settings)
+        let consumer: BaseConsumer<GroupContext> = client_config(&self.settings)
             .set("group.id", &group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -237,12 +241,19 @@ impl Bus for KafkaBus {
             .set("partition.assignment.strategy", "roundrobin")
             .create_with_context(GroupContext(Arc::clone(&ownership)))
             .map_err(storage("failed to create a kafka consumer"))?;
+        let consumer = Arc::new(consumer);
+        let (fetches, fetched, poll_thread) =
+            poller::start(Arc::clone(&consumer), Arc::clone(&ownership))?;
         Ok(Box::new(KafkaConsumer {
-            consumer: Some(Arc::new(consumer)),
+            consumer: Some(consumer),
             ownership,
             subscribed: false,
             sole: (sharing == Sharing::Sole).then(|| Arc::clone(&self.partitions)),
             pending: Vec::new(),
+            fetches: Some(fetches),
+            fetched,
+            fetch_outstanding: false,
+            poll_thread: Some(poll_thread),
         }))
     }
 
@@ -534,6 +545,12 @@ impl ConsumerContext for GroupContext {
         error: RDKafkaRespErr,
         offered: &mut TopicPartitionList,
     ) {
+        // This does network I/O for up to about a minute: it must run on the poll thread,
+        // never on an async runtime's worker.
+        debug_assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "a kafka rebalance callback ran on the async runtime"
+        );
         match error {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 match self.0.prepare_assignment(consumer, offered) {
@@ -564,7 +581,7 @@ impl ConsumerContext for GroupContext {
 }
 
 struct KafkaConsumer {
-    consumer: Option<Arc<StreamConsumer<GroupContext>>>,
+    consumer: Option<Arc<BaseConsumer<GroupContext>>>,
     ownership: Arc<Ownership>,
     subscribed: bool,
     /// For a sole consumer, the partitions it assigns itself (no group membership).
@@ -573,10 +590,19 @@ struct KafkaConsumer {
     /// poll's future, so a poll dropped at an await point (a `select!` picking another branch)
     /// leaves them for the next poll instead of losing them.
     pending: Vec<BusEvent>,
+    /// Requests to the poller thread.
+    fetches: Option<std::sync::mpsc::Sender<poller::Fetch>>,
+    /// What the poller thread took, in order.
+    fetched: tokio::sync::mpsc::UnboundedReceiver<Result<Vec<BusEvent>, BusError>>,
+    /// A fetch was asked for and its answer has not been taken yet (it may arrive after a
+    /// poll was dropped; the next poll takes it).
+    fetch_outstanding: bool,
+    /// The poller thread, joined before the consumer closes (it holds the consumer too).
+    poll_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl KafkaConsumer {
-    fn consumer(&self) -> Result<&Arc<StreamConsumer<GroupContext>>, BusError> {
+    fn consumer(&self) -> Result<&Arc<BaseConsumer<GroupContext>>, BusError> {
         self.consumer
             .as_ref()
             .ok_or_else(|| BusError::Unavailable("kafka consumer closed".to_owned()))
@@ -625,11 +651,102 @@ impl KafkaConsumer {
     }
 }
 
-fn record(message: &rdkafka::message::BorrowedMessage<'_>) -> BusRecord {
-    BusRecord {
-        partition: u32::try_from(message.partition()).unwrap_or_default(),
-        offset: u64::try_from(message.offset()).unwrap_or_default(),
-        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+/// The thread that polls one consumer, so that librdkafka's blocking (rebalance callbacks
+/// included) never happens on the async runtime.
+mod poller {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::message::Message as _;
+    use tokio::sync::mpsc;
+
+    use super::{GroupContext, Ownership};
+    use crate::{BusError, BusEvent, BusRecord};
+
+    /// One request: up to `max_records`, waiting up to `max_wait` for the first.
+    pub struct Fetch {
+        pub max_records: usize,
+        pub max_wait: Duration,
+    }
+
+    type Answers = mpsc::UnboundedSender<Result<Vec<BusEvent>, BusError>>;
+
+    /// Starts the thread; it stops when the request sender is dropped.
+    pub fn start(
+        consumer: Arc<BaseConsumer<GroupContext>>,
+        ownership: Arc<Ownership>,
+    ) -> Result<
+        (
+            std::sync::mpsc::Sender<Fetch>,
+            mpsc::UnboundedReceiver<Result<Vec<BusEvent>, BusError>>,
+            std::thread::JoinHandle<()>,
+        ),
+        BusError,
+    > {
+        let (requests, incoming) = std::sync::mpsc::channel::<Fetch>();
+        let (answers, answered) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("sluice-kafka-poll".to_owned())
+            .spawn(move || serve(&consumer, &ownership, &incoming, &answers))
+            .map_err(|error| {
+                BusError::Unavailable(format!("failed to start the kafka poll thread: {error}"))
+            })?;
+        Ok((requests, answered, thread))
+    }
+
+    fn serve(
+        consumer: &BaseConsumer<GroupContext>,
+        ownership: &Ownership,
+        incoming: &std::sync::mpsc::Receiver<Fetch>,
+        answers: &Answers,
+    ) {
+        while let Ok(fetch) = incoming.recv() {
+            let answer = fetch_once(consumer, ownership, &fetch);
+            if answers.send(answer).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Polls once (rebalance callbacks run in here, on this thread); events the callbacks
+    /// raise come before the records that follow them.
+    fn fetch_once(
+        consumer: &BaseConsumer<GroupContext>,
+        ownership: &Ownership,
+        fetch: &Fetch,
+    ) -> Result<Vec<BusEvent>, BusError> {
+        let mut events = Vec::new();
+        let mut wait = fetch.max_wait;
+        loop {
+            let polled = consumer.poll(wait);
+            events.append(&mut ownership.state().events);
+            match polled {
+                None => break,
+                Some(Err(error)) => {
+                    if events.is_empty() {
+                        return Err(BusError::Unavailable(format!(
+                            "failed to read kafka: {error}"
+                        )));
+                    }
+                    break;
+                }
+                Some(Ok(message)) => {
+                    events.push(BusEvent::Record(BusRecord {
+                        partition: u32::try_from(message.partition()).unwrap_or_default(),
+                        offset: u64::try_from(message.offset()).unwrap_or_default(),
+                        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                    }));
+                }
+            }
+            // Take what is already fetched, without waiting for more.
+            wait = Duration::ZERO;
+            if events.len() >= fetch.max_records {
+                break;
+            }
+        }
+        Ok(events)
     }
 }
 
@@ -645,41 +762,42 @@ impl Consumer for KafkaConsumer {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<Vec<BusEvent>, BusError> {
-        // Cancel safety: every message taken from librdkafka goes into `self.pending` before
-        // the next await, and only the final return hands it over.
+        // Cancel safety: what the poller thread took waits in its channel until a poll takes
+        // it (a poll dropped at the await below leaves it there for the next one), and the
+        // rebalance events are in `self.pending` or the ownership state until returned.
         self.subscribe_if_needed()?;
         self.take_events();
         if !self.pending.is_empty() {
             return Ok(std::mem::take(&mut self.pending));
         }
-        let consumer = Arc::clone(self.consumer()?);
-        // Rebalances run inside `recv`; their events come before the records that follow.
-        match tokio::time::timeout(max_wait, consumer.recv()).await {
-            Err(_elapsed) => {
-                self.take_events();
-                return Ok(std::mem::take(&mut self.pending));
+        if !self.fetch_outstanding {
+            let fetches = self
+                .fetches
+                .as_ref()
+                .ok_or_else(|| BusError::Unavailable("kafka consumer closed".to_owned()))?;
+            fetches
+                .send(poller::Fetch {
+                    max_records,
+                    max_wait,
+                })
+                .map_err(|_| BusError::Unavailable("the kafka poll thread stopped".to_owned()))?;
+            self.fetch_outstanding = true;
+        }
+        // The thread answers within `max_wait` plus whatever a rebalance callback takes; a
+        // later answer is taken by the next poll.
+        match tokio::time::timeout(max_wait, self.fetched.recv()).await {
+            Err(_elapsed) => {}
+            Ok(None) => {
+                return Err(BusError::Unavailable(
+                    "the kafka poll thread stopped".to_owned(),
+                ));
             }
-            Ok(Err(error)) => {
-                return Err(BusError::Unavailable(format!(
-                    "failed to read kafka: {error}"
-                )));
-            }
-            Ok(Ok(message)) => {
-                self.take_events();
-                self.pending.push(BusEvent::Record(record(&message)));
+            Ok(Some(answer)) => {
+                self.fetch_outstanding = false;
+                let events = answer?;
+                self.pending.extend(events);
             }
         }
-        // Take what is already fetched, without waiting for more.
-        while self.pending.len() < max_records {
-            match tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
-                Ok(Ok(message)) => {
-                    self.take_events();
-                    self.pending.push(BusEvent::Record(record(&message)));
-                }
-                Ok(Err(_)) | Err(_) => break,
-            }
-        }
-        self.take_events();
         Ok(std::mem::take(&mut self.pending))
     }
 
@@ -718,15 +836,23 @@ impl Consumer for KafkaConsumer {
     }
 
     async fn close(mut self: Box<Self>) {
+        // The poll thread ends with its request channel (after a poll under way returns).
+        self.fetches.take();
         let Some(consumer) = self.consumer.take() else {
             return;
         };
         // Closing commits the revoked partitions and leaves the group; it can block in
         // librdkafka, so it runs on its own thread and is waited for a bounded time.
         let (done, finished) = tokio::sync::oneshot::channel();
+        let poll_thread = self.poll_thread.take();
         let spawned = std::thread::Builder::new()
             .name("sluice-kafka-close".to_owned())
             .spawn(move || {
+                // The poll thread lets go of its handle once its poll under way returns; then
+                // this is the last one and dropping it closes the consumer.
+                if let Some(thread) = poll_thread {
+                    let _ = thread.join();
+                }
                 drop(consumer);
                 let _ = done.send(());
             });
@@ -744,11 +870,18 @@ impl Consumer for KafkaConsumer {
 
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
+        self.fetches.take();
         if let Some(consumer) = self.consumer.take() {
             // Closing can block in librdkafka; never on the async runtime.
+            let poll_thread = self.poll_thread.take();
             let _ = std::thread::Builder::new()
                 .name("sluice-kafka-close".to_owned())
-                .spawn(move || drop(consumer));
+                .spawn(move || {
+                    if let Some(thread) = poll_thread {
+                        let _ = thread.join();
+                    }
+                    drop(consumer);
+                });
         }
     }
 }

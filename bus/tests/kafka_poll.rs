@@ -64,19 +64,17 @@ async fn polls_cut_short_by_select_lose_no_record() {
             "{received} of {RECORDS} records in 120 s"
         );
         polls += 1;
-        // Every other poll is given a few hundred microseconds: long enough to be inside its
-        // loop over the already fetched messages, too short to finish it.
-        let budget = if polls % 2 == 0 {
-            Duration::from_micros(300)
-        } else {
-            Duration::from_secs(5)
-        };
+        // Every other poll is cut short at its first wait: it has asked for records (or is
+        // inside its wait for them) when the other branch wins. Dropping it there must leave
+        // what was taken for the next poll.
+        let cut = polls % 2 == 0;
         let events = tokio::select! {
-            polled = consumer.poll(1_000, Duration::from_millis(500)) => polled.unwrap(),
-            () = tokio::time::sleep(budget) => {
+            biased;
+            () = async { if cut { tokio::task::yield_now().await } else { std::future::pending().await } } => {
                 cut_short += 1;
                 continue;
             }
+            polled = consumer.poll(1_000, Duration::from_millis(500)) => polled.unwrap(),
         };
         for event in events {
             let BusEvent::Record(record) = event else {
@@ -95,5 +93,89 @@ async fn polls_cut_short_by_select_lose_no_record() {
     assert_eq!(received, RECORDS);
     assert!(cut_short > 0, "no poll was cut short");
     eprintln!("{RECORDS} records in order over {polls} polls, {cut_short} of them cut short");
+    consumer.close().await;
+}
+
+/// Regression: rebalance callbacks (committed offsets, the stint log: network I/O) ran inside
+/// the consumer's poll on an async worker, so a group join stalled every other task on that
+/// worker for as long as it took. On a single-threaded runtime a ticker must keep ticking
+/// while a shared consumer joins its group and takes its partitions. (The callback also
+/// asserts, in debug builds, that it is not on a runtime.)
+#[tokio::test(flavor = "current_thread")]
+async fn regression_a_group_join_never_blocks_the_async_runtime() {
+    let topic = format!("join-blocking-{}", sluice_common::time::now_nanos());
+    // A long stint log (other groups' records, as years of rebalances leave), which every
+    // join reads through: that read used to hold the runtime.
+    let filler = KafkaBus::open(
+        &settings(&format!("{topic}-stints")),
+        16 * 1024 * 1024,
+        BusMetrics::register(&Telemetry::new()),
+    )
+    .await
+    .expect("open the stint log");
+    for chunk in 0..20 {
+        let appends = (0..5_000).map(|index| {
+            filler.append("other/0", Bytes::from(format!("{{\"filler\":{chunk}{index}}}")))
+        });
+        for appended in futures::future::join_all(appends).await {
+            appended.unwrap();
+        }
+    }
+    let bus = KafkaBus::open(
+        &settings(&topic),
+        16 * 1024 * 1024,
+        BusMetrics::register(&Telemetry::new()),
+    )
+    .await
+    .expect("open the kafka bus");
+    for index in 0..20 {
+        bus.append(&format!("key-{index}"), Bytes::from(format!("{index}")))
+            .await
+            .unwrap();
+    }
+    let ticks = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let ticker = tokio::spawn({
+        let ticks = std::sync::Arc::clone(&ticks);
+        async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                interval.tick().await;
+                ticks.lock().unwrap().push(Instant::now());
+            }
+        }
+    });
+    let mut consumer = bus
+        .subscribe(&format!("{topic}-indexer"), "member-a", Sharing::Shared)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut received = 0;
+    while received < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{received} of 20 records in 120 s"
+        );
+        let events = consumer.poll(100, Duration::from_millis(200)).await.unwrap();
+        received += events
+            .iter()
+            .filter(|event| matches!(event, BusEvent::Record(_)))
+            .count();
+    }
+    ticker.abort();
+    let ticks = ticks.lock().unwrap().clone();
+    let longest = ticks
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap_or_default();
+    let joined_in = started.elapsed();
+    eprintln!("longest stall {longest:?}; joined and fetched in {joined_in:?}");
+    // Most of the join is reading the stint log: had it run on this runtime, the ticker
+    // would have stopped for most of it. (Measured: 0.46 of the join with the callbacks on
+    // the runtime, 0.03 off it.)
+    assert!(
+        longest * 3 < joined_in,
+        "the runtime stalled for {longest:?} while the consumer joined (in {joined_in:?})"
+    );
     consumer.close().await;
 }
