@@ -205,6 +205,7 @@ pub struct Forwarder {
     flush_envelopes: usize,
     flush_bytes: usize,
     window: TimestampWindow,
+    pending_wait: Duration,
     metrics: AgentMetrics,
     batcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -251,20 +252,40 @@ impl Forwarder {
             flush_envelopes: config.flush_envelopes,
             flush_bytes: config.flush_bytes,
             window: TimestampWindow::of(config),
+            pending_wait: config.pending_wait,
             metrics,
             batcher: Mutex::new(Some(handle)),
         }))
     }
 
     /// Queues `envelopes` for forwarding under `ticket`. Waits while too many envelopes (or
-    /// bytes) are pending (backpressure). Fails only when the agent is shutting down.
+    /// bytes) are pending (backpressure), up to `agent.pending_wait`; then refuses what is
+    /// left with `RESOURCE_EXHAUSTED` (counted as `backpressure`), so a client whose data
+    /// cannot be taken is told so instead of waiting forever. Envelopes queued before that
+    /// are forwarded as usual. Fails otherwise only when the agent is shutting down.
     ///
     /// Sources check each envelope against `max_envelope_bytes` first, which the
     /// configuration keeps below `flush_bytes`, so every envelope fits a batch.
-    pub async fn submit(
+    pub async fn submit(&self, envelopes: Vec<Envelope>, ticket: &Ticket) -> Result<(), tonic::Status> {
+        self.submit_within(envelopes, ticket, Some(self.pending_wait))
+            .await
+    }
+
+    /// Like [`Forwarder::submit`], but waits as long as it takes: for sources whose own
+    /// sender is held back meanwhile (a syslog TCP connection, a followed file).
+    pub async fn submit_waiting(
+        &self,
+        envelopes: Vec<Envelope>,
+        ticket: &Ticket,
+    ) -> Result<(), tonic::Status> {
+        self.submit_within(envelopes, ticket, None).await
+    }
+
+    async fn submit_within(
         &self,
         mut envelopes: Vec<Envelope>,
         ticket: &Ticket,
+        wait: Option<Duration>,
     ) -> Result<(), tonic::Status> {
         let sender = self
             .submissions
@@ -308,14 +329,30 @@ impl Forwarder {
                 .unwrap_or(u32::MAX)
                 .min(self.pending_kib_total);
             let shutting_down = |_| tonic::Status::unavailable("agent is shutting down");
-            let envelope_permit = Arc::clone(&self.pending_limit)
-                .acquire_many_owned(count)
-                .await
-                .map_err(shutting_down)?;
-            let byte_permit = Arc::clone(&self.pending_kib)
-                .acquire_many_owned(kib)
-                .await
-                .map_err(shutting_down)?;
+            let permits = async {
+                let envelopes = Arc::clone(&self.pending_limit)
+                    .acquire_many_owned(count)
+                    .await
+                    .map_err(shutting_down)?;
+                let bytes = Arc::clone(&self.pending_kib)
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(shutting_down)?;
+                Ok::<_, tonic::Status>((envelopes, bytes))
+            };
+            let (envelope_permit, byte_permit) = match wait {
+                None => permits.await?,
+                Some(wait) => match tokio::time::timeout(wait, permits).await {
+                    Ok(permits) => permits?,
+                    Err(_elapsed) => {
+                        let refused = (remaining.len() + rest.len()) as u64;
+                        self.metrics.rejected("backpressure", refused);
+                        return Err(tonic::Status::resource_exhausted(format!(
+                            "the agent already holds its limit of envelopes the dopplers have not acknowledged (agent.max_pending_envelopes, agent.max_pending_bytes) and none made room for {wait:?}; {refused} envelopes were not taken: retry later"
+                        )));
+                    }
+                },
+            };
             let submission = Submission {
                 envelopes: remaining,
                 ticket: ticket.clone(),

@@ -128,6 +128,11 @@ pub struct RawAgentConfig {
     /// Envelopes accepted but not yet acknowledged by a doppler before ingress pushes back.
     #[serde(default = "default_max_pending_envelopes")]
     pub max_pending_envelopes: usize,
+    /// How long a client's request may wait for room under the pending limits before what is
+    /// left of it is refused with `RESOURCE_EXHAUSTED` (syslog over TCP and followed files
+    /// wait as long as it takes: their senders are held back meanwhile).
+    #[serde(default = "default_agent_pending_wait")]
+    pub pending_wait: String,
     /// Bytes of envelopes accepted but not yet acknowledged before ingress pushes back (with
     /// `max_pending_envelopes`, whichever is reached first): the agent's memory bound while
     /// every doppler is away.
@@ -357,6 +362,9 @@ fn default_max_timestamp_age() -> String {
 }
 fn default_max_timestamp_ahead() -> String {
     "1h".to_owned()
+}
+fn default_agent_pending_wait() -> String {
+    "10s".to_owned()
 }
 fn default_agent_max_pending_bytes() -> usize {
     256 * 1024 * 1024
@@ -960,6 +968,8 @@ pub struct AgentConfig {
     pub max_pending_envelopes: usize,
     /// Accepted, unacknowledged bytes before backpressure.
     pub max_pending_bytes: usize,
+    /// Longest wait for room under the pending limits.
+    pub pending_wait: Duration,
     /// Directory for the agent's identity.
     pub state_dir: PathBuf,
     /// The Elasticsearch `_bulk` source, when on.
@@ -1350,6 +1360,7 @@ impl RawConfig {
                 max_in_flight_batches: self.agent.max_in_flight_batches,
                 max_pending_envelopes: self.agent.max_pending_envelopes,
                 max_pending_bytes: self.agent.max_pending_bytes,
+                pending_wait: parse_duration("agent.pending_wait", &self.agent.pending_wait)?,
                 state_dir: data_dir.join("agent"),
                 elasticsearch: validate_elasticsearch(self.agent.elasticsearch)?,
                 syslog: validate_syslog(self.agent.syslog)?,

@@ -149,7 +149,7 @@ impl Sluice {
             .stderr(log)
             .spawn()
             .unwrap();
-        let sluice = Sluice {
+        let mut sluice = Sluice {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             agent: format!("127.0.0.1:{}", ports.0),
@@ -168,7 +168,7 @@ impl Sluice {
         sluice
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let client = reqwest::Client::new();
         loop {
@@ -180,6 +180,12 @@ impl Sluice {
             let agent_up = tokio::net::TcpStream::connect(&self.agent).await.is_ok();
             if healthy && agent_up {
                 return;
+            }
+            // A process that exited (say, refusing its configuration) will not become ready.
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("sluice exited ({status}) before it was ready; its log:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
@@ -207,6 +213,17 @@ impl Sluice {
             log_path: data_dir.with_extension("attached.log"),
             config: None,
         }
+    }
+
+    /// The process's resident memory now, in bytes (from `/proc`).
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().map(Child::id).expect("a process of its own");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
     }
 
     /// What the process wrote to stderr.

@@ -427,12 +427,14 @@ impl Consumer for WalConsumer {
             return Ok(());
         }
         groups.insert(self.group.clone(), offset);
-        write_groups(&self.shared.groups_path, &groups).await?;
         let committed = *self.shared.state.committed.borrow();
         self.lag.set(committed.saturating_sub(offset) as i64);
         let releasable = groups.values().copied().min().unwrap_or(0);
-        drop(groups);
-        self.release(releasable).await
+        // Release first, then record the checkpoint: on a full disk, writing `groups.json`
+        // needs the room that releasing makes. Releasing on the in-memory checkpoint is safe:
+        // every consumer resumes from its own durable positions, which are past it.
+        self.release(releasable).await?;
+        write_groups(&self.shared.groups_path, &groups).await
     }
 }
 

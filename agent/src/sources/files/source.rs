@@ -388,7 +388,7 @@ impl FilesSource {
             .collect();
         let count = envelopes.len() as u64;
         let (ticket, done) = Ticket::new();
-        if let Err(status) = self.forwarder.submit(envelopes, &ticket).await {
+        if let Err(status) = self.forwarder.submit_waiting(envelopes, &ticket).await {
             file.restart_at(file.acknowledged);
             return Err(status.message().to_owned());
         }

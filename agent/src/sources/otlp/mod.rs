@@ -7,4 +7,4 @@ mod source;
 #[cfg(test)]
 mod tests;
 
-pub use source::OtlpSource;
+pub use source::{Inflate, OtlpSource, inflate_capped};

@@ -248,23 +248,44 @@ async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<V
     if !gzip {
         return Ok(raw.to_vec());
     }
-    let mut inflated = Vec::new();
-    flate2::read::GzDecoder::new(raw.as_ref())
-        .take(limit as u64 + 1)
-        .read_to_end(&mut inflated)
-        .map_err(|error| {
+    match inflate_capped(&raw, limit) {
+        Ok(inflated) => Ok(inflated),
+        Err(Inflate::Bad(error)) => {
             shared.metrics.source_refused(SOURCE, "bad_gzip");
-            plain(
+            Err(plain(
                 StatusCode::BAD_REQUEST,
                 format!("failed to decompress the body: {error}"),
-            )
-        })?;
+            ))
+        }
+        Err(Inflate::TooLarge) => {
+            shared.metrics.source_refused(SOURCE, "too_large");
+            Err(plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body decompresses to more than {limit} bytes"),
+            ))
+        }
+    }
+}
+
+/// Why a gzip body was not inflated.
+#[derive(Debug)]
+pub enum Inflate {
+    /// Not gzip, or damaged.
+    Bad(std::io::Error),
+    /// It inflates to more than the limit (reading stopped there).
+    TooLarge,
+}
+
+/// Inflates a gzip body, reading at most `limit + 1` bytes of output: never more memory
+/// than the limit, whatever the body claims.
+pub fn inflate_capped(raw: &[u8], limit: usize) -> Result<Vec<u8>, Inflate> {
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(raw)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(Inflate::Bad)?;
     if inflated.len() > limit {
-        shared.metrics.source_refused(SOURCE, "too_large");
-        return Err(plain(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body decompresses to more than {limit} bytes"),
-        ));
+        return Err(Inflate::TooLarge);
     }
     Ok(inflated)
 }

@@ -307,8 +307,12 @@ async fn submit(shared: &Shared, messages: Vec<&[u8]>) {
     }
     let count = envelopes.len() as u64;
     let (ticket, _done) = Ticket::new();
-    match shared.forwarder.submit(envelopes, &ticket).await {
+    // Waiting holds the sender's connection back (TCP backpressure); only shutdown fails.
+    match shared.forwarder.submit_waiting(envelopes, &ticket).await {
         Ok(()) => shared.metrics.source_accepted(SOURCE, count),
-        Err(status) => warn!(error = %status.message(), "syslog messages not forwarded"),
+        Err(status) => {
+            shared.metrics.sources_refused(SOURCE, "shutting_down", count);
+            warn!(error = %status.message(), "syslog messages not forwarded");
+        }
     }
 }
