@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_common::SluiceError;
 use prost::Message;
+use sluice_common::SluiceError;
 use sluice_common::config::AgentConfig;
 use sluice_common::tls::TlsMaterial;
 use sluice_proto::v1::AgentBatch;
@@ -266,7 +266,11 @@ impl Forwarder {
     ///
     /// Sources check each envelope against `max_envelope_bytes` first, which the
     /// configuration keeps below `flush_bytes`, so every envelope fits a batch.
-    pub async fn submit(&self, envelopes: Vec<Envelope>, ticket: &Ticket) -> Result<(), tonic::Status> {
+    pub async fn submit(
+        &self,
+        envelopes: Vec<Envelope>,
+        ticket: &Ticket,
+    ) -> Result<(), tonic::Status> {
         self.submit_within(envelopes, ticket, Some(self.pending_wait))
             .await
     }
@@ -302,7 +306,10 @@ impl Forwarder {
                 None => {}
             }
         }
-        for (side, count) in [(OutOfWindow::Past, too_old), (OutOfWindow::Future, too_far_ahead)] {
+        for (side, count) in [
+            (OutOfWindow::Past, too_old),
+            (OutOfWindow::Future, too_far_ahead),
+        ] {
             if count > 0 {
                 self.metrics.count_timestamps_replaced(side.label(), count);
             }
@@ -646,7 +653,10 @@ enum Verdict {
 fn classify(status: &tonic::Status) -> Verdict {
     use tonic::Code;
     match status.code() {
-        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted
+        Code::Unavailable
+        | Code::ResourceExhausted
+        | Code::DeadlineExceeded
+        | Code::Aborted
         | Code::Cancelled => Verdict::Retry,
         // A message over a gRPC size limit, on either side.
         Code::OutOfRange => Verdict::Final("too_large"),

@@ -137,7 +137,9 @@ impl AgentMetrics {
     pub fn batch_given_up(&self, reason: &'static str, envelopes: u64) {
         let labels = vec![("reason".to_owned(), reason.to_owned())];
         self.batches_failed.get_or_create(&labels).inc();
-        self.envelopes_failed.get_or_create(&labels).inc_by(envelopes);
+        self.envelopes_failed
+            .get_or_create(&labels)
+            .inc_by(envelopes);
     }
 
     /// Counts `count` envelopes whose timestamp the window replaced, for `reason`.

@@ -593,7 +593,7 @@ struct KafkaConsumer {
     /// Requests to the poller thread.
     fetches: Option<std::sync::mpsc::Sender<poller::Fetch>>,
     /// What the poller thread took, in order.
-    fetched: tokio::sync::mpsc::UnboundedReceiver<Result<Vec<BusEvent>, BusError>>,
+    fetched: poller::Answered,
     /// A fetch was asked for and its answer has not been taken yet (it may arrive after a
     /// poll was dropped; the next poll takes it).
     fetch_outstanding: bool,
@@ -672,6 +672,8 @@ mod poller {
     }
 
     type Answers = mpsc::UnboundedSender<Result<Vec<BusEvent>, BusError>>;
+    /// Where the async side takes the answers.
+    pub type Answered = mpsc::UnboundedReceiver<Result<Vec<BusEvent>, BusError>>;
 
     /// Starts the thread; it stops when the request sender is dropped.
     pub fn start(
@@ -680,7 +682,7 @@ mod poller {
     ) -> Result<
         (
             std::sync::mpsc::Sender<Fetch>,
-            mpsc::UnboundedReceiver<Result<Vec<BusEvent>, BusError>>,
+            Answered,
             std::thread::JoinHandle<()>,
         ),
         BusError,

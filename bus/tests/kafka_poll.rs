@@ -38,8 +38,8 @@ async fn polls_cut_short_by_select_lose_no_record() {
         16 * 1024 * 1024,
         BusMetrics::register(&Telemetry::new()),
     )
-        .await
-        .expect("open the kafka bus");
+    .await
+    .expect("open the kafka bus");
     const RECORDS: usize = 3_000;
     for index in 0..RECORDS {
         bus.append(
@@ -115,7 +115,10 @@ async fn regression_a_group_join_never_blocks_the_async_runtime() {
     .expect("open the stint log");
     for chunk in 0..20 {
         let appends = (0..5_000).map(|index| {
-            filler.append("other/0", Bytes::from(format!("{{\"filler\":{chunk}{index}}}")))
+            filler.append(
+                "other/0",
+                Bytes::from(format!("{{\"filler\":{chunk}{index}}}")),
+            )
         });
         for appended in futures::future::join_all(appends).await {
             appended.unwrap();
@@ -155,7 +158,10 @@ async fn regression_a_group_join_never_blocks_the_async_runtime() {
             started.elapsed() < Duration::from_secs(120),
             "{received} of 20 records in 120 s"
         );
-        let events = consumer.poll(100, Duration::from_millis(200)).await.unwrap();
+        let events = consumer
+            .poll(100, Duration::from_millis(200))
+            .await
+            .unwrap();
         received += events
             .iter()
             .filter(|event| matches!(event, BusEvent::Record(_)))

@@ -1566,7 +1566,10 @@ mod tests {
                 .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
             match role {
                 "doppler" | "indexer" | "retention" => {
-                    assert!(matches!(config.bus, BusConfig::Kafka { .. }), "{role} on kafka")
+                    assert!(
+                        matches!(config.bus, BusConfig::Kafka { .. }),
+                        "{role} on kafka"
+                    )
                 }
                 "query-api" => {
                     assert_eq!(config.query_api.indexers, vec!["127.0.0.1:8090".to_owned()])

@@ -13,10 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use sluice_bus::Bus;
+use sluice_common::{ErrorKind, SluiceError};
 use sluice_proto::v1::doppler_ingress_server::DopplerIngress;
 use sluice_proto::v1::{AgentBatch, AgentBatchAck};
 use tokio::sync::Semaphore;
-use sluice_common::{ErrorKind, SluiceError};
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
@@ -246,7 +246,10 @@ mod tests {
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let server_tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&first.node_cert_pem, &first.node_key_pem))
+            .identity(Identity::from_pem(
+                &first.node_cert_pem,
+                &first.node_key_pem,
+            ))
             .client_ca_root(Certificate::from_pem(format!(
                 "{}{}",
                 first.ca_cert_pem, second.ca_cert_pem
@@ -282,7 +285,11 @@ mod tests {
             .lock()
             .expect("lock")
             .iter()
-            .map(|payload| AgentBatch::decode(payload.as_ref()).expect("batch").agent_id)
+            .map(|payload| {
+                AgentBatch::decode(payload.as_ref())
+                    .expect("batch")
+                    .agent_id
+            })
             .collect();
         assert_eq!(stored.len(), 3);
         assert_ne!(stored[0], stored[1], "{stored:?}");

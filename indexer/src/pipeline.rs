@@ -667,18 +667,22 @@ mod tests {
             WalSettings::default(),
             BusMetrics::register(&telemetry),
         )
-            .await
-            .expect("wal");
+        .await
+        .expect("wal");
         let hour = sluice_common::time::NANOS_PER_HOUR;
         let base = 480_000 * hour;
         for sequence in 1..=40_u64 {
             let at = base + (sequence as i64 % 20) * 7 * hour + sequence as i64;
-            bus.append("app", batch(sequence, &[at])).await.expect("append");
+            bus.append("app", batch(sequence, &[at]))
+                .await
+                .expect("append");
         }
         // One record over six hours, and then the first hour again.
         let spread: Vec<i64> = (0..6).map(|step| base + step * 3 * hour + 99).collect();
         bus.append("app", batch(41, &spread)).await.expect("append");
-        bus.append("app", batch(42, &[base + 5])).await.expect("append");
+        bus.append("app", batch(42, &[base + 5]))
+            .await
+            .expect("append");
         let (trigger, shutdown) = ShutdownTrigger::new();
         let task = tokio::spawn(run(
             config(dir.path()),
@@ -689,7 +693,11 @@ mod tests {
         ));
         let deadline = Instant::now() + Duration::from_secs(60);
         while total(dir.path()) < 47 {
-            assert!(Instant::now() < deadline, "indexed {} of 47", total(dir.path()));
+            assert!(
+                Instant::now() < deadline,
+                "indexed {} of 47",
+                total(dir.path())
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Writers stay open until idle (60 s here): what is open now is what the limit allows.
@@ -697,7 +705,10 @@ mod tests {
         let text = telemetry.encode();
         trigger.fire();
         task.await.expect("join").expect("indexer ran");
-        assert!(threads <= 6, "{threads} tantivy indexing threads open\n{text}");
+        assert!(
+            threads <= 6,
+            "{threads} tantivy indexing threads open\n{text}"
+        );
         assert!(text.contains("sluice_indexer_open_writers 4\n"), "{text}");
         let evicted = text
             .lines()

@@ -97,7 +97,8 @@ impl Searcher {
         }
     }
 
-    fn parse(&self, query: &str) -> Result<Box<dyn Query>, SluiceError> {
+    /// Parses a query of the search language (Tantivy's syntax over the index fields).
+    pub fn parse(&self, query: &str) -> Result<Box<dyn Query>, SluiceError> {
         let trimmed = query.trim();
         if trimmed.is_empty() || trimmed == "*" {
             return Ok(Box::new(AllQuery));

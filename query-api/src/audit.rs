@@ -161,7 +161,9 @@ fn rows_in_range(request: &AuditRequest, with_sources: bool) -> String {
 }
 
 fn number(row: &serde_json::Map<String, serde_json::Value>, column: &str) -> u64 {
-    row.get(column).and_then(serde_json::Value::as_u64).unwrap_or(0)
+    row.get(column)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
 }
 
 fn text(row: &serde_json::Map<String, serde_json::Value>, column: &str) -> String {
@@ -215,7 +217,10 @@ pub async fn audit(state: &AppState, request: AuditRequest) -> Result<AuditRespo
             });
         let kind = text(row, "kind");
         let count = number(row, "n");
-        if TABLES.iter().any(|(table, indexed)| *indexed && *table == kind) {
+        if TABLES
+            .iter()
+            .any(|(table, indexed)| *indexed && *table == kind)
+        {
             entry.indexable += count;
         }
         entry.archived.insert(kind, count);
@@ -245,7 +250,11 @@ pub async fn audit(state: &AppState, request: AuditRequest) -> Result<AuditRespo
         .iter()
         .filter(|row| senders.contains(text(row, "agent_id").as_str()))
         .map(|row| {
-            let (first, last, found) = (number(row, "first"), number(row, "last"), number(row, "found"));
+            let (first, last, found) = (
+                number(row, "first"),
+                number(row, "last"),
+                number(row, "found"),
+            );
             AgentAudit {
                 agent_id: text(row, "agent_id"),
                 first_sequence: first,

@@ -232,7 +232,10 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
 /// `GET /api/v1/audit?source_id=…&start=…&end=…`: `source_id` may repeat; the range defaults
 /// to the last hour.
 async fn audit(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let pairs: Vec<(String, String)> = raw.as_deref().map(|query| url_pairs(query).collect()).unwrap_or_default();
+    let pairs: Vec<(String, String)> = raw
+        .as_deref()
+        .map(|query| url_pairs(query).collect())
+        .unwrap_or_default();
     let value = |name: &str| {
         pairs
             .iter()

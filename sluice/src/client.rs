@@ -264,19 +264,31 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             let rows: Vec<Vec<String>> = list("agents")
                 .iter()
                 .map(|agent| {
-                    ["agent_id", "first_sequence", "last_sequence", "batches_found", "batches_missing"]
-                        .iter()
-                        .map(|key| cell(agent.get(*key)))
-                        .collect()
+                    [
+                        "agent_id",
+                        "first_sequence",
+                        "last_sequence",
+                        "batches_found",
+                        "batches_missing",
+                    ]
+                    .iter()
+                    .map(|key| cell(agent.get(*key)))
+                    .collect()
                 })
                 .collect();
             print_table(&headers, &rows, 160);
-            let headers: Vec<String> = ["source_id", "agent_id", "archived", "indexable", "indexed"]
-                .map(str::to_owned)
-                .to_vec();
+            let headers: Vec<String> =
+                ["source_id", "agent_id", "archived", "indexable", "indexed"]
+                    .map(str::to_owned)
+                    .to_vec();
             let mut rows = Vec::new();
             for source in list("sources") {
-                for agent in source.get("agents").and_then(Value::as_array).into_iter().flatten() {
+                for agent in source
+                    .get("agents")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let archived: u64 = agent
                         .get("archived")
                         .and_then(Value::as_object)
@@ -296,15 +308,19 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             let counted = list("refused_or_dropped");
             if !counted.is_empty() {
                 println!();
-                let headers: Vec<String> =
-                    ["stage", "metric", "labels", "count"].map(str::to_owned).to_vec();
+                let headers: Vec<String> = ["stage", "metric", "labels", "count"]
+                    .map(str::to_owned)
+                    .to_vec();
                 let rows: Vec<Vec<String>> = counted
                     .iter()
                     .map(|entry| {
                         vec![
                             cell(entry.get("stage")),
                             cell(entry.get("metric")),
-                            entry.get("labels").map(Value::to_string).unwrap_or_default(),
+                            entry
+                                .get("labels")
+                                .map(Value::to_string)
+                                .unwrap_or_default(),
                             cell(entry.get("value")),
                         ]
                     })
@@ -319,7 +335,12 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if body.get("unexplained_gaps").and_then(Value::as_u64).unwrap_or(0) > 0 {
+    if body
+        .get("unexplained_gaps")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        > 0
+    {
         bail!("the audit found batches missing that nothing explains");
     }
     Ok(())

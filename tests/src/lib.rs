@@ -185,7 +185,10 @@ impl Sluice {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("sluice exited ({status}) before it was ready; its log:\n{}", self.log());
+                panic!(
+                    "sluice exited ({status}) before it was ready; its log:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -217,12 +220,23 @@ impl Sluice {
 
     /// The process's resident memory now, in bytes (from `/proc`).
     pub fn rss_bytes(&self) -> u64 {
-        let pid = self.child.as_ref().map(Child::id).expect("a process of its own");
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .expect("a process of its own");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .map_or(0, |kib| kib * 1024)
     }
 

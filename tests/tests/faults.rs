@@ -82,9 +82,12 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
     let mut must_have = vec![0_usize];
     let mut refused_rounds = Vec::new();
     sluice
-        .wait_for("warm-up rows", acknowledged, Duration::from_secs(60), || {
-            sluice.sql_number("SELECT count(*) AS n FROM logs WHERE source_id = 'outage'")
-        })
+        .wait_for(
+            "warm-up rows",
+            acknowledged,
+            Duration::from_secs(60),
+            || sluice.sql_number("SELECT count(*) AS n FROM logs WHERE source_id = 'outage'"),
+        )
         .await;
     let baseline = sluice.rss_bytes();
 
@@ -105,7 +108,10 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
             }
             // The client's own deadline (tonic reports it as CANCELLED): taken, not yet stored.
             Err(status)
-                if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) =>
+                if matches!(
+                    status.code(),
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) =>
             {
                 held_back += 500;
                 must_have.push(round);
@@ -123,12 +129,22 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
         );
     }
     let refusal = refusal.unwrap_or_else(|| panic!("200 MB were taken by a 128 MiB disk"));
-    assert_eq!(refusal.code(), tonic::Code::ResourceExhausted, "{refusal:?}");
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{refusal:?}"
+    );
     let text = sluice.metrics_text().await;
     let held = sample(&text, "sluice_bus_wal_disk_bytes");
-    assert!(held > 100.0 * 1024.0 * 1024.0, "the wal holds only {held} bytes\n{text}");
     assert!(
-        sample(&text, "sluice_bus_wal_refused_records_total{reason=\"disk_full\"}") >= 1.0,
+        held > 100.0 * 1024.0 * 1024.0,
+        "the wal holds only {held} bytes\n{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "sluice_bus_wal_refused_records_total{reason=\"disk_full\"}"
+        ) >= 1.0,
         "{text}"
     );
     let growth = peak.saturating_sub(baseline);
@@ -163,7 +179,10 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
             }
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
                 refused_rounds.push(attempt);
-                assert!(Instant::now() < deadline, "still refused 120 s after S3 came back");
+                assert!(
+                    Instant::now() < deadline,
+                    "still refused 120 s after S3 came back"
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(status) => panic!("{status:?}"),
@@ -181,9 +200,12 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
         rounds(&must_have)
     );
     sluice
-        .wait_for("every line acknowledged or held", required, Duration::from_secs(180), || {
-            sluice.sql_number(&required_query)
-        })
+        .wait_for(
+            "every line acknowledged or held",
+            required,
+            Duration::from_secs(180),
+            || sluice.sql_number(&required_query),
+        )
         .await;
     // Of the refused rounds, at most what the agent took before refusing the rest.
     let partial = if refused_rounds.is_empty() {
@@ -196,7 +218,10 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
             ))
             .await
     };
-    assert!(partial < 500 * refused_rounds.len() as u64, "{partial} lines of refused rounds");
+    assert!(
+        partial < 500 * refused_rounds.len() as u64,
+        "{partial} lines of refused rounds"
+    );
     let stored = required + partial;
     assert_eq!(
         sluice
@@ -220,12 +245,13 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
         "after the outage: {stored} lines stored ({required} acknowledged or held, {partial} of {} refused rounds)",
         refused_rounds.len()
     );
-    let audit: serde_json::Value = reqwest::get(format!("{}/api/v1/audit?source_id=outage", sluice.api))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/audit?source_id=outage", sluice.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(audit["unexplained_gaps"], 0, "{audit}");
     drop(sluice);
     drop(disk);

@@ -64,7 +64,10 @@ async fn regression_large_envelopes_from_concurrent_clients_are_all_stored() {
         0.0,
         "{text}"
     );
-    assert!(!text.contains("sluice_agent_batches_failed_total{"), "{text}");
+    assert!(
+        !text.contains("sluice_agent_batches_failed_total{"),
+        "{text}"
+    );
     assert_eq!(sample(&text, "sluice_agent_pending_bytes"), 0.0, "{text}");
     // 900 KiB envelopes in batches of at most 4 MiB: at least 30 batches.
     assert!(
@@ -210,7 +213,12 @@ async fn the_audit_finds_a_missing_batch_and_nothing_else() {
     assert_eq!(agents.len(), 2, "{body}");
     let lossy = agents
         .iter()
-        .find(|agent| agent["agent_id"].as_str().unwrap().ends_with("/lossy-agent"))
+        .find(|agent| {
+            agent["agent_id"]
+                .as_str()
+                .unwrap()
+                .ends_with("/lossy-agent")
+        })
         .unwrap_or_else(|| panic!("{body}"));
     assert_eq!(lossy["batches_found"], 3, "{body}");
     assert_eq!(lossy["batches_missing"], 1, "{body}");
@@ -238,8 +246,16 @@ async fn the_audit_finds_a_missing_batch_and_nothing_else() {
             .json()
             .await
             .unwrap();
-    assert_eq!(narrowed["sources"].as_array().unwrap().len(), 1, "{narrowed}");
-    assert_eq!(narrowed["agents"].as_array().unwrap().len(), 1, "{narrowed}");
+    assert_eq!(
+        narrowed["sources"].as_array().unwrap().len(),
+        1,
+        "{narrowed}"
+    );
+    assert_eq!(
+        narrowed["agents"].as_array().unwrap().len(),
+        1,
+        "{narrowed}"
+    );
     assert_eq!(narrowed["unexplained_gaps"], 0, "{narrowed}");
     let command = |extra: &[&str]| {
         std::process::Command::new(sluice_tests::sluice_binary())

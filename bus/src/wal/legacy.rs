@@ -66,6 +66,10 @@ pub fn migrate(dir: &Path, segments_dir: &Path) -> Result<(), BusError> {
     }
     std::fs::remove_dir_all(&legacy_dir)
         .map_err(|error| storage("remove the migrated legacy wal", &legacy_dir, error))?;
-    info!(records = records.len(), first_offset = records.first().map(|(offset, _)| *offset), "moved the legacy wal into segments");
+    info!(
+        records = records.len(),
+        first_offset = records.first().map(|(offset, _)| *offset),
+        "moved the legacy wal into segments"
+    );
     Ok(())
 }

@@ -186,7 +186,9 @@ impl WalBus {
         std::thread::Builder::new()
             .name("sluice-wal".to_owned())
             .spawn(move || writer.run(receiver))
-            .map_err(|error| BusError::Storage(format!("failed to start the wal writer: {error}")))?;
+            .map_err(|error| {
+                BusError::Storage(format!("failed to start the wal writer: {error}"))
+            })?;
         if let Durability::Flush { interval } = settings.durability {
             tokio::spawn(writer::sync_timer(requests.downgrade(), interval));
         }
@@ -229,14 +231,21 @@ fn open_log(dir: &Path, settings: WalSettings, floor: u64) -> Result<OpenedLog, 
         ))
     })?;
     legacy::migrate(dir, &segments_dir)?;
-    let max_payload = settings.max_record_bytes.max(legacy::MAX_LEGACY_RECORD_BYTES);
+    let max_payload = settings
+        .max_record_bytes
+        .max(legacy::MAX_LEGACY_RECORD_BYTES);
     let (mut segments, cut_bytes) = segment::recover(&segments_dir, max_payload)?;
-    let disk_end = segments.values().next_back().map_or(0, |info| info.visible_end);
+    let disk_end = segments
+        .values()
+        .next_back()
+        .map_or(0, |info| info.visible_end);
     let next_offset = disk_end.max(floor);
     let reuse_last = segments
         .values()
         .next_back()
-        .filter(|info| info.visible_end == next_offset && info.visible_bytes < settings.segment_bytes)
+        .filter(|info| {
+            info.visible_end == next_offset && info.visible_bytes < settings.segment_bytes
+        })
         .cloned();
     let (file, segment_first, segment_bytes) = match reuse_last {
         Some(info) => {
@@ -321,7 +330,9 @@ impl Bus for WalBus {
                 .lock_segments()
                 .values()
                 .next()
-                .map_or(*self.shared.state.committed.borrow(), |info| info.first_offset);
+                .map_or(*self.shared.state.committed.borrow(), |info| {
+                    info.first_offset
+                });
             groups.insert(group.to_owned(), first_retained);
             write_groups(&self.shared.groups_path, &groups).await?;
         }
@@ -505,9 +516,13 @@ mod tests {
     use sluice_common::telemetry::Telemetry;
 
     async fn open(dir: &Path) -> WalBus {
-        WalBus::open(dir, WalSettings::default(), BusMetrics::register(&Telemetry::new()))
-            .await
-            .expect("open wal")
+        WalBus::open(
+            dir,
+            WalSettings::default(),
+            BusMetrics::register(&Telemetry::new()),
+        )
+        .await
+        .expect("open wal")
     }
 
     async fn poll_all(consumer: &mut Box<dyn Consumer>) -> Vec<BusRecord> {
@@ -696,10 +711,17 @@ mod tests {
             .checkpoint(&Positions([(0, stored)].into_iter().collect()))
             .await
             .expect("checkpoint");
-        assert!(bus.disk_bytes() < 16 * 1024, "{} bytes left", bus.disk_bytes());
+        assert!(
+            bus.disk_bytes() < 16 * 1024,
+            "{} bytes left",
+            bus.disk_bytes()
+        );
         bus.append("key", record.clone()).await.expect("room again");
         let next = poll_all(&mut consumer).await;
-        assert_eq!(next.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![stored]);
+        assert_eq!(
+            next.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![stored]
+        );
     }
 
     /// Regression: positions were picked by the log at append and could move backwards after
@@ -749,9 +771,16 @@ mod tests {
         let records = poll_all(&mut reader).await;
         let last = records.last().expect("records");
         assert_eq!(last.payload, Bytes::from_static(b"after the crash"));
-        assert!(last.offset >= 5, "offset {} reused a checkpointed one", last.offset);
+        assert!(
+            last.offset >= 5,
+            "offset {} reused a checkpointed one",
+            last.offset
+        );
         let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
-        assert!(offsets.windows(2).all(|pair| pair[0] < pair[1]), "{offsets:?}");
+        assert!(
+            offsets.windows(2).all(|pair| pair[0] < pair[1]),
+            "{offsets:?}"
+        );
     }
 
     /// With `flush`, an append returns once written, and consumers see it after the next
@@ -775,7 +804,9 @@ mod tests {
             .subscribe("indexer", "test", Sharing::Sole)
             .await
             .expect("subscribe");
-        bus.append("key", Bytes::from_static(b"a")).await.expect("append");
+        bus.append("key", Bytes::from_static(b"a"))
+            .await
+            .expect("append");
         let records = consumer
             .poll(10, Duration::from_secs(5))
             .await
@@ -812,11 +843,18 @@ mod tests {
             .seek(&Positions([(0, 3)].into_iter().collect()))
             .await
             .expect("seek");
-        bus.append("key", Bytes::from_static(b"new")).await.expect("append");
+        bus.append("key", Bytes::from_static(b"new"))
+            .await
+            .expect("append");
         let records = poll_all(&mut consumer).await;
         let seen: Vec<(u64, String)> = records
             .iter()
-            .map(|record| (record.offset, String::from_utf8_lossy(&record.payload).into_owned()))
+            .map(|record| {
+                (
+                    record.offset,
+                    String::from_utf8_lossy(&record.payload).into_owned(),
+                )
+            })
             .collect();
         assert_eq!(
             seen,

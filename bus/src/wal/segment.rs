@@ -91,7 +91,24 @@ pub enum FrameError {
 pub fn read_frame(file: &File, position: u64, max_payload: usize) -> Result<Frame, FrameError> {
     let mut header = [0_u8; HEADER_BYTES as usize];
     read_exactly(file, &mut header, position)?;
-    let [l0, l1, l2, l3, c0, c1, c2, c3, o0, o1, o2, o3, o4, o5, o6, o7] = header;
+    let [
+        l0,
+        l1,
+        l2,
+        l3,
+        c0,
+        c1,
+        c2,
+        c3,
+        o0,
+        o1,
+        o2,
+        o3,
+        o4,
+        o5,
+        o6,
+        o7,
+    ] = header;
     let length = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
     let crc = u32::from_le_bytes([c0, c1, c2, c3]);
     let offset = u64::from_le_bytes([o0, o1, o2, o3, o4, o5, o6, o7]);
@@ -260,7 +277,8 @@ impl Cursor {
                         break;
                     };
                     if info.first_offset > self.next_offset {
-                        read.skipped.get_or_insert((self.next_offset, info.first_offset));
+                        read.skipped
+                            .get_or_insert((self.next_offset, info.first_offset));
                         self.next_offset = info.first_offset;
                     }
                     let file = File::open(&info.path)
@@ -281,7 +299,9 @@ impl Cursor {
                     .map(|(first, _)| *first);
                 (visible, next_first)
             };
-            let Some(open) = self.open.as_mut() else { break };
+            let Some(open) = self.open.as_mut() else {
+                break;
+            };
             if open.position >= visible_bytes {
                 match next_first {
                     // This segment is complete (only the last one grows): go on to the next.

@@ -166,7 +166,9 @@ impl Writer {
             .disk_bytes
             .fetch_add(buffer.len() as u64, Ordering::AcqRel)
             + buffer.len() as u64;
-        metrics.wal_disk_bytes.set(i64::try_from(total).unwrap_or(i64::MAX));
+        metrics
+            .wal_disk_bytes
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
         match self.settings.durability {
             Durability::Fsync => self.publish(),
             Durability::Flush { .. } => self.unsynced = true,
@@ -224,7 +226,10 @@ fn fail_all(
 
 /// Creates the empty segment starting at `first_offset` (and syncs the directory, so the
 /// file survives a power loss).
-pub fn create_segment(dir: &std::path::Path, first_offset: u64) -> Result<(File, SegmentInfo), BusError> {
+pub fn create_segment(
+    dir: &std::path::Path,
+    first_offset: u64,
+) -> Result<(File, SegmentInfo), BusError> {
     let path = segment::segment_path(dir, first_offset);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -232,11 +237,19 @@ pub fn create_segment(dir: &std::path::Path, first_offset: u64) -> Result<(File,
         .read(true)
         .open(&path)
         .map_err(|error| {
-            BusError::Storage(format!("failed to create wal segment {}: {error}", path.display()))
+            BusError::Storage(format!(
+                "failed to create wal segment {}: {error}",
+                path.display()
+            ))
         })?;
-    File::open(dir).and_then(|directory| directory.sync_all()).map_err(|error| {
-        BusError::Storage(format!("failed to sync wal directory {}: {error}", dir.display()))
-    })?;
+    File::open(dir)
+        .and_then(|directory| directory.sync_all())
+        .map_err(|error| {
+            BusError::Storage(format!(
+                "failed to sync wal directory {}: {error}",
+                dir.display()
+            ))
+        })?;
     let info = SegmentInfo {
         path,
         first_offset,

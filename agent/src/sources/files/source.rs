@@ -75,7 +75,13 @@ pub fn fingerprint(file: &File, length: u64) -> Option<String> {
     let mut head = vec![0_u8; usize::try_from(length).ok()?];
     file.read_exact_at(&mut head, 0).ok()?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &head);
-    Some(digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect())
+    Some(
+        digest
+            .as_ref()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect(),
+    )
 }
 
 /// Where to start reading a file of `size` bytes just found at an identity: its checkpoint's

@@ -115,7 +115,10 @@ fn regression_a_reused_inode_is_read_from_its_start() {
     // No checkpoint: the end for files there at start (start_at = "end"), else the start.
     assert_eq!(resume_offset(None, 43, |_| None, true, StartAt::End), 43);
     assert_eq!(resume_offset(None, 43, |_| None, false, StartAt::End), 0);
-    assert_eq!(resume_offset(None, 43, |_| None, true, StartAt::Beginning), 0);
+    assert_eq!(
+        resume_offset(None, 43, |_| None, true, StartAt::Beginning),
+        0
+    );
 }
 
 /// A doppler that refuses the first `refuse` batches as invalid, then stores what it gets.
@@ -134,7 +137,9 @@ impl sluice_proto::v1::doppler_ingress_server::DopplerIngress for RefusingDopple
         let batch = request.into_inner();
         let refused = self
             .refuse
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
             .is_ok();
         if refused {
             return Err(tonic::Status::invalid_argument("refused by this test"));

@@ -311,7 +311,9 @@ async fn submit(shared: &Shared, messages: Vec<&[u8]>) {
     match shared.forwarder.submit_waiting(envelopes, &ticket).await {
         Ok(()) => shared.metrics.source_accepted(SOURCE, count),
         Err(status) => {
-            shared.metrics.sources_refused(SOURCE, "shutting_down", count);
+            shared
+                .metrics
+                .sources_refused(SOURCE, "shutting_down", count);
             warn!(error = %status.message(), "syslog messages not forwarded");
         }
     }
