@@ -1545,6 +1545,48 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, SluiceError> 
 mod tests {
     use super::*;
 
+    /// The size limits along the path must nest; each broken link is refused at start with
+    /// both keys named.
+    #[test]
+    fn size_limits_that_do_not_nest_are_refused_naming_the_keys() {
+        for (document, keys) in [
+            (
+                "[agent]\nflush_bytes = 1000\n",
+                ["agent.flush_bytes", "agent.max_envelope_bytes"],
+            ),
+            (
+                "[agent]\nflush_bytes = 33554432\nmax_pending_bytes = 67108864\n",
+                ["doppler.max_message_bytes", "agent.flush_bytes"],
+            ),
+            (
+                "[doppler]\nmax_message_bytes = 33554432\n",
+                ["bus.max_record_bytes", "doppler.max_message_bytes"],
+            ),
+            (
+                "[agent]\nmax_pending_bytes = 1048576\n",
+                ["agent.max_pending_bytes", "agent.flush_bytes"],
+            ),
+            (
+                "[bus.wal]\nsegment_bytes = 1048576\n",
+                ["bus.wal.segment_bytes", "bus.max_record_bytes"],
+            ),
+        ] {
+            let error = RawConfig::from_toml(document)
+                .expect("parses")
+                .validate()
+                .expect_err("refused");
+            for key in keys {
+                assert!(error.message().contains(key), "{document}: {error}");
+            }
+        }
+        let kafka = "[bus]\nkind = \"kafka\"\n[bus.kafka.client]\n\"message.max.bytes\" = \"1000\"\n";
+        let error = RawConfig::from_toml(kafka)
+            .expect("parses")
+            .validate()
+            .expect_err("refused");
+        assert!(error.message().contains("bus.max_record_bytes"), "{error}");
+    }
+
     #[test]
     fn the_example_config_in_the_repository_loads_and_matches_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/sluice.example.toml");
