@@ -503,6 +503,38 @@ doppler = "127.0.0.1:{ports['doppler']}"
                 lines.extend(line.rstrip("\n") for line in handle if line.strip())
         return [lines[n % len(lines)] for n in range(count)]
 
+    def wal(self):
+        """The embedded WAL's two durability settings side by side (the example
+        `bus/examples/wal_durability.rs`, release build): appends/s and latency of 20 kB
+        records (an agent batch of ~100 log lines) from 16 concurrent writers and from one,
+        beside the disk's own ceiling measured the same way with dd (synced writes of one
+        record and of a 16-record group, and buffered writes)."""
+        example = os.environ.get("SLUICE_WAL_BENCH_BIN",
+                                 os.path.join(ROOT, "target/release/examples/wal_durability"))
+        scratch = os.path.join(self.work, "wal")
+        os.makedirs(scratch, exist_ok=True)
+        runs = []
+        for writers in (16, 1):
+            command = [example, str(writers), "2000", "20000"]
+            self.record(command)
+            out = subprocess.run(command, check=True, capture_output=True, text=True,
+                                 env=dict(os.environ, SLUICE_BENCH_DIR=scratch)).stdout
+            runs.extend(json.loads(line) for line in out.splitlines() if line.startswith("{"))
+        ceiling = {}
+        target = os.path.join(scratch, "dd")
+        for name, block, count, flags in (("synced_20kB", "20000", "2000", ["oflag=dsync"]),
+                                          ("synced_320kB", "320000", "500", ["oflag=dsync"]),
+                                          ("buffered_1MiB", "1M", "640", [])):
+            command = ["dd", "if=/dev/zero", f"of={target}", f"bs={block}", f"count={count}", *flags]
+            self.record(command)
+            started = time.monotonic()
+            subprocess.run(command, check=True, capture_output=True)
+            seconds = time.monotonic() - started
+            size = {"20000": 20000, "320000": 320000, "1M": 1 << 20}[block] * int(count)
+            ceiling[name] = {"mb_per_s": size / seconds / 1e6, "writes_per_s": int(count) / seconds}
+            os.remove(target)
+        self.figure("wal", {"runs": runs, "ceiling": ceiling})
+
     def sources(self):
         """Ingest rate of each agent source on `sluice up`, from a client on the same machine:
         `_bulk` documents and OTLP/HTTP log records until acknowledged (durable), syslog
@@ -1018,12 +1050,13 @@ def main():
         with open(args.json_out) as handle:
             previous = json.load(handle)
         if previous.get("mode") == args.mode:
-            for key in ("figures", "commands", "phase_seconds", "profiles"):
+            this_machine = bench.results["machine"]
+            for key in ("figures", "commands", "phase_seconds", "profiles", "machine", "commit", "also_run"):
                 if key in previous:
                     bench.results[key] = previous[key]
             bench.results["started"] = previous.get("started", bench.results["started"])
             bench.results.setdefault("also_run", []).append(
-                {"phases": args.only, "commit": bench.results["commit"],
+                {"phases": args.only, "commit": git_commit(), "machine": this_machine,
                  "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     phases = [
         ("corpus", bench.corpus),
@@ -1032,6 +1065,7 @@ def main():
         ("replay", bench.replay),
         ("e2e", bench.e2e),
         ("sources", bench.sources),
+        ("wal", bench.wal),
         ("tantivy", bench.tantivy_ceiling),
         ("profile", bench.profile),
     ]

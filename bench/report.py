@@ -138,8 +138,11 @@ def markdown(report, made, bottlenecks):
       "Every process of the pipeline and of the load generator shares these cores, so per-core "
       "figures divide by the CPU seconds the measured process used, read from `/proc`.")
     for extra in report.get("also_run", []):
+        other = extra.get("machine")
+        on = (f" on another machine: {other['cores']} cores ({other['cpu']}), Linux {other['kernel']}"
+              if other and other != m else "")
         w(f"Phases `{extra['phases']}` were run again at {extra['at']} (commit `{extra['commit']}`, "
-          f"`bench/run --{report['mode']} --kafka --only={extra['phases']}`) and merged in.")
+          f"`bench/run --{report['mode']} --kafka --only={extra['phases']}`){on} and merged in.")
     w("")
     w("Published figures are printed for context only; they were not measured here, on other "
       "hardware and other data.")
@@ -358,6 +361,32 @@ def markdown(report, made, bottlenecks):
                 row = sources[name]
                 w(f"| {label} | {fmt(row['records_per_s'])} | {fmt(row['mb_per_s'], 1)} | "
                   f"{fmt(row['records_per_cpu_s'])} | {row['client']} |")
+        w("")
+
+    wal = f.get("wal")
+    if wal:
+        ceiling = wal["ceiling"]
+        w("## WAL durability (`bus.wal.durability`)")
+        w("")
+        w("The embedded WAL alone (`bus/examples/wal_durability.rs`): 20 kB records, about one agent "
+          "batch of 100 log lines each, appended by concurrent writers as dopplers serve concurrent "
+          "agents. `fsync` answers each append once its group is written and `fdatasync`ed; `flush` "
+          "once written, syncing every 200 ms. The disk's ceiling, measured with dd in the same run: "
+          f"synced 20 kB writes {fmt(ceiling['synced_20kB']['mb_per_s'], 1)} MB/s "
+          f"({fmt(ceiling['synced_20kB']['writes_per_s'])} writes/s), synced 320 kB writes (a "
+          f"16-record group) {fmt(ceiling['synced_320kB']['mb_per_s'], 1)} MB/s, buffered writes "
+          f"{fmt(ceiling['buffered_1MiB']['mb_per_s'], 1)} MB/s.")
+        w("")
+        w("| durability | writers | records/s | MB/s | vs dd, same pattern | append p50 | append p99 |")
+        w("|---|---|---|---|---|---|---|")
+        for run in wal["runs"]:
+            if run["durability"] == "fsync":
+                limit = ceiling["synced_320kB" if run["writers"] > 1 else "synced_20kB"]["mb_per_s"]
+            else:
+                limit = ceiling["buffered_1MiB"]["mb_per_s"]
+            w(f"| `{run['durability']}` | {run['writers']} | {fmt(run['records_per_s'])} | "
+              f"{fmt(run['mb_per_s'], 1)} | {run['mb_per_s'] / limit * 100:.0f}% | "
+              f"{run['latency_ms_p50']:.2f} ms | {run['latency_ms_p99']:.2f} ms |")
         w("")
 
     if made:
