@@ -1,0 +1,28 @@
+//! Bus records (`AgentBatch`) from any bytes, as a consumer reads them: decoding never panics,
+//! the indexer's document mapping of what decodes never panics, and a decoded batch encodes
+//! back to something that decodes to the same batch.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message as _;
+use sluice_indexer::schema::{Fields, Origin};
+use sluice_proto::v1::AgentBatch;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(batch) = AgentBatch::decode(data) else {
+        return;
+    };
+    let again = AgentBatch::decode(batch.encode_to_vec().as_slice()).expect("re-encoded batch");
+    assert_eq!(again, batch);
+    let fields = Fields::new();
+    for envelope in &batch.envelopes {
+        let origin = Origin {
+            agent_id: &batch.agent_id,
+            sequence: batch.sequence,
+            partition: 0,
+            offset: 0,
+        };
+        let _ = fields.document(envelope, origin);
+        let _ = sluice_common::time::Hour::of_nanos(envelope.timestamp).partition_name();
+    }
+});
