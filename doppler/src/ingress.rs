@@ -172,36 +172,21 @@ mod tests {
     use sluice_common::telemetry::Telemetry;
     use sluice_proto::v2::{Envelope, Log, envelope};
 
-    /// A bus whose appends wait until released: a broker that is away.
-    struct StalledBus(tokio::sync::Notify);
-
-    #[async_trait::async_trait]
-    impl Bus for StalledBus {
-        async fn append(&self, _key: &str, _payload: Bytes) -> Result<(), BusError> {
-            self.0.notified().await;
-            Ok(())
-        }
-        async fn subscribe(
-            &self,
-            _group: &str,
-            _member: &str,
-            _sharing: sluice_bus::Sharing,
-        ) -> Result<Box<dyn Consumer>, BusError> {
-            Err(BusError::Invalid("not in this test".into()))
-        }
-        fn kind(&self) -> &'static str {
-            "stalled"
-        }
+    /// A bus for these tests: it keeps what is appended, and while `stalled` each append
+    /// first waits until released (a broker that is away).
+    #[derive(Default)]
+    struct TestBus {
+        stalled: Option<tokio::sync::Notify>,
+        appended: std::sync::Mutex<Vec<Bytes>>,
     }
 
-    /// A bus that keeps what is appended.
-    #[derive(Default)]
-    struct RecordingBus(std::sync::Mutex<Vec<Bytes>>);
-
     #[async_trait::async_trait]
-    impl Bus for RecordingBus {
+    impl Bus for TestBus {
         async fn append(&self, _key: &str, payload: Bytes) -> Result<(), BusError> {
-            self.0.lock().expect("lock").push(payload);
+            if let Some(stalled) = &self.stalled {
+                stalled.notified().await;
+            }
+            self.appended.lock().expect("lock").push(payload);
             Ok(())
         }
         async fn subscribe(
@@ -213,7 +198,7 @@ mod tests {
             Err(BusError::Invalid("not in this test".into()))
         }
         fn kind(&self) -> &'static str {
-            "recording"
+            "test"
         }
     }
 
@@ -233,7 +218,7 @@ mod tests {
         let second = sluice_common::tls::generate_local_ca().expect("certificates");
         let telemetry = Telemetry::new();
         let metrics = DopplerMetrics::register(&telemetry);
-        let bus = Arc::new(RecordingBus::default());
+        let bus = Arc::new(TestBus::default());
         let service = DopplerIngressService::new(
             Arc::clone(&bus) as Arc<dyn Bus>,
             Arc::new(Hub::new(4, metrics.clone())),
@@ -281,7 +266,7 @@ mod tests {
         impostor.push(batch(7)).await.expect("impostor batch");
         genuine.push(batch(7)).await.expect("genuine retry");
         let stored: Vec<String> = bus
-            .0
+            .appended
             .lock()
             .expect("lock")
             .iter()
@@ -320,7 +305,10 @@ mod tests {
     async fn batches_past_the_pending_limit_are_refused_and_counted_while_the_bus_is_away() {
         let telemetry = Telemetry::new();
         let metrics = DopplerMetrics::register(&telemetry);
-        let bus = Arc::new(StalledBus(tokio::sync::Notify::new()));
+        let bus = Arc::new(TestBus {
+            stalled: Some(tokio::sync::Notify::new()),
+            ..TestBus::default()
+        });
         let hub = Arc::new(Hub::new(4, metrics.clone()));
         let service = Arc::new(DopplerIngressService::new(
             Arc::clone(&bus) as Arc<dyn Bus>,
@@ -360,7 +348,9 @@ mod tests {
             "{text}"
         );
         // The bus comes back: the waiting batches are acknowledged.
-        bus.0.notify_waiters();
+        if let Some(stalled) = &bus.stalled {
+            stalled.notify_waiters();
+        }
         for handle in waiting {
             handle.await.expect("join").expect("acknowledged");
         }
