@@ -1579,7 +1579,8 @@ mod tests {
                 assert!(error.message().contains(key), "{document}: {error}");
             }
         }
-        let kafka = "[bus]\nkind = \"kafka\"\n[bus.kafka.client]\n\"message.max.bytes\" = \"1000\"\n";
+        let kafka =
+            "[bus]\nkind = \"kafka\"\n[bus.kafka.client]\n\"message.max.bytes\" = \"1000\"\n";
         let error = RawConfig::from_toml(kafka)
             .expect("parses")
             .validate()
