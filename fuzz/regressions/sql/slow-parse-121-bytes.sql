@@ -1,0 +1,1 @@
+if((80->((eee._e._e_1eeee._e.ee_e.e._._e.e.eeee._e.eee._e.eeee._e._e_1eeee._e.ee_e.e._._e.e.eeee._._e_1eeee.((79->>((ee-	
