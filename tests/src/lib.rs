@@ -404,6 +404,14 @@ impl Drop for Sluice {
     }
 }
 
+/// The value of the first sample of `name` (with its labels, e.g. `x_total{reason="a"}`) in
+/// Prometheus text, or 0 when absent.
+pub fn metric_sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A log envelope with `message` from `source_id`, stamped now.
 pub fn log_envelope(source_id: &str, message: impl Into<Vec<u8>>) -> Envelope {
     Envelope {

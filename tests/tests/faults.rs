@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sluice_proto::v2::EnvelopeBatch;
-use sluice_tests::{PrivateServer, Sluice, log_envelope};
+use sluice_tests::{PrivateServer, Sluice, log_envelope, metric_sample as sample};
 
 /// A tmpfs of `size` mounted at `path` for the test's lifetime.
 struct SmallDisk(std::path::PathBuf);
@@ -34,12 +34,6 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Regression: the embedded WAL kept every record retention had not archived in memory, so

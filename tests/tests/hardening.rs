@@ -4,15 +4,7 @@
 use std::time::Duration;
 
 use sluice_proto::v2::EnvelopeBatch;
-use sluice_tests::{Sluice, log_envelope};
-
-/// The value of the first sample of `name` (with its labels, e.g. `x_total{reason="a"}`) in
-/// Prometheus text, or 0 when absent.
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
+use sluice_tests::{Sluice, log_envelope, metric_sample as sample};
 
 /// Regression: batches were cut by envelope count only, so envelopes near the 1 MiB limit
 /// added up past the gRPC message limit. Three clients each sending one `BatchSender` message
