@@ -525,6 +525,13 @@ mod tests {
         .expect("open wal")
     }
 
+    /// A sole consumer of `group`.
+    async fn sole_consumer(bus: &WalBus, group: &str) -> Box<dyn Consumer> {
+        bus.subscribe(group, "test", Sharing::Sole)
+            .await
+            .expect("subscribe")
+    }
+
     async fn poll_all(consumer: &mut Box<dyn Consumer>) -> Vec<BusRecord> {
         consumer
             .poll(1_000, Duration::from_millis(50))
@@ -543,10 +550,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         {
             let bus = open(dir.path()).await;
-            let _consumer = bus
-                .subscribe("indexer", "test", Sharing::Sole)
-                .await
-                .expect("subscribe");
+            let _consumer = sole_consumer(&bus, "indexer").await;
             for index in 0..10 {
                 bus.append("key", Bytes::from(format!("record {index}")))
                     .await
@@ -554,10 +558,7 @@ mod tests {
             }
         }
         let bus = open(dir.path()).await;
-        let mut consumer = bus
-            .subscribe("indexer", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut consumer = sole_consumer(&bus, "indexer").await;
         let records = poll_all(&mut consumer).await;
         assert_eq!(records.len(), 10);
         assert_eq!(records[3].offset, 3);
@@ -568,10 +569,7 @@ mod tests {
     async fn a_waiting_consumer_wakes_on_append_and_seek_resumes_exactly() {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = open(dir.path()).await;
-        let mut consumer = bus
-            .subscribe("retention", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut consumer = sole_consumer(&bus, "retention").await;
         assert!(poll_all(&mut consumer).await.is_empty());
         let writer = bus.clone();
         let waiter = tokio::spawn(async move { consumer.poll(10, Duration::from_secs(10)).await });
@@ -588,10 +586,7 @@ mod tests {
                 .await
                 .expect("append");
         }
-        let mut again = bus
-            .subscribe("retention", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut again = sole_consumer(&bus, "retention").await;
         again
             .seek(&Positions([(0, 3)].into_iter().collect()))
             .await
@@ -608,14 +603,8 @@ mod tests {
     async fn records_are_released_only_after_every_group_checkpointed() {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = open(dir.path()).await;
-        let mut indexer = bus
-            .subscribe("indexer", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
-        let mut retention = bus
-            .subscribe("retention", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut indexer = sole_consumer(&bus, "indexer").await;
+        let mut retention = sole_consumer(&bus, "retention").await;
         for _ in 0..6 {
             bus.append("key", Bytes::from_static(b"x"))
                 .await
@@ -626,10 +615,7 @@ mod tests {
             .await
             .expect("checkpoint");
         // Retention has not checkpointed: a fresh reader still sees everything.
-        let mut late = bus
-            .subscribe("retention", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut late = sole_consumer(&bus, "retention").await;
         assert_eq!(poll_all(&mut late).await.len(), 6);
         retention
             .checkpoint(&Positions([(0, 4)].into_iter().collect()))
@@ -638,10 +624,7 @@ mod tests {
         drop((bus, indexer, retention, late));
         // After a restart, the released records are gone and the checkpoints remain.
         let bus = open(dir.path()).await;
-        let mut reader = bus
-            .subscribe("retention", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut reader = sole_consumer(&bus, "retention").await;
         let offsets: Vec<u64> = poll_all(&mut reader)
             .await
             .iter()
@@ -674,10 +657,7 @@ mod tests {
         )
         .await
         .expect("open");
-        let mut consumer = bus
-            .subscribe("indexer", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut consumer = sole_consumer(&bus, "indexer").await;
         let record = Bytes::from(vec![b'r'; 1000]);
         let mut stored = 0_u64;
         let refusal = loop {
@@ -734,10 +714,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         {
             let bus = open(dir.path()).await;
-            let mut consumer = bus
-                .subscribe("indexer", "test", Sharing::Sole)
-                .await
-                .expect("subscribe");
+            let mut consumer = sole_consumer(&bus, "indexer").await;
             for index in 0..5 {
                 bus.append("key", Bytes::from(format!("record {index}")))
                     .await
@@ -764,10 +741,7 @@ mod tests {
         bus.append("key", Bytes::from_static(b"after the crash"))
             .await
             .expect("append");
-        let mut reader = bus
-            .subscribe("retention", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut reader = sole_consumer(&bus, "retention").await;
         let records = poll_all(&mut reader).await;
         let last = records.last().expect("records");
         assert_eq!(last.payload, Bytes::from_static(b"after the crash"));
@@ -800,10 +774,7 @@ mod tests {
         )
         .await
         .expect("open");
-        let mut consumer = bus
-            .subscribe("indexer", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut consumer = sole_consumer(&bus, "indexer").await;
         bus.append("key", Bytes::from_static(b"a"))
             .await
             .expect("append");
@@ -835,10 +806,7 @@ mod tests {
         }
         let bus = open(dir.path()).await;
         assert!(!dir.path().join("records").exists());
-        let mut consumer = bus
-            .subscribe("indexer", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut consumer = sole_consumer(&bus, "indexer").await;
         consumer
             .seek(&Positions([(0, 3)].into_iter().collect()))
             .await
@@ -879,10 +847,7 @@ mod tests {
             std::fs::copy(fixture.join(name), dir.path().join(name)).expect("copy fixture");
         }
         let bus = open(dir.path()).await;
-        let mut consumer = bus
-            .subscribe("indexer", "test", Sharing::Sole)
-            .await
-            .expect("subscribe");
+        let mut consumer = sole_consumer(&bus, "indexer").await;
         consumer
             .seek(&Positions([(0, 10)].into_iter().collect()))
             .await
