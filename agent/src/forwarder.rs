@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::AgentConfig;
 use prost::Message;
 use sluice_common::SluiceError;
-use sluice_common::config::AgentConfig;
 use sluice_common::tls::TlsMaterial;
 use sluice_proto::v1::AgentBatch;
 use sluice_proto::v1::doppler_ingress_client::DopplerIngressClient;

@@ -18,6 +18,7 @@
 //! agent needs no spool of its own: backpressure (a bounded number of unacknowledged envelopes)
 //! reaches the client instead.
 
+pub mod config;
 pub mod forwarder;
 pub mod identity;
 pub mod metrics;
@@ -25,8 +26,8 @@ pub mod sources;
 
 use std::sync::Arc;
 
+use crate::config::AgentConfig;
 use sluice_common::SluiceError;
-use sluice_common::config::AgentConfig;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::TlsMaterial;

@@ -13,6 +13,7 @@
 //!
 //! Each record is one `sluice.v1.AgentBatch` protobuf (see `proto/sluice/v1/doppler.proto`).
 
+pub mod config;
 pub mod dedup;
 pub mod kafka;
 pub mod metrics;

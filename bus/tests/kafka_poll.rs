@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sluice_bus::config::RawKafkaConfig;
 use sluice_bus::kafka::KafkaBus;
 use sluice_bus::metrics::BusMetrics;
 use sluice_bus::{Bus, BusEvent, Sharing};
-use sluice_common::config::RawKafkaConfig;
 use sluice_common::telemetry::Telemetry;
 
 fn settings(topic: &str) -> RawKafkaConfig {

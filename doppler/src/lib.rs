@@ -9,15 +9,16 @@
 //!   counted, so a slow reader never slows ingestion.
 //! - [`metrics`]: the doppler's counters.
 
+pub mod config;
 pub mod egress;
 pub mod ingress;
 pub mod metrics;
 
 use std::sync::Arc;
 
+use crate::config::DopplerConfig;
 use sluice_bus::Bus;
 use sluice_common::SluiceError;
-use sluice_common::config::DopplerConfig;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::TlsMaterial;

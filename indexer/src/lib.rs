@@ -19,6 +19,7 @@
 //! between two partition commits therefore neither loses nor duplicates a document, and the
 //! bus is told to release records only after the checkpoint is written.
 
+pub mod config;
 pub mod histogram;
 pub mod metrics;
 pub mod pipeline;

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use std::ops::Bound;
 
+use crate::config::IndexerConfig;
 use sluice_bus::dedup::Deduplicator;
 use sluice_bus::{Bus, BusEvent, BusRecord, Positions, Sharing};
 use sluice_common::SluiceError;
-use sluice_common::config::IndexerConfig;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
 use sluice_common::time::Hour;

@@ -11,6 +11,7 @@
 //! Errors are JSON `{"error": "…"}` with a status from the error taxonomy: bad input is 4xx.
 
 pub mod audit;
+pub mod config;
 pub mod metrics;
 mod routes;
 pub mod search;
@@ -20,12 +21,13 @@ pub mod tail;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config::QueryApiConfig;
 use sluice_common::SluiceError;
-use sluice_common::config::{ArchiveLocation, QueryApiConfig};
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::TlsMaterial;
 use sluice_indexer::Searcher;
+use sluice_retention::config::ArchiveLocation;
 use sluice_retention::store::Archive;
 
 pub use routes::router;

@@ -23,6 +23,7 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod config;
 pub mod metrics;
 pub mod pipeline;
 pub mod store;

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::RetentionConfig;
 use bytes::Bytes;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -22,7 +23,6 @@ use prost::Message;
 use sluice_bus::dedup::Deduplicator;
 use sluice_bus::{Bus, BusEvent, BusRecord, Consumer, Positions, Sharing};
 use sluice_common::SluiceError;
-use sluice_common::config::RetentionConfig;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
 use sluice_common::time::Hour;

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
+use crate::config::ArchiveLocation;
 use datafusion::prelude::SessionContext;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use sluice_common::SluiceError;
-use sluice_common::config::ArchiveLocation;
 use url::Url;
 
 use crate::tables::Table;

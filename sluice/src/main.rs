@@ -6,6 +6,7 @@
 //! - `sluice emit|tail|search|sql` talk to a running Sluice.
 
 mod client;
+mod config;
 mod output;
 mod server;
 

@@ -7,16 +7,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{Config, RawConfig};
 use anyhow::{Context, bail};
+use sluice_bus::config::{BusConfig, WalDurability};
 use sluice_bus::kafka::KafkaBus;
 use sluice_bus::metrics::BusMetrics;
 use sluice_bus::wal::{Durability, WalBus, WalSettings};
 use sluice_bus::{Bus, Sharing};
 use sluice_common::SluiceError;
-use sluice_common::config::{BusConfig, Config, IndexerConfig, RawConfig, WalDurability};
 use sluice_common::shutdown::{Shutdown, ShutdownTrigger};
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::{TlsMaterial, ensure_local_ca};
+use sluice_indexer::config::IndexerConfig;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 

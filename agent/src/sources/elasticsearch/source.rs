@@ -10,6 +10,7 @@ use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::ElasticsearchSourceConfig;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -18,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::{Value, json};
 use sluice_common::SluiceError;
-use sluice_common::config::ElasticsearchSourceConfig;
 use sluice_common::envelope::validate_envelope;
 use sluice_common::shutdown::Shutdown;
 use sluice_proto::v2::Envelope;

@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::{FileInputConfig, StartAt};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use sluice_common::SluiceError;
-use sluice_common::config::{FileInputConfig, StartAt};
 use sluice_common::shutdown::Shutdown;
 use sluice_proto::v2::{Envelope, Log, envelope};
 use tracing::{debug, info, warn};

@@ -1,7 +1,7 @@
 use std::io::Write as _;
 
+use crate::config::StartAt;
 use regex::Regex;
-use sluice_common::config::StartAt;
 
 use super::reader::{Record, cut, join};
 use super::source::{Checkpoint, fingerprint, resume_offset};
@@ -201,26 +201,21 @@ async fn regression_lines_of_a_failed_batch_are_sent_again_not_skipped() {
     let log = dir.path().join("app.log");
     let lines: Vec<String> = (0..10).map(|index| format!("line {index}")).collect();
     std::fs::write(&log, format!("{}\n", lines.join("\n"))).expect("write");
-    let config = sluice_common::config::RawConfig::from_toml(&format!(
-        "data_dir = {:?}\n[agent]\ndopplers = [\"{address}\"]\n\
-         [[agent.files]]\npaths = [{:?}]\nsource_id = \"app\"\nstart_at = \"beginning\"\n",
-        dir.path().join("data"),
+    let agent: crate::config::RawAgentConfig = toml::from_str(&format!(
+        "dopplers = [\"{address}\"]\n\
+         [[files]]\npaths = [{:?}]\nsource_id = \"app\"\nstart_at = \"beginning\"\n",
         log.display().to_string()
     ))
-    .and_then(sluice_common::config::RawConfig::validate)
-    .expect("config");
+    .expect("config parses");
+    let agent = agent.validate(&dir.path().join("data")).expect("config");
     let telemetry = sluice_common::telemetry::Telemetry::new();
     let metrics = crate::metrics::AgentMetrics::register(&telemetry);
-    let forwarder = crate::forwarder::Forwarder::start(
-        &config.agent,
-        "agent".to_owned(),
-        &tls,
-        metrics.clone(),
-    )
-    .expect("forwarder");
+    let forwarder =
+        crate::forwarder::Forwarder::start(&agent, "agent".to_owned(), &tls, metrics.clone())
+            .expect("forwarder");
     let source = super::FilesSource::new(
-        config.agent.files.clone(),
-        &config.agent.state_dir,
+        agent.files.clone(),
+        &agent.state_dir,
         Arc::clone(&forwarder),
         metrics,
     )
@@ -232,7 +227,7 @@ async fn regression_lines_of_a_failed_batch_are_sent_again_not_skipped() {
         assert!(Instant::now() < deadline, "only {:?}", doppler.lines.lock());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let checkpoints = config.agent.state_dir.join("files-checkpoints.json");
+    let checkpoints = agent.state_dir.join("files-checkpoints.json");
     let size = std::fs::metadata(&log).expect("log").len();
     while !std::fs::read_to_string(&checkpoints)
         .is_ok_and(|text| text.contains(&format!("\"offset\":{size}")))

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::HostMetricsSourceConfig;
 use sluice_common::SluiceError;
-use sluice_common::config::HostMetricsSourceConfig;
 use sluice_common::shutdown::Shutdown;
 use sluice_proto::v2::{Envelope, Gauge, GaugeValue, envelope};
 use tracing::{info, warn};

@@ -8,8 +8,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::AgentConfig;
 use futures::StreamExt;
-use sluice_common::config::AgentConfig;
 use sluice_common::envelope::validate_envelope;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::tls::TlsMaterial;

@@ -7,6 +7,7 @@ use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::OtlpSourceConfig;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -15,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message as _;
 use sluice_common::SluiceError;
-use sluice_common::config::OtlpSourceConfig;
 use sluice_common::envelope::validate_envelope;
 use sluice_common::shutdown::Shutdown;
 use sluice_proto::opentelemetry::proto::collector::logs::v1::logs_service_server::{

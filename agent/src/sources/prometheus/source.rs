@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{PrometheusSourceConfig, PrometheusTarget};
 use sluice_common::SluiceError;
-use sluice_common::config::{PrometheusSourceConfig, PrometheusTarget};
 use sluice_common::shutdown::Shutdown;
 use tracing::{debug, info, warn};
 

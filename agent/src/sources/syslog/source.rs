@@ -13,8 +13,8 @@
 
 use std::sync::Arc;
 
+use crate::config::SyslogSourceConfig;
 use sluice_common::SluiceError;
-use sluice_common::config::SyslogSourceConfig;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::tls::TlsMaterial;
 use sluice_proto::v2::Envelope;
