@@ -183,7 +183,10 @@ pub async fn audit(state: &AppState, request: AuditRequest) -> Result<AuditRespo
     if request.end_ns <= request.start_ns {
         return Err(SluiceError::invalid("end: must be after start"));
     }
-    let max_rows = 100_000;
+    let limits = crate::sql::SqlLimits {
+        max_bytes: state.config.max_sql_bytes,
+        max_rows: 100_000,
+    };
     let per_source = format!(
         "SELECT source_id, agent_id, kind, count(*) AS n FROM ({}) GROUP BY source_id, agent_id, kind",
         rows_in_range(&request, true)
@@ -195,8 +198,8 @@ pub async fn audit(state: &AppState, request: AuditRequest) -> Result<AuditRespo
     );
     let archive = state.archive.clone();
     let (by_source, by_agent) = tokio::spawn(async move {
-        let by_source = crate::sql::run_query(&archive, &per_source, max_rows).await?;
-        let by_agent = crate::sql::run_query(&archive, &per_agent, max_rows).await?;
+        let by_source = crate::sql::run_query(&archive, &per_source, limits).await?;
+        let by_agent = crate::sql::run_query(&archive, &per_agent, limits).await?;
         Ok::<_, SluiceError>((by_source, by_agent))
     })
     .await

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,10 +20,21 @@ use crate::AppState;
 
 /// The API's router over `state`.
 pub fn router(state: AppState) -> Router {
+    // The body may hold the longest SQL text allowed as JSON with every character escaped
+    // (`\u0000`, six bytes), so a text over the limit is refused by the SQL handler, which
+    // names the limit, rather than by the body reader.
+    let sql_body_limit = state
+        .config
+        .max_sql_bytes
+        .saturating_mul(6)
+        .saturating_add(1024);
     Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/tail", get(tail))
-        .route("/api/v1/sql", post(sql))
+        .route(
+            "/api/v1/sql",
+            post(sql).layer(DefaultBodyLimit::max(sql_body_limit)),
+        )
         .route("/api/v1/audit", get(audit))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -215,10 +226,13 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     let result = match query {
         Ok(query) => {
             let archive = state.archive.clone();
-            let max_rows = state.config.max_sql_rows;
+            let limits = crate::sql::SqlLimits {
+                max_bytes: state.config.max_sql_bytes,
+                max_rows: state.config.max_sql_rows,
+            };
             // DataFusion runs on its own task so a slow query cannot stall this connection's
             // executor thread for others.
-            tokio::spawn(async move { crate::sql::run_query(&archive, &query, max_rows).await })
+            tokio::spawn(async move { crate::sql::run_query(&archive, &query, limits).await })
                 .await
                 .unwrap_or_else(|error| {
                     Err(SluiceError::internal(format!("sql task failed: {error}")))

@@ -333,6 +333,9 @@ impl Sluice {
         let response = reqwest::Client::new()
             .post(format!("{}/api/v1/sql", self.api))
             .json(&serde_json::json!({ "query": query }))
+            // A deadline, so a query the server cannot finish fails the test instead of
+            // hanging it.
+            .timeout(Duration::from_secs(60))
             .send()
             .await
             .unwrap();
