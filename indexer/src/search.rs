@@ -103,6 +103,18 @@ impl Searcher {
         if trimmed.is_empty() || trimmed == "*" {
             return Ok(Box::new(AllQuery));
         }
+        // Tantivy marks the ends of JSON path segments with control bytes (0 and 1); one in a
+        // field path such as `tags.\0` trips an assertion in its query parser (found by
+        // fuzzing). No query needs a control character besides whitespace, so none is taken.
+        if let Some((offset, character)) = trimmed
+            .char_indices()
+            .find(|(_, character)| character.is_control() && !character.is_whitespace())
+        {
+            return Err(SluiceError::invalid(format!(
+                "invalid query: control character U+{:04X} at byte {offset}",
+                u32::from(character)
+            )));
+        }
         self.parser
             .parse_query(trimmed)
             .map_err(|error| SluiceError::invalid(format!("invalid query {trimmed:?}: {error}")))
@@ -290,6 +302,29 @@ mod tests {
     use sluice_proto::v2::{Envelope, Log, envelope};
 
     const MINUTE: i64 = 60_000_000_000;
+
+    /// A control byte in a JSON field path made Tantivy's query parser panic (fuzzing found
+    /// it: `fuzz/regressions/query/`); such queries are refused instead.
+    #[test]
+    fn regression_control_characters_in_a_query_are_refused_not_a_panic() {
+        let searcher = Searcher::new(Path::new("/nonexistent-sluice-index"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/query/json-path-nul.bin");
+        let found = String::from_utf8_lossy(&std::fs::read(path).expect("the regression input"))
+            .into_owned();
+        for query in [
+            found.as_str(),
+            "tags.\0:1",
+            "tags.a\u{1}b:x",
+            "message:a\u{7f}",
+        ] {
+            let error = searcher.parse(query).err().expect("refused");
+            assert!(error.message().contains("control character"), "{error}");
+        }
+        searcher
+            .parse("message:\"a\tb\"\n AND source_id:api")
+            .expect("whitespace is fine");
+    }
 
     /// Indexes one line per timestamp (message `line <word>`) into their hour partitions.
     fn index(dir: &Path, lines: &[(i64, &str)]) {
