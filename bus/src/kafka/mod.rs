@@ -26,7 +26,8 @@
 //!
 //! The stints are needed because a crash between a member's durable write and its offset
 //! commit leaves that member's data past the group's offset, and only the log says whether
-//! someone else has read those records since.
+//! someone else has read those records since. [`stints`] keeps the log bounded: members fold
+//! it into snapshots, so a join reads only what came since the last one.
 //!
 //! librdkafka blocks: rebalance callbacks run inside the consumer's poll and do network I/O
 //! (committed offsets, the stint log: up to about a minute), and closing a consumer can take
@@ -48,13 +49,13 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
+
+pub mod stints;
 
 use crate::metrics::BusMetrics;
 use crate::{Bus, BusError, BusEvent, Consumer, Partition, Positions, Sharing};
@@ -106,11 +107,14 @@ impl KafkaBus {
         )
         .set("max.message.bytes", &request_limit);
         let stints_name = stints_topic(&settings.topic);
+        // Compacted, never expired by time: what is still needed is never dropped, and what
+        // a snapshot covers goes (see `stints`).
         let stints = NewTopic::new(
             &stints_name,
             1,
             TopicReplication::Fixed(settings.replication),
-        );
+        )
+        .set("cleanup.policy", "compact");
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
             .create_topics([&topic, &stints], &options)
@@ -268,15 +272,6 @@ fn stints_topic(topic: &str) -> String {
     format!("{topic}-stints")
 }
 
-/// A member's record of taking over a partition: it reads `partition` from `start` on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stint {
-    group: String,
-    partition: i32,
-    member: String,
-    start: u64,
-}
-
 #[derive(Default)]
 struct OwnershipState {
     /// Positions of the member's durable data (from `seek` and every `checkpoint`).
@@ -320,79 +315,13 @@ impl Ownership {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Reads this group's stints, in log order.
-    fn read_stints(&self) -> Result<Vec<Stint>, BusError> {
-        let reader: BaseConsumer = client_config(&self.settings)
-            .set("group.id", format!("{}-stint-reader", self.group))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()
-            .map_err(storage("failed to create the stint log reader"))?;
-        let (low, high) = reader
-            .fetch_watermarks(&self.stints_topic, 0, Duration::from_secs(10))
-            .map_err(storage("failed to read the stint log watermarks"))?;
-        let mut stints = Vec::new();
-        if high <= low {
-            return Ok(stints);
+    fn stint_log(&self) -> stints::StintLog<'_> {
+        stints::StintLog {
+            topic: &self.stints_topic,
+            group: &self.group,
+            settings: &self.settings,
+            producer: &self.producer,
         }
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.stints_topic, 0, Offset::Offset(low))
-            .map_err(storage("failed to build the stint log assignment"))?;
-        reader
-            .assign(&list)
-            .map_err(storage("failed to assign the stint log"))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut next = low;
-        while next < high {
-            if std::time::Instant::now() > deadline {
-                return Err(BusError::Unavailable(format!(
-                    "timed out reading the stint log at offset {next} of {high}"
-                )));
-            }
-            match reader.poll(Duration::from_millis(500)) {
-                Some(Ok(message)) => {
-                    next = message.offset() + 1;
-                    if let Some(stint) = message
-                        .payload()
-                        .and_then(|payload| serde_json::from_slice::<Stint>(payload).ok())
-                        .filter(|stint| stint.group == self.group)
-                    {
-                        stints.push(stint);
-                    }
-                }
-                Some(Err(error)) => {
-                    return Err(BusError::Unavailable(format!(
-                        "failed to read the stint log: {error}"
-                    )));
-                }
-                None => {}
-            }
-        }
-        // Closing can block; the reader is small, so close it off this thread.
-        let _ = std::thread::Builder::new()
-            .name("sluice-kafka-close".to_owned())
-            .spawn(move || drop(reader));
-        Ok(stints)
-    }
-
-    fn write_stints(&self, stints: &[Stint]) -> Result<(), BusError> {
-        for stint in stints {
-            let payload =
-                serde_json::to_vec(stint).map_err(|error| BusError::Storage(format!("{error}")))?;
-            let key = format!("{}/{}", stint.group, stint.partition);
-            self.producer
-                .send(
-                    BaseRecord::to(&self.stints_topic)
-                        .key(&key)
-                        .payload(&payload),
-                )
-                .map_err(|(error, _)| {
-                    BusError::Storage(format!("failed to write the stint log: {error}"))
-                })?;
-        }
-        self.producer
-            .flush(Duration::from_secs(10))
-            .map_err(storage("failed to write the stint log"))
     }
 
     /// Chooses where each newly assigned partition starts, records the stints, and raises
@@ -433,25 +362,15 @@ impl Ownership {
                 .find_partition(&self.topic, partition)
                 .and_then(|element| offset_value(element.offset()))
         };
-        let stints = self.read_stints()?;
-        debug!(group = %self.group, stints = stints.len(), "read the stint log");
+        let stints = self.stint_log().read()?.state;
 
         let mut assignment = TopicPartitionList::new();
         let mut new_stints = Vec::new();
         let mut rewinds = Vec::new();
         for partition in concerned {
             let data = durable.next_offset(partition_key(partition));
-            // The first stint of another member after this member's latest one.
-            let mut taken_over_at = None;
-            let mut my_start = None;
-            for stint in stints.iter().filter(|stint| stint.partition == partition) {
-                if stint.member == self.member {
-                    taken_over_at = None;
-                    my_start = Some(stint.start);
-                } else if taken_over_at.is_none() {
-                    taken_over_at = Some(stint.start);
-                }
-            }
+            // This member's latest stint, and the first of another member after it.
+            let (my_start, taken_over_at) = stints.view(partition, &self.member);
             let group_offset = committed_at(partition);
             if assigned.contains(&partition) {
                 let start = match taken_over_at {
@@ -471,7 +390,7 @@ impl Ownership {
                         Offset::Offset(i64::try_from(start).unwrap_or(i64::MAX)),
                     )
                     .map_err(storage("failed to build a kafka assignment"))?;
-                new_stints.push(Stint {
+                new_stints.push(stints::Stint {
                     group: self.group.clone(),
                     partition,
                     member: self.member.clone(),
@@ -487,7 +406,7 @@ impl Ownership {
                 });
             }
         }
-        self.write_stints(&new_stints)?;
+        self.stint_log().write(&new_stints)?;
         let starts: Vec<(i32, u64)> = new_stints
             .iter()
             .map(|stint| (stint.partition, stint.start))
