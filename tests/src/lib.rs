@@ -18,6 +18,8 @@ use sluice_proto::v2::ingress_client::IngressClient;
 use sluice_proto::v2::{Envelope, EnvelopeBatch, Log, envelope};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+pub mod netns;
+
 /// Where the `sluice` binary is.
 pub fn sluice_binary() -> PathBuf {
     if let Ok(path) = std::env::var("SLUICE_BIN") {
@@ -507,20 +509,37 @@ pub struct RoleProcess {
     role: String,
     config: PathBuf,
     log_path: PathBuf,
+    netns: Option<String>,
 }
 
 impl RoleProcess {
     /// Starts `sluice <role> --config <config>`, logging to `<config>.<role>.log`.
     pub fn start(role: &str, config: &Path) -> RoleProcess {
+        RoleProcess::launch(role, config, None)
+    }
+
+    /// Starts it inside the network namespace `netns` (`ip netns exec`, which leaves the
+    /// process's id the role's own).
+    pub fn start_in(netns: &str, role: &str, config: &Path) -> RoleProcess {
+        RoleProcess::launch(role, config, Some(netns.to_owned()))
+    }
+
+    fn launch(role: &str, config: &Path, netns: Option<String>) -> RoleProcess {
         let log_path = config.with_extension(format!("{role}.log"));
         let mut process = RoleProcess {
             child: None,
             role: role.to_owned(),
             config: config.to_path_buf(),
             log_path,
+            netns,
         };
         process.spawn();
         process
+    }
+
+    /// The process's id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
     }
 
     fn spawn(&mut self) {
@@ -530,7 +549,15 @@ impl RoleProcess {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let child = Command::new(sluice_binary())
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(sluice_binary());
+                command
+            }
+            None => Command::new(sluice_binary()),
+        };
+        let child = command
             .arg(&self.role)
             .arg("--config")
             .arg(&self.config)
