@@ -45,6 +45,10 @@ impl std::fmt::Debug for TlsMaterial {
     }
 }
 
+/// How often internal gRPC connections are pinged, and how long a ping may go unanswered
+/// before the connection is given up; see [`TlsMaterial::endpoint`].
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl TlsMaterial {
     /// Reads the three PEM files; `server_name` is the name clients expect in servers' certificates.
     pub fn load(paths: &TlsPaths, server_name: &str) -> Result<TlsMaterial, SluiceError> {
@@ -83,6 +87,11 @@ impl TlsMaterial {
     /// A lazily connecting gRPC endpoint for `address` (`host:port`) over mutual TLS, with a
     /// `connect_timeout`. `setting` names the configuration key the address came from, for
     /// the error.
+    ///
+    /// The connection is pinged every [`KEEPALIVE`] and given up when a ping goes unanswered
+    /// for as long: a peer behind a partition sends nothing back, not even a reset, and
+    /// without pings every request on the connection would wait out its own deadline (an
+    /// agent kept sending half its batches to a partitioned doppler for 30 s each).
     pub fn endpoint(
         &self,
         address: &str,
@@ -102,7 +111,13 @@ impl TlsMaterial {
                         .unwrap_or_default()
                 ))
             })
-            .map(|endpoint| endpoint.connect_timeout(connect_timeout))
+            .map(|endpoint| {
+                endpoint
+                    .connect_timeout(connect_timeout)
+                    .http2_keep_alive_interval(KEEPALIVE)
+                    .keep_alive_timeout(KEEPALIVE)
+                    .keep_alive_while_idle(true)
+            })
     }
 
     /// This node's certificate chain and private key, PEM encoded, for servers that are not

@@ -633,8 +633,9 @@ pub struct PrivateServer {
     program: PathBuf,
     args: Vec<String>,
     dir: PathBuf,
-    /// `127.0.0.1:port`.
+    /// `host:port` (`127.0.0.1` unless started in a network namespace).
     pub address: String,
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -648,8 +649,13 @@ fn binary_from_env(name: &str) -> PathBuf {
 impl PrivateServer {
     /// A tansu broker on SQLite storage in `dir`.
     pub async fn kafka(dir: &Path) -> PrivateServer {
+        PrivateServer::kafka_at(dir, None, "127.0.0.1").await
+    }
+
+    /// A tansu broker listening on `ip`, inside the network namespace `netns` if given.
+    pub async fn kafka_at(dir: &Path, netns: Option<&str>, ip: &str) -> PrivateServer {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
+        let url = format!("tcp://{ip}:{port}");
         let args = [
             "broker",
             "--listener-url",
@@ -662,17 +668,29 @@ impl PrivateServer {
         ]
         .map(str::to_owned)
         .to_vec();
-        PrivateServer::launch(binary_from_env("SLUICE_TEST_TANSU_BIN"), args, dir, port).await
+        PrivateServer::launch(
+            binary_from_env("SLUICE_TEST_TANSU_BIN"),
+            args,
+            dir,
+            netns,
+            format!("{ip}:{port}"),
+        )
+        .await
     }
 
     /// An s3s-fs server over `dir` with one bucket, `sluice-test`; credentials as in
     /// [`s3_server`].
     pub async fn s3(dir: &Path) -> PrivateServer {
+        PrivateServer::s3_at(dir, None, "127.0.0.1").await
+    }
+
+    /// An s3s-fs server listening on `ip`, inside the network namespace `netns` if given.
+    pub async fn s3_at(dir: &Path, netns: Option<&str>, ip: &str) -> PrivateServer {
         std::fs::create_dir_all(dir.join("sluice-test")).unwrap();
         let port = free_port();
         let args = vec![
             "--host".to_owned(),
-            "127.0.0.1".to_owned(),
+            ip.to_owned(),
             "--port".to_owned(),
             port.to_string(),
             "--access-key".to_owned(),
@@ -681,16 +699,30 @@ impl PrivateServer {
             "sluice-test-secret".to_owned(),
             dir.display().to_string(),
         ];
-        PrivateServer::launch(binary_from_env("SLUICE_TEST_S3S_FS_BIN"), args, dir, port).await
+        PrivateServer::launch(
+            binary_from_env("SLUICE_TEST_S3S_FS_BIN"),
+            args,
+            dir,
+            netns,
+            format!("{ip}:{port}"),
+        )
+        .await
     }
 
-    async fn launch(program: PathBuf, args: Vec<String>, dir: &Path, port: u16) -> PrivateServer {
+    async fn launch(
+        program: PathBuf,
+        args: Vec<String>,
+        dir: &Path,
+        netns: Option<&str>,
+        address: String,
+    ) -> PrivateServer {
         std::fs::create_dir_all(dir).unwrap();
         let mut server = PrivateServer {
             program,
             args,
             dir: dir.to_path_buf(),
-            address: format!("127.0.0.1:{port}"),
+            address,
+            netns: netns.map(str::to_owned),
             child: None,
         };
         server.start().await;
@@ -713,7 +745,15 @@ impl PrivateServer {
             .append(true)
             .open(self.dir.join("server.log"))
             .unwrap();
-        let child = Command::new(&self.program)
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(&self.program);
+                command
+            }
+            None => Command::new(&self.program),
+        };
+        let child = command
             .args(&self.args)
             .current_dir(&self.dir)
             .stdout(Stdio::null())
