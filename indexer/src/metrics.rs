@@ -34,6 +34,9 @@ pub struct IndexerMetrics {
     pub open_writers: Gauge,
     /// Writers committed and closed early to make room for another hour's.
     pub writers_evicted: Counter,
+    /// Restarts of the indexer after a failure (a full disk, say): it resumes from its last
+    /// commit, re-reading what it had not committed from the bus.
+    pub restarts: Counter,
 }
 
 impl IndexerMetrics {
@@ -44,6 +47,11 @@ impl IndexerMetrics {
                 "sluice_indexer_open_writers",
                 "Hour index writers open now",
                 Gauge::default(),
+            ),
+            restarts: telemetry.register(
+                "sluice_indexer_restarts",
+                "Restarts after a failure; the indexer resumes from its last commit",
+                Counter::default(),
             ),
             writers_evicted: telemetry.register(
                 "sluice_indexer_writers_evicted",

@@ -51,6 +51,12 @@ enum StageInput {
 
 /// Runs the indexer until `shutdown` fires, then commits what it holds. `sharing` says whether
 /// it shares the bus partitions with other indexers or reads them all.
+///
+/// A failure (a disk that is full, an index that cannot be written) does not end it: what it
+/// had not committed is dropped, and after a pause (1 s, doubling up to 30 s) it starts again
+/// from its last commit, re-reading the rest from the bus, which keeps every record until the
+/// indexer checkpoints it. Meanwhile the bus fills and pushes back on dopplers and agents, so
+/// nothing acknowledged is lost, and the indexer catches up by itself once the cause is gone.
 pub async fn run(
     config: IndexerConfig,
     bus: Arc<dyn Bus>,
@@ -59,6 +65,34 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
     let metrics = IndexerMetrics::register(&telemetry);
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        let error = match run_once(&config, &bus, sharing, &metrics, shutdown.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            pause = Duration::from_secs(1);
+        }
+        metrics.restarts.inc();
+        warn!(%error, pause_ms = pause.as_millis() as u64, "the indexer failed; starting again from its last commit");
+        tokio::select! {
+            () = shutdown.wait() => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn run_once(
+    config: &IndexerConfig,
+    bus: &Arc<dyn Bus>,
+    sharing: Sharing,
+    metrics: &IndexerMetrics,
+    mut shutdown: Shutdown,
+) -> Result<(), SluiceError> {
+    let metrics = metrics.clone();
     let store = IndexStore::new(&config.dir);
     std::fs::create_dir_all(&config.dir).map_err(|error| {
         SluiceError::internal(format!(

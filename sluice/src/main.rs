@@ -204,6 +204,11 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is dropped. Left on, the
+        // subscriber reports the failure with eprintln!, which panics when stderr fails too,
+        // in whichever task or thread was logging (found with the data directory and the log
+        // on one full disk: the agent ingress's connections died).
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -250,3 +250,179 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
     drop(sluice);
     drop(disk);
 }
+
+/// Bytes free on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let output = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| panic!("df said {output:?}"))
+}
+
+/// The whole data directory (WAL, index, archive) on one small filesystem that fills up: new
+/// data is refused with `RESOURCE_EXHAUSTED`, the indexer and retention wait instead of
+/// stopping (the indexer failed on the full disk and restarts from its last commit), and once
+/// space returns Sluice takes data again by itself, with every line it took stored once.
+/// (The indexer used to stop for good at the first failed commit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_full_data_disk_refuses_new_data_loses_nothing_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("data-disk"), "160m");
+    let config = "[agent]\nflush_bytes = 2097152\nmax_pending_bytes = 16777216\npending_wait = \"2s\"\n\
+         [doppler]\nmax_message_bytes = 4194304\n\
+         [bus]\nmax_record_bytes = 4194304\n\
+         [bus.wal]\nsegment_bytes = 4194304\n\
+         [indexer]\nwriter_memory_bytes = 15000000\n\
+         [retention]\nflush_interval = \"1s\"\n";
+    let sluice = Sluice::start_with_config(&disk.0.join("data"), config).await;
+    let mut client = sluice.ingress().await;
+    let filler = "f".repeat(1_000);
+    let batch = |round: usize| EnvelopeBatch {
+        batch: (0..500)
+            .map(|index| log_envelope("diskfull", format!("diskfull r{round} n{index} {filler}")))
+            .collect(),
+    };
+    // Rounds stored in full (acknowledged, or taken and held by the agent) and rounds refused
+    // part-way, as in the outage test above.
+    let mut must_have = Vec::new();
+    let mut refused_rounds = Vec::new();
+    client.send(batch(0)).await.unwrap();
+    must_have.push(0);
+    // Everything but 24 MiB goes to a ballast file.
+    let ballast = disk.0.join("ballast");
+    let keep = 24 * 1024 * 1024;
+    let mut file = std::fs::File::create(&ballast).unwrap();
+    let chunk = vec![0u8; 1024 * 1024];
+    while free_bytes(&disk.0) > keep + chunk.len() as u64 {
+        std::io::Write::write_all(&mut file, &chunk).unwrap();
+    }
+    drop(file);
+
+    let started = Instant::now();
+    let mut round = 1;
+    let mut refusal = None;
+    while refusal.is_none() {
+        let mut request = tonic::Request::new(batch(round));
+        request.set_timeout(Duration::from_secs(5));
+        match client.send(request).await {
+            Ok(_) => must_have.push(round),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                must_have.push(round)
+            }
+            Err(status) => {
+                refused_rounds.push(round);
+                refusal = Some(status);
+            }
+        }
+        round += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no refusal after {round} rounds of 500 KB on a disk with 24 MiB free"
+        );
+    }
+    let refusal = refusal.unwrap();
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{refusal:?}"
+    );
+    let text = sluice.metrics_text().await;
+    eprintln!(
+        "disk full after {round} rounds: {}; indexer restarts {}",
+        refusal.message(),
+        sample(&text, "sluice_indexer_restarts_total")
+    );
+
+    // Space returns: Sluice takes data again by itself.
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut request = tonic::Request::new(batch(round));
+        request.set_timeout(Duration::from_secs(10));
+        match client.send(request).await {
+            Ok(_) => {
+                must_have.push(round);
+                break;
+            }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                refused_rounds.push(round);
+                assert!(
+                    Instant::now() < deadline,
+                    "still refused 120 s after space returned"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+        round += 1;
+    }
+    let rounds = |list: &[usize]| {
+        list.iter()
+            .map(|round| format!("'r{round}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let required = 500 * must_have.len() as u64;
+    let required_query = format!(
+        "SELECT count(*) AS n FROM logs WHERE source_id = 'diskfull' AND split_part(message, ' ', 2) IN ({})",
+        rounds(&must_have)
+    );
+    sluice
+        .wait_for(
+            "every line taken, in the archive",
+            required,
+            Duration::from_secs(180),
+            || sluice.sql_number(&required_query),
+        )
+        .await;
+    let partial = sluice
+        .sql_number(&format!(
+            "SELECT count(*) AS n FROM logs WHERE source_id = 'diskfull' AND split_part(message, ' ', 2) IN ({})",
+            rounds(&refused_rounds)
+        ))
+        .await;
+    assert!(
+        partial < 500 * refused_rounds.len() as u64,
+        "{partial} lines of refused rounds"
+    );
+    let stored = required + partial;
+    assert_eq!(
+        sluice
+            .sql_number(
+                "SELECT count(DISTINCT message) AS n FROM logs WHERE source_id = 'diskfull'"
+            )
+            .await,
+        stored,
+        "no line twice, none beyond what was taken"
+    );
+    sluice
+        .wait_for("indexed lines", stored, Duration::from_secs(120), || {
+            sluice.search_total("source_id:diskfull")
+        })
+        .await;
+    let audit: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/audit?source_id=diskfull", sluice.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(audit["unexplained_gaps"], 0, "{audit}");
+    eprintln!(
+        "after the disk had room again: {stored} lines stored exactly once ({} refused rounds)",
+        refused_rounds.len()
+    );
+    drop(sluice);
+    drop(disk);
+}
