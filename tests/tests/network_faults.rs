@@ -21,23 +21,33 @@ use tonic::transport::Channel;
 const BATCH: usize = 100;
 
 /// The agent's settings for these tests: the Loggregator ingress on `listen`, forwarding to
-/// `dopplers`, its own `/metrics` on `telemetry`, no other source, a pending budget small
-/// enough that a long cut reaches it, and a short wait for room in it.
+/// `dopplers`, its own `/metrics` on `telemetry`, `_bulk` and OTLP (gRPC, HTTP) on the
+/// addresses `http_sources` gives, if any, and no other source, a pending budget small enough that a
+/// long cut reaches it, and a short wait for room in it.
 fn agent_config(
     data_dir: &Path,
     tls_dir: &Path,
     listen: &str,
     dopplers: &[String],
     telemetry: &str,
+    http_sources: Option<(&str, &str, &str)>,
 ) -> String {
+    let http_sources = match http_sources {
+        Some((bulk, otlp_grpc, otlp_http)) => format!(
+            "[agent.elasticsearch]\nlisten = \"{bulk}\"\n\
+             [agent.otlp]\ngrpc_listen = \"{otlp_grpc}\"\nhttp_listen = \"{otlp_http}\"\n"
+        ),
+        None => {
+            "[agent.elasticsearch]\nenabled = false\n[agent.otlp]\nenabled = false\n".to_owned()
+        }
+    };
     format!(
         "data_dir = {data_dir:?}\n\
          [tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n\
          [telemetry]\nlisten = \"{telemetry}\"\n\
          [agent]\nlisten = \"{listen}\"\ndopplers = {dopplers:?}\n\
          max_pending_envelopes = 8000\nmax_pending_bytes = 33554432\npending_wait = \"1s\"\n\
-         [agent.elasticsearch]\nenabled = false\n[agent.syslog]\nenabled = false\n\
-         [agent.host_metrics]\nenabled = false\n[agent.otlp]\nenabled = false\n",
+         [agent.syslog]\nenabled = false\n[agent.host_metrics]\nenabled = false\n{http_sources}",
         tls_dir.join("ca.pem"),
         tls_dir.join("node.pem"),
         tls_dir.join("node-key.pem"),
@@ -147,6 +157,38 @@ impl Load {
         }
         std::mem::take(&mut *self.tally.lock().unwrap())
     }
+}
+
+/// An OTLP/HTTP export of one log line from service `netotlp`.
+fn one_otlp_log(text: &str) -> Vec<u8> {
+    use prost::Message as _;
+    use sluice_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
+    use sluice_proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
+    use sluice_proto::opentelemetry::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use sluice_proto::opentelemetry::proto::resource::v1::Resource;
+    let string = |text: &str| AnyValue {
+        value: Some(any_value::Value::StringValue(text.to_owned())),
+    };
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".to_owned(),
+                    value: Some(string("netotlp")),
+                }],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    body: Some(string(text)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
 }
 
 fn rounds_list(rounds: &[usize]) -> String {
@@ -266,6 +308,10 @@ async fn agent_cut_from_its_doppler_for_two_minutes_under_load_loses_nothing() {
     wait_listening(&format!("127.0.0.1:{http_port}"), Duration::from_secs(60)).await;
 
     let agent_listen = format!("{}:{agent_port}", feed.ns_ip);
+    let (bulk, otlp_http) = (
+        format!("{}:{}", feed.ns_ip, free_port()),
+        format!("{}:{}", feed.ns_ip, free_port()),
+    );
     let agent_config_path = dir.path().join("agent.toml");
     std::fs::write(
         &agent_config_path,
@@ -275,6 +321,11 @@ async fn agent_cut_from_its_doppler_for_two_minutes_under_load_loses_nothing() {
             &agent_listen,
             std::slice::from_ref(&doppler),
             &format!("{}:{telemetry_port}", feed.ns_ip),
+            Some((
+                &bulk,
+                &format!("{}:{}", feed.ns_ip, free_port()),
+                &otlp_http,
+            )),
         ),
     )
     .unwrap();
@@ -296,6 +347,50 @@ async fn agent_cut_from_its_doppler_for_two_minutes_under_load_loses_nothing() {
     // The clients kept offering more than the agent's pending budget (8,000 lines): it must
     // have pushed back.
     assert!(refused > 0, "no refusal during a two-minute cut");
+    // So do the HTTP sources, with the statuses their clients retry: `_bulk` 429
+    // (`es_rejected_execution_exception`, as Elasticsearch answers when its write queue is
+    // full) and OTLP/HTTP 429. (OTLP answered 400, which exporters drop.) A request may find
+    // room freed for a moment and wait for delivery instead; a few tries find the budget full.
+    let http = reqwest::Client::new();
+    for (source, url, content_type, body) in [
+        (
+            "_bulk",
+            format!("http://{bulk}/netbulk/_bulk"),
+            "application/x-ndjson",
+            b"{\"index\":{}}\n{\"message\":\"netbulk line\"}\n".to_vec(),
+        ),
+        (
+            "otlp",
+            format!("http://{otlp_http}/v1/logs"),
+            "application/x-protobuf",
+            one_otlp_log("netotlp line"),
+        ),
+    ] {
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            let answer = http
+                .post(&url)
+                .header("content-type", content_type)
+                .body(body.clone())
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            match answer {
+                Ok(response) => statuses.push(response.status().as_u16()),
+                // Taken, waiting for the doppler.
+                Err(error) if error.is_timeout() => statuses.push(0),
+                Err(error) => panic!("{source}: {error}"),
+            }
+            if statuses.last() == Some(&429) {
+                break;
+            }
+        }
+        assert_eq!(
+            statuses.last(),
+            Some(&429),
+            "{source} answered {statuses:?} with the agent's budget full"
+        );
+    }
     forward.heal();
     let tally = load.finish().await;
     let stored = assert_exact(&sluice, "netcut", &tally).await;
@@ -390,6 +485,7 @@ async fn doppler_partition_broker_and_s3_unreachable_lose_nothing() {
             &agent_listen,
             &dopplers,
             &format!("{}:{}", feed.ns_ip, free_port()),
+            None,
         ),
     )
     .unwrap();

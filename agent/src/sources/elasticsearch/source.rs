@@ -4,7 +4,9 @@
 //!
 //! A bulk request is answered only once every document it accepted is durable on the bus, as
 //! the Loggregator ingress does; a request whose documents could not be forwarded (the agent
-//! is stopping) gets 503 and may be retried whole.
+//! is stopping) gets 503 and may be retried whole; one refused for want of room in the agent's
+//! pending budget gets 429 (`es_rejected_execution_exception`), as Elasticsearch answers when
+//! its write queue is full.
 
 use std::io::Read as _;
 use std::sync::Arc;
@@ -302,6 +304,15 @@ async fn bulk_request(
             Err(status) => Err(status),
         };
         if let Err(status) = delivered {
+            // A full pending budget is Elasticsearch's rejected execution (429, which bulk
+            // clients and shippers retry); anything else, shards unavailable (503).
+            if status.code() == tonic::Code::ResourceExhausted {
+                return error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "es_rejected_execution_exception",
+                    &format!("the documents were not taken: {}", status.message()),
+                );
+            }
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable_shards_exception",

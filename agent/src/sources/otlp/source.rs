@@ -298,11 +298,14 @@ fn protobuf(message: &impl prost::Message) -> Response {
         .into_response()
 }
 
+/// The OTLP/HTTP status for a failed export: 429 when the agent's pending budget is full and
+/// 503 when the path is away, both of which OTLP exporters retry (with backoff); 400 only for
+/// what retrying cannot fix. (A full budget used to answer 400, which exporters drop.)
 fn failure(status: Status) -> Response {
-    let code = if status.code() == tonic::Code::Unavailable {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::BAD_REQUEST
+    let code = match status.code() {
+        tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
     };
     plain(code, status.message().to_owned())
 }
