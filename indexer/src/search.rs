@@ -72,6 +72,58 @@ pub struct SearchResponse {
     pub histogram: Option<Vec<Bucket>>,
 }
 
+/// Deepest nesting a search query may have: open parentheses plus NOTs in a row, each of which
+/// is a level of recursion in Tantivy's query parser (and of stack on the thread parsing).
+pub const MAX_QUERY_NESTING: usize = 64;
+
+/// The deepest nesting in `query`: at each point, the parentheses open plus the NOTs in a row
+/// before the next term; quoted phrases do not count.
+fn query_nesting(query: &str) -> usize {
+    let (mut depth, mut nots, mut deepest) = (0_usize, 0_usize, 0_usize);
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut word = String::new();
+    let end_word = |word: &mut String, nots: &mut usize| {
+        if word == "NOT" {
+            *nots += 1;
+        } else if !word.is_empty() {
+            *nots = 0;
+        }
+        word.clear();
+    };
+    for character in query.chars() {
+        if in_quotes {
+            match character {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_quotes = false,
+                _ => {}
+            }
+            continue;
+        }
+        match character {
+            '"' => {
+                end_word(&mut word, &mut nots);
+                nots = 0;
+                in_quotes = true;
+            }
+            '(' => {
+                end_word(&mut word, &mut nots);
+                depth += 1;
+            }
+            ')' => {
+                end_word(&mut word, &mut nots);
+                depth = depth.saturating_sub(1);
+            }
+            character if character.is_whitespace() => end_word(&mut word, &mut nots),
+            character => word.push(character),
+        }
+        deepest = deepest.max(depth + nots);
+    }
+    end_word(&mut word, &mut nots);
+    deepest.max(depth + nots)
+}
+
 /// Searches the partitions of one index directory; opened partitions are cached.
 pub struct Searcher {
     store: IndexStore,
@@ -113,6 +165,12 @@ impl Searcher {
             return Err(SluiceError::invalid(format!(
                 "invalid query: control character U+{:04X} at byte {offset}",
                 u32::from(character)
+            )));
+        }
+        let nesting = query_nesting(trimmed);
+        if nesting > MAX_QUERY_NESTING {
+            return Err(SluiceError::invalid(format!(
+                "invalid query: nested {nesting} deep (parentheses and NOTs); at most {MAX_QUERY_NESTING}"
             )));
         }
         self.parser
@@ -302,6 +360,28 @@ mod tests {
     use sluice_proto::v2::{Envelope, Log, envelope};
 
     const MINUTE: i64 = 60_000_000_000;
+
+    /// Tantivy's query parser recurses once per parenthesis and per NOT: 10,000 of either
+    /// overflowed the stack (found by fuzzing), which aborts the whole process, from one
+    /// search request. Such queries are refused; ordinary nesting parses as before.
+    #[test]
+    fn regression_deeply_nested_queries_are_refused_not_a_stack_overflow() {
+        let searcher = Searcher::new(Path::new("/nonexistent-sluice-index"));
+        let deep_parentheses = format!("{}a{}", "(".repeat(10_000), ")".repeat(10_000));
+        let deep_not = format!("{}a", "NOT ".repeat(20_000));
+        let deep_field = "message:(".repeat(20_000);
+        for query in [&deep_parentheses, &deep_not, &deep_field] {
+            let error = searcher.parse(query).err().expect("refused");
+            assert!(error.message().contains("nested"), "{error}");
+        }
+        let fine = format!("{}a OR b{}", "(".repeat(32), ")".repeat(32));
+        searcher.parse(&fine).expect("32 deep parses");
+        searcher
+            .parse("message:\"(((NOT quoted)))\" AND NOT (source_id:web OR -source_id:api)")
+            .expect("parentheses in quotes do not count");
+        assert_eq!(query_nesting("NOT NOT a AND NOT b"), 2);
+        assert_eq!(query_nesting("((a) OR (NOT (b)))"), 4);
+    }
 
     /// A control byte in a JSON field path made Tantivy's query parser panic (fuzzing found
     /// it: `fuzz/regressions/query/`); such queries are refused instead.

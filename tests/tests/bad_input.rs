@@ -231,6 +231,13 @@ async fn sql_that_writes_and_bad_queries_are_refused_with_400() {
     assert_eq!(status, 200);
     let (status, body) = sluice.search("message:(unclosed", 10).await;
     assert_eq!(status, 400, "{body}");
+    // Nesting that overflowed the parser's stack (and took the process with it) is refused,
+    // and the server answers the next search.
+    let deep = format!("{}a{}", "(".repeat(10_000), ")".repeat(10_000));
+    let (status, body) = sluice.search(&deep, 10).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = sluice.search("*", 10).await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = sluice.search("*", 1_000_000).await;
     assert_eq!(status, 400, "{body}");
     let response = reqwest::Client::new()

@@ -1,11 +1,10 @@
 //! Overload: every push source of one `sluice up` flooded at once for 60 s, as fast as its
-//! clients can send (twice what the pipeline stores per second when measured, 13,958 lines/s
+//! clients can send (twice what the pipeline stores per second when measured: 13,958 lines/s
 //! offered against 7,253 stored, in a debug build). Whatever a source acknowledged is stored,
-//! exactly once; what it could not take
-//! it refused with a status its client sees (429 or 503 over HTTP, `RESOURCE_EXHAUSTED` over
-//! gRPC) or held back by not reading (syslog over TCP, followed files), never dropped
-//! silently. Pull sources (host metrics, Prometheus scraping) run at their own pace and
-//! cannot be flooded.
+//! exactly once; what it could not take it refused with a status its client sees (429 or 503
+//! over HTTP, `RESOURCE_EXHAUSTED` over gRPC) or held back by not reading (syslog over TCP,
+//! followed files), never dropped silently. Pull sources (host metrics, Prometheus scraping)
+//! run at their own pace and cannot be flooded.
 //!
 //! Peak memory is recorded, not yet bounded: it reached 2.6 GiB in this test, beyond what the
 //! configured budgets add up to (about 1.1 GiB), while the syslog source flooded alone stays
