@@ -125,12 +125,17 @@ impl AgentMetrics {
 
     /// Counts one record `source` refused for `reason`.
     pub fn source_refused(&self, source: &'static str, reason: &'static str) {
+        self.source_refused_many(source, reason, 1);
+    }
+
+    /// Counts `count` records `source` refused (or lost) for `reason`.
+    pub fn source_refused_many(&self, source: &'static str, reason: &'static str, count: u64) {
         self.source_rejected
             .get_or_create(&vec![
                 ("source".to_owned(), source.to_owned()),
                 ("reason".to_owned(), reason.to_owned()),
             ])
-            .inc();
+            .inc_by(count);
     }
 
     /// Counts a batch of `envelopes` given up on for `reason`.

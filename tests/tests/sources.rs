@@ -912,3 +912,46 @@ async fn the_opentelemetry_sdk_exports_logs_and_metrics_over_grpc_and_http() {
         .unwrap();
     assert_eq!(response.status(), 415);
 }
+
+/// Syslog over UDP has no acknowledgement and no backpressure: a burst larger than the
+/// socket's buffer is dropped by the kernel. Those drops are counted
+/// (`reason="udp_buffer_full"`), so every datagram sent is either stored or counted lost.
+/// (Before, the kernel's drops were visible only in `/proc/net/udp`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_syslog_datagrams_the_kernel_drops_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data")).await;
+    let target = sluice.syslog.clone();
+    let sent: u64 = 300_000;
+    tokio::task::spawn_blocking(move || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for index in 0..sent {
+            let line = format!("<14>1 - host udpburst - - - udpburst line n{index}");
+            socket.send_to(line.as_bytes(), &target).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let query = "SELECT count(*) AS n FROM logs WHERE source_id = 'udpburst'".to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (stored, dropped) = loop {
+        let stored = sluice.sql_number(&query).await;
+        let dropped = rejected(&sluice, "reason=\"udp_buffer_full\"").await;
+        if stored + dropped >= sent || std::time::Instant::now() > deadline {
+            break (stored, dropped);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "udp burst: {sent} sent, {stored} stored, {dropped} dropped by the kernel and counted"
+    );
+    assert_eq!(
+        stored + dropped,
+        sent,
+        "datagrams neither stored nor counted"
+    );
+    assert!(
+        dropped > 0,
+        "a burst of {sent} datagrams overflowed no buffer: the test shows nothing"
+    );
+}

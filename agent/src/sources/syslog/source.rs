@@ -233,9 +233,8 @@ async fn read_connection<S: AsyncRead + Unpin>(
     }
 }
 
-/// The UDP receive buffer asked for. A burst larger than the buffer is dropped by the kernel
-/// (counted in `/proc/net/snmp`, `Udp: RcvbufErrors`), not by Sluice; Linux caps the size at
-/// `net.core.rmem_max`.
+/// The UDP receive buffer asked for. A burst larger than the buffer is dropped by the kernel;
+/// [`count_kernel_drops`] counts those datagrams. Linux caps the size at `net.core.rmem_max`.
 const UDP_RECEIVE_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 fn bind_udp(listen: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
@@ -253,7 +252,65 @@ fn bind_udp(listen: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// The datagrams the kernel dropped at the socket with inode `inode` so far (the `drops`
+/// column of `/proc/net/udp` and `udp6`), if Linux says.
+fn kernel_drops(inode: u64) -> Option<u64> {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+                (fields.get(9)?.parse::<u64>().ok()? == inode)
+                    .then(|| fields.get(12)?.parse().ok())
+                    .flatten()
+            })
+        })
+}
+
+/// The inode of socket `socket`, which names it in `/proc/net/udp`.
+fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Every second, counts the datagrams the kernel dropped because the socket's buffer was full
+/// in `sluice_agent_source_records_rejected_total{source="syslog",reason="udp_buffer_full"}`:
+/// syslog over UDP has no acknowledgement and no backpressure, so that count is how a loss is
+/// seen.
+async fn count_kernel_drops(inode: u64, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut counted = kernel_drops(inode).unwrap_or(0);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Some(drops) = kernel_drops(inode)
+            && drops > counted
+        {
+            shared
+                .metrics
+                .source_refused_many(SOURCE, "udp_buffer_full", drops - counted);
+            counted = drops;
+        }
+    }
+}
+
 async fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    if let Some(inode) = socket_inode(&socket) {
+        tokio::spawn(count_kernel_drops(
+            inode,
+            Arc::clone(&shared),
+            shutdown.clone(),
+        ));
+    }
     // One byte more than the limit tells a datagram over it from one exactly at it.
     let size = shared.max_message_bytes.saturating_add(1).min(65_536);
     let mut datagram = vec![0_u8; size];
