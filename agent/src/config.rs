@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_common::SluiceError;
-use sluice_common::config::{from_empty_table, parse_duration, positive};
+use sluice_common::config::{parse_duration, positive};
 
 /// `[agent]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -677,16 +677,7 @@ impl RawAgentConfig {
     }
 }
 
-macro_rules! default_from_empty_table {
-    ($($name:ident),*) => {$(
-        impl Default for $name {
-            fn default() -> $name {
-                from_empty_table()
-            }
-        }
-    )*};
-}
-default_from_empty_table!(
+sluice_common::default_from_empty_table!(
     RawAgentConfig,
     RawElasticsearchSourceConfig,
     RawSyslogSourceConfig,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_common::SluiceError;
-use sluice_common::config::{from_empty_table, parse_duration, positive};
+use sluice_common::config::{parse_duration, positive};
 
 /// `[bus]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -231,13 +231,4 @@ impl RawBusConfig {
     }
 }
 
-macro_rules! default_from_empty_table {
-    ($($name:ident),*) => {$(
-        impl Default for $name {
-            fn default() -> $name {
-                from_empty_table()
-            }
-        }
-    )*};
-}
-default_from_empty_table!(RawBusConfig, RawWalConfig, RawKafkaConfig);
+sluice_common::default_from_empty_table!(RawBusConfig, RawWalConfig, RawKafkaConfig);

@@ -36,16 +36,25 @@ fn default_server_name() -> String {
     "localhost".to_owned()
 }
 
-impl Default for RawTlsConfig {
-    fn default() -> RawTlsConfig {
-        from_empty_table()
-    }
-}
+crate::default_from_empty_table!(RawTlsConfig);
 
 /// A section as an empty TOML table gives it: every field at its default. What each
 /// section's `Default` returns, so a missing section and an empty one are the same.
 pub fn from_empty_table<T: DeserializeOwned>() -> T {
     toml::from_str("").expect("an empty section is valid")
+}
+
+/// Implements `Default` for configuration sections: each is what [`from_empty_table`] makes of
+/// an empty table.
+#[macro_export]
+macro_rules! default_from_empty_table {
+    ($($name:ty),* $(,)?) => {$(
+        impl Default for $name {
+            fn default() -> $name {
+                $crate::config::from_empty_table()
+            }
+        }
+    )*};
 }
 
 /// Refuses a zero `value` for `field`.

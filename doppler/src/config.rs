@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_common::SluiceError;
-use sluice_common::config::{from_empty_table, parse_duration, positive};
+use sluice_common::config::{parse_duration, positive};
 
 /// `[doppler]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,8 +84,4 @@ impl RawDopplerConfig {
     }
 }
 
-impl Default for RawDopplerConfig {
-    fn default() -> RawDopplerConfig {
-        from_empty_table()
-    }
-}
+sluice_common::default_from_empty_table!(RawDopplerConfig);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_common::SluiceError;
-use sluice_common::config::{from_empty_table, parse_duration, positive};
+use sluice_common::config::{parse_duration, positive};
 
 /// `[indexer]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,8 +84,4 @@ impl RawIndexerConfig {
     }
 }
 
-impl Default for RawIndexerConfig {
-    fn default() -> RawIndexerConfig {
-        from_empty_table()
-    }
-}
+sluice_common::default_from_empty_table!(RawIndexerConfig);

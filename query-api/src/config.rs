@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_common::SluiceError;
-use sluice_common::config::{from_empty_table, parse_duration, positive};
+use sluice_common::config::{parse_duration, positive};
 
 /// `[query_api]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,8 +92,4 @@ impl RawQueryApiConfig {
     }
 }
 
-impl Default for RawQueryApiConfig {
-    fn default() -> RawQueryApiConfig {
-        from_empty_table()
-    }
-}
+sluice_common::default_from_empty_table!(RawQueryApiConfig);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_common::SluiceError;
-use sluice_common::config::{from_empty_table, parse_duration, positive};
+use sluice_common::config::{parse_duration, positive};
 
 /// `[retention]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -153,8 +153,4 @@ impl RawRetentionConfig {
     }
 }
 
-impl Default for RawRetentionConfig {
-    fn default() -> RawRetentionConfig {
-        from_empty_table()
-    }
-}
+sluice_common::default_from_empty_table!(RawRetentionConfig);
