@@ -20,6 +20,24 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub mod netns;
 
+/// A memory figure of process `pid` from `/proc/<pid>/status` (`VmRSS`, `VmHWM`, …), in
+/// bytes; 0 when the process is gone.
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// Where the `sluice` binary is.
 pub fn sluice_binary() -> PathBuf {
     if let Ok(path) = std::env::var("SLUICE_BIN") {
@@ -227,19 +245,7 @@ impl Sluice {
             .as_ref()
             .map(Child::id)
             .expect("a process of its own");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map_or(0, |kib| kib * 1024)
+        proc_status_bytes(pid, "VmRSS")
     }
 
     /// What the process wrote to stderr.

@@ -104,46 +104,34 @@ impl Link {
         }
     }
 
+    /// Runs `tc qdisc <action> dev <interface> root [<qdisc>]` on both ends of the link.
+    fn qdisc_on_both_ends(&self, action: &str, qdisc: Option<&str>) {
+        let mut host = vec!["qdisc", action, "dev", &self.host_if, "root"];
+        let mut inside = vec![
+            "netns",
+            "exec",
+            &self.netns,
+            "tc",
+            "qdisc",
+            action,
+            "dev",
+            &self.ns_if,
+            "root",
+        ];
+        host.extend(qdisc);
+        inside.extend(qdisc);
+        run("tc", &host);
+        run("ip", &inside);
+    }
+
     /// Drops every packet both ways, until [`Link::heal`].
     pub fn cut(&self) {
-        run(
-            "tc",
-            &["qdisc", "add", "dev", &self.host_if, "root", "blackhole"],
-        );
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.netns,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                &self.ns_if,
-                "root",
-                "blackhole",
-            ],
-        );
+        self.qdisc_on_both_ends("add", Some("blackhole"));
     }
 
     /// Carries packets again.
     pub fn heal(&self) {
-        run("tc", &["qdisc", "del", "dev", &self.host_if, "root"]);
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.netns,
-                "tc",
-                "qdisc",
-                "del",
-                "dev",
-                &self.ns_if,
-                "root",
-            ],
-        );
+        self.qdisc_on_both_ends("del", None);
     }
 }
 
@@ -157,17 +145,5 @@ impl Drop for Link {
 
 /// The peak resident memory of process `pid` so far (`VmHWM`), in bytes.
 pub fn peak_rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(0, |kib| kib * 1024)
+    crate::proc_status_bytes(pid, "VmHWM")
 }
