@@ -62,6 +62,11 @@ pub struct RawAgentConfig {
     /// every doppler is away.
     #[serde(default = "default_agent_max_pending_bytes")]
     pub max_pending_bytes: usize,
+    /// The largest share of each pending limit one source may hold (0 < share ≤ 1), so a
+    /// source that floods the agent (a syslog connection that never lets up, say) leaves room
+    /// for the others instead of queueing them out.
+    #[serde(default = "default_max_pending_share")]
+    pub max_pending_share: f64,
     /// The Elasticsearch `_bulk` source.
     #[serde(default)]
     pub elasticsearch: RawElasticsearchSourceConfig,
@@ -302,6 +307,9 @@ fn default_max_message_bytes() -> usize {
 fn default_max_in_flight() -> usize {
     4
 }
+fn default_max_pending_share() -> f64 {
+    0.5
+}
 fn default_max_pending_envelopes() -> usize {
     100_000
 }
@@ -530,6 +538,8 @@ pub struct AgentConfig {
     pub max_pending_bytes: usize,
     /// Longest wait for room under the pending limits.
     pub pending_wait: Duration,
+    /// Largest share of each pending limit one source may hold.
+    pub max_pending_share: f64,
     /// Directory for the agent's identity.
     pub state_dir: PathBuf,
     /// The Elasticsearch `_bulk` source, when on.
@@ -644,6 +654,25 @@ impl RawAgentConfig {
         positive("agent.max_envelope_bytes", self.max_envelope_bytes)?;
         positive("agent.max_in_flight_batches", self.max_in_flight_batches)?;
         positive("agent.max_pending_envelopes", self.max_pending_envelopes)?;
+        if !(self.max_pending_share > 0.0 && self.max_pending_share <= 1.0) {
+            return Err(SluiceError::invalid(format!(
+                "agent.max_pending_share: {} is not a share: give a number above 0 and at most 1",
+                self.max_pending_share
+            )));
+        }
+        let share_of = |limit: usize| (limit as f64 * self.max_pending_share).floor() as usize;
+        if share_of(self.max_pending_envelopes) < self.flush_envelopes
+            || share_of(self.max_pending_bytes) < self.flush_bytes
+        {
+            return Err(SluiceError::invalid(format!(
+                "agent.max_pending_share: {} of the pending limits ({} envelopes, {} bytes) must hold at least one whole batch (agent.flush_envelopes {}, agent.flush_bytes {})",
+                self.max_pending_share,
+                self.max_pending_envelopes,
+                self.max_pending_bytes,
+                self.flush_envelopes,
+                self.flush_bytes
+            )));
+        }
         if self.dopplers.is_empty() {
             return Err(SluiceError::invalid(
                 "agent.dopplers: name at least one doppler",
@@ -666,6 +695,7 @@ impl RawAgentConfig {
             max_pending_envelopes: self.max_pending_envelopes,
             max_pending_bytes: self.max_pending_bytes,
             pending_wait: parse_duration("agent.pending_wait", &self.pending_wait)?,
+            max_pending_share: self.max_pending_share,
             state_dir: data_dir.join("agent"),
             elasticsearch: validate_elasticsearch(self.elasticsearch)?,
             syslog: validate_syslog(self.syslog)?,

@@ -11,6 +11,11 @@
 //! and an unexplained failure is retried a bounded number of times, so no batch is retried
 //! forever. Every batch given up on is counted by reason and its clients get the error.
 //!
+//! The pending limits (`max_pending_envelopes`, `max_pending_bytes`) bound what the agent holds
+//! for all sources together; each source may hold at most `max_pending_share` of them, waiting
+//! for its own share before the common one, so a source that floods the agent cannot queue
+//! the others out (the semaphores are first come, first served).
+//!
 //! [`Forwarder::submit`] also applies the accepted timestamp window: an envelope stamped too
 //! far in the past or future is stored at its arrival time, its own time kept in the tag
 //! `original_timestamp`, and counted.
@@ -43,6 +48,8 @@ pub struct Ticket {
 }
 
 struct TicketInner {
+    /// The source that took the request: its share of the pending limits is charged.
+    source: &'static str,
     failure: Mutex<Option<tonic::Status>>,
     done: Mutex<Option<oneshot::Sender<Result<(), tonic::Status>>>>,
 }
@@ -67,10 +74,12 @@ impl Drop for TicketInner {
 }
 
 impl Ticket {
-    /// A ticket and the receiver that resolves when it completes.
-    pub fn new() -> (Ticket, oneshot::Receiver<Result<(), tonic::Status>>) {
+    /// A ticket for a request `source` took, and the receiver that resolves when it
+    /// completes.
+    pub fn new(source: &'static str) -> (Ticket, oneshot::Receiver<Result<(), tonic::Status>>) {
         let (done, receiver) = oneshot::channel();
         let inner = TicketInner {
+            source,
             failure: Mutex::new(None),
             done: Mutex::new(Some(done)),
         };
@@ -106,7 +115,7 @@ impl Clone for Ticket {
 struct Submission {
     envelopes: Vec<Envelope>,
     ticket: Ticket,
-    permits: Arc<[OwnedSemaphorePermit; 2]>,
+    permits: Arc<[OwnedSemaphorePermit; 4]>,
 }
 
 /// A batch under way: what it carries and what completes when it is acknowledged.
@@ -115,7 +124,7 @@ struct PendingBatch {
     /// Encoded size of `envelopes` inside an `AgentBatch` (each with its field framing).
     bytes: usize,
     tickets: Vec<Ticket>,
-    permits: Vec<Arc<[OwnedSemaphorePermit; 2]>>,
+    permits: Vec<Arc<[OwnedSemaphorePermit; 4]>>,
 }
 
 impl PendingBatch {
@@ -195,13 +204,53 @@ impl TimestampWindow {
 /// The tag that keeps a timestamp the window replaced.
 pub const ORIGINAL_TIMESTAMP_TAG: &str = "original_timestamp";
 
+/// Pending limits: envelopes, and bytes in KiB (a semaphore counts in `u32`).
+struct Limits {
+    envelopes: Arc<Semaphore>,
+    kib: Arc<Semaphore>,
+    kib_total: u32,
+}
+
+impl Limits {
+    fn new(envelopes: usize, bytes: usize) -> Limits {
+        let kib_total = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        Limits {
+            envelopes: Arc::new(Semaphore::new(envelopes)),
+            kib: Arc::new(Semaphore::new(kib_total as usize)),
+            kib_total,
+        }
+    }
+
+    /// Waits for room for `count` envelopes of `kib` KiB (capped at what the limits hold).
+    async fn acquire(
+        &self,
+        count: u32,
+        kib: u32,
+    ) -> Result<[OwnedSemaphorePermit; 2], tonic::Status> {
+        let shutting_down = |_| tonic::Status::unavailable("agent is shutting down");
+        let envelopes = Arc::clone(&self.envelopes)
+            .acquire_many_owned(count)
+            .await
+            .map_err(shutting_down)?;
+        let bytes = Arc::clone(&self.kib)
+            .acquire_many_owned(kib.min(self.kib_total))
+            .await
+            .map_err(shutting_down)?;
+        Ok([envelopes, bytes])
+    }
+}
+
 /// The forwarding half of the agent, shared by every source.
 pub struct Forwarder {
     submissions: Mutex<Option<mpsc::Sender<Submission>>>,
-    pending_limit: Arc<Semaphore>,
-    /// Pending bytes, in KiB (a semaphore counts in `u32`).
-    pending_kib: Arc<Semaphore>,
-    pending_kib_total: u32,
+    /// The agent's pending limits, which every source shares.
+    pending: Limits,
+    /// Each source's share of them (`agent.max_pending_share`), made when it first submits:
+    /// a source waits for its own share first, so one that floods the agent holds at most
+    /// that much and the others still find room.
+    shares: Mutex<std::collections::HashMap<&'static str, Arc<Limits>>>,
+    share_envelopes: usize,
+    share_bytes: usize,
     flush_envelopes: usize,
     flush_bytes: usize,
     window: TimestampWindow,
@@ -242,13 +291,13 @@ impl Forwarder {
             metrics: metrics.clone(),
         };
         let handle = tokio::spawn(batcher.run(receiver));
-        let pending_kib_total =
-            u32::try_from(config.max_pending_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let share = |limit: usize| (limit as f64 * config.max_pending_share).floor() as usize;
         Ok(Arc::new(Forwarder {
             submissions: Mutex::new(Some(sender)),
-            pending_limit: Arc::new(Semaphore::new(config.max_pending_envelopes)),
-            pending_kib: Arc::new(Semaphore::new(pending_kib_total as usize)),
-            pending_kib_total,
+            pending: Limits::new(config.max_pending_envelopes, config.max_pending_bytes),
+            shares: Mutex::new(std::collections::HashMap::new()),
+            share_envelopes: share(config.max_pending_envelopes).max(config.flush_envelopes),
+            share_bytes: share(config.max_pending_bytes).max(config.flush_bytes),
             flush_envelopes: config.flush_envelopes,
             flush_bytes: config.flush_bytes,
             window: TimestampWindow::of(config),
@@ -332,22 +381,14 @@ impl Forwarder {
             }
             let rest = remaining.split_off(taken);
             let count = u32::try_from(taken).unwrap_or(u32::MAX);
-            let kib = u32::try_from(bytes.div_ceil(1024).max(1))
-                .unwrap_or(u32::MAX)
-                .min(self.pending_kib_total);
-            let shutting_down = |_| tonic::Status::unavailable("agent is shutting down");
+            let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+            let share = self.share(ticket.inner.source);
             let permits = async {
-                let envelopes = Arc::clone(&self.pending_limit)
-                    .acquire_many_owned(count)
-                    .await
-                    .map_err(shutting_down)?;
-                let bytes = Arc::clone(&self.pending_kib)
-                    .acquire_many_owned(kib)
-                    .await
-                    .map_err(shutting_down)?;
-                Ok::<_, tonic::Status>((envelopes, bytes))
+                let [share_envelopes, share_bytes] = share.acquire(count, kib).await?;
+                let [envelopes, bytes] = self.pending.acquire(count, kib).await?;
+                Ok::<_, tonic::Status>([share_envelopes, share_bytes, envelopes, bytes])
             };
-            let (envelope_permit, byte_permit) = match wait {
+            let permits = match wait {
                 None => permits.await?,
                 Some(wait) => match tokio::time::timeout(wait, permits).await {
                     Ok(permits) => permits?,
@@ -355,7 +396,8 @@ impl Forwarder {
                         let refused = (remaining.len() + rest.len()) as u64;
                         self.metrics.rejected("backpressure", refused);
                         return Err(tonic::Status::resource_exhausted(format!(
-                            "the agent already holds its limit of envelopes the dopplers have not acknowledged (agent.max_pending_envelopes, agent.max_pending_bytes) and none made room for {wait:?}; {refused} envelopes were not taken: retry later"
+                            "the agent already holds its limit of envelopes the dopplers have not acknowledged (agent.max_pending_envelopes, agent.max_pending_bytes, or the {source} source's share of them, agent.max_pending_share) and none made room for {wait:?}; {refused} envelopes were not taken: retry later",
+                            source = ticket.inner.source
                         )));
                     }
                 },
@@ -363,7 +405,7 @@ impl Forwarder {
             let submission = Submission {
                 envelopes: remaining,
                 ticket: ticket.clone(),
-                permits: Arc::new([envelope_permit, byte_permit]),
+                permits: Arc::new(permits),
             };
             sender
                 .send(submission)
@@ -372,6 +414,19 @@ impl Forwarder {
             remaining = rest;
         }
         Ok(())
+    }
+
+    /// `source`'s share of the pending limits.
+    fn share(&self, source: &'static str) -> Arc<Limits> {
+        let mut shares = self
+            .shares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(
+            shares
+                .entry(source)
+                .or_insert_with(|| Arc::new(Limits::new(self.share_envelopes, self.share_bytes))),
+        )
     }
 
     /// Stops taking submissions and waits until the batcher has flushed and every batch in
@@ -666,5 +721,80 @@ fn classify(status: &tonic::Status) -> Verdict {
         Code::InvalidArgument | Code::FailedPrecondition => Verdict::Final("invalid"),
         Code::PermissionDenied | Code::Unauthenticated => Verdict::Final("denied"),
         _ => Verdict::Unexplained,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::v2::{Log, envelope};
+
+    fn envelopes(count: usize) -> Vec<Envelope> {
+        (0..count)
+            .map(|index| Envelope {
+                source_id: "app".to_owned(),
+                timestamp: sluice_common::time::now_nanos(),
+                message: Some(envelope::Message::Log(Log {
+                    payload: format!("line {index}").into_bytes(),
+                    r#type: 0,
+                })),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// A source that never lets up (syslog over TCP waits for room as long as it takes) used to
+    /// take the whole pending budget while no doppler acknowledged, and every other source's
+    /// clients were refused. Now it holds its share and the others still find room.
+    #[tokio::test]
+    async fn a_flooding_source_holds_only_its_share_of_the_pending_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = TlsMaterial::load(
+            &sluice_common::tls::ensure_local_ca(&dir.path().join("tls")).expect("ca"),
+            "localhost",
+        )
+        .expect("tls");
+        // Port 1 refuses connections: batches are retried and their envelopes stay pending.
+        let config: crate::config::RawAgentConfig = toml::from_str(
+            "dopplers = [\"127.0.0.1:1\"]\nmax_pending_envelopes = 200\nflush_envelopes = 100\n\
+             pending_wait = \"1s\"\nmax_pending_share = 0.5\n",
+        )
+        .expect("config parses");
+        let config = config.validate(&dir.path().join("data")).expect("config");
+        let telemetry = sluice_common::telemetry::Telemetry::new();
+        let metrics = AgentMetrics::register(&telemetry);
+        let forwarder =
+            Forwarder::start(&config, "agent".to_owned(), &tls, metrics).expect("forwarder");
+
+        let (flood, _flood_done) = Ticket::new("syslog");
+        forwarder
+            .submit_waiting(envelopes(100), &flood)
+            .await
+            .expect("the first batch's worth fits the share");
+        let held = tokio::time::timeout(
+            Duration::from_millis(300),
+            forwarder.submit_waiting(envelopes(100), &flood),
+        )
+        .await;
+        assert!(
+            held.is_err(),
+            "the flooding source took more than its share of the pending limits"
+        );
+
+        let (other, _other_done) = Ticket::new("loggregator");
+        forwarder
+            .submit(envelopes(100), &other)
+            .await
+            .expect("another source finds room beside the flooding one");
+        let (third, _third_done) = Ticket::new("otlp");
+        let refused = forwarder
+            .submit(envelopes(1), &third)
+            .await
+            .expect_err("the common limit still holds");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("agent.max_pending"),
+            "{refused:?}"
+        );
     }
 }

@@ -113,16 +113,6 @@ impl AgentMetrics {
             .inc_by(count);
     }
 
-    /// Counts `count` records `source` refused for `reason`.
-    pub fn sources_refused(&self, source: &'static str, reason: &'static str, count: u64) {
-        self.source_rejected
-            .get_or_create(&vec![
-                ("source".to_owned(), source.to_owned()),
-                ("reason".to_owned(), reason.to_owned()),
-            ])
-            .inc_by(count);
-    }
-
     /// Counts one record `source` refused for `reason`.
     pub fn source_refused(&self, source: &'static str, reason: &'static str) {
         self.source_refused_many(source, reason, 1);

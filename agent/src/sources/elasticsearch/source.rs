@@ -292,7 +292,7 @@ async fn bulk_request(
     }
     let accepted = envelopes.len() as u64;
     if !envelopes.is_empty() {
-        let (ticket, done) = Ticket::new();
+        let (ticket, done) = Ticket::new(SOURCE);
         let submitted = shared.forwarder.submit(envelopes, &ticket).await;
         drop(ticket);
         let delivered = match submitted {

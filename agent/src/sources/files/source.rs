@@ -393,7 +393,7 @@ impl FilesSource {
             })
             .collect();
         let count = envelopes.len() as u64;
-        let (ticket, done) = Ticket::new();
+        let (ticket, done) = Ticket::new(SOURCE);
         if let Err(status) = self.forwarder.submit_waiting(envelopes, &ticket).await {
             file.restart_at(file.acknowledged);
             return Err(status.message().to_owned());
@@ -410,7 +410,7 @@ impl FilesSource {
                 file.refusals += 1;
                 if file.refusals >= MAX_REFUSALS {
                     // Refused every time: skip these lines, counted, rather than stall the file.
-                    self.metrics.sources_refused(SOURCE, "refused", count);
+                    self.metrics.source_refused_many(SOURCE, "refused", count);
                     file.acknowledged = offset;
                     file.refusals = 0;
                     return Err(format!(

@@ -67,7 +67,7 @@ impl HostMetricsSource {
                 continue;
             }
             let count = envelopes.len() as u64;
-            let (ticket, _done) = Ticket::new();
+            let (ticket, _done) = Ticket::new(SOURCE);
             match self.forwarder.submit(envelopes, &ticket).await {
                 Ok(()) => self.metrics.source_accepted(SOURCE, count),
                 Err(status) => warn!(error = %status.message(), "host metrics not forwarded"),

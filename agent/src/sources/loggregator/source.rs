@@ -23,6 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::forwarder::{Forwarder, Ticket};
 use crate::metrics::AgentMetrics;
 
+const SOURCE: &str = "loggregator";
+
 /// The Loggregator ingress service.
 #[derive(Clone)]
 pub struct LoggregatorIngress {
@@ -135,7 +137,7 @@ impl Ingress for LoggregatorIngress {
         request: Request<Streaming<Envelope>>,
     ) -> Result<Response<IngressResponse>, Status> {
         let mut stream = request.into_inner();
-        let (ticket, done) = Ticket::new();
+        let (ticket, done) = Ticket::new(SOURCE);
         // Envelopes accepted before a bad one stay accepted: they are forwarded either way,
         // and the error tells the client where the stream went wrong.
         let mut outcome = Ok(());
@@ -165,7 +167,7 @@ impl Ingress for LoggregatorIngress {
         request: Request<Streaming<EnvelopeBatch>>,
     ) -> Result<Response<BatchSenderResponse>, Status> {
         let mut stream = request.into_inner();
-        let (ticket, done) = Ticket::new();
+        let (ticket, done) = Ticket::new(SOURCE);
         let mut outcome = Ok(());
         while let Some(message) = stream.next().await {
             match message {
@@ -192,7 +194,7 @@ impl Ingress for LoggregatorIngress {
         &self,
         request: Request<EnvelopeBatch>,
     ) -> Result<Response<SendResponse>, Status> {
-        let (ticket, done) = Ticket::new();
+        let (ticket, done) = Ticket::new(SOURCE);
         self.accept(request.into_inner().batch, &ticket).await?;
         drop(ticket);
         completed(done).await?;

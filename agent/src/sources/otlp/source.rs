@@ -155,7 +155,7 @@ async fn deliver(shared: &Shared, mut mapped: Mapped) -> Result<(i64, String), S
         return Ok((refused, message));
     }
     let count = kept.len() as u64;
-    let (ticket, done) = Ticket::new();
+    let (ticket, done) = Ticket::new(SOURCE);
     shared.forwarder.submit(kept, &ticket).await?;
     drop(ticket);
     done.await.unwrap_or_else(|_| {

@@ -106,7 +106,7 @@ impl PrometheusSource {
             return Ok(());
         }
         let count = envelopes.len() as u64;
-        let (ticket, _done) = Ticket::new();
+        let (ticket, _done) = Ticket::new(SOURCE);
         self.forwarder
             .submit(envelopes, &ticket)
             .await

@@ -363,14 +363,14 @@ async fn submit(shared: &Shared, messages: Vec<&[u8]>) {
         return;
     }
     let count = envelopes.len() as u64;
-    let (ticket, _done) = Ticket::new();
+    let (ticket, _done) = Ticket::new(SOURCE);
     // Waiting holds the sender's connection back (TCP backpressure); only shutdown fails.
     match shared.forwarder.submit_waiting(envelopes, &ticket).await {
         Ok(()) => shared.metrics.source_accepted(SOURCE, count),
         Err(status) => {
             shared
                 .metrics
-                .sources_refused(SOURCE, "shutting_down", count);
+                .source_refused_many(SOURCE, "shutting_down", count);
             warn!(error = %status.message(), "syslog messages not forwarded");
         }
     }
