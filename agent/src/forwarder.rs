@@ -201,6 +201,28 @@ impl TimestampWindow {
     }
 }
 
+/// The next run of `remaining` that fits one batch (`flush_envelopes`, `flush_bytes`), and its
+/// framed size. The run is a vector of its own size: one split off the request's vector would
+/// keep the whole request's capacity, unaccounted by the pending limits, while it waits in the
+/// batcher's queue (2.4 GiB of the 2.7 GiB heap peak of `tests/tests/overload.rs`, by heaptrack).
+fn next_chunk(
+    remaining: &mut std::iter::Peekable<std::vec::IntoIter<Envelope>>,
+    flush_envelopes: usize,
+    flush_bytes: usize,
+) -> (Vec<Envelope>, usize) {
+    let mut chunk = Vec::with_capacity(flush_envelopes.min(remaining.len()));
+    let mut bytes = 0;
+    while let Some(envelope) = remaining.peek() {
+        let length = framed_len(envelope);
+        if chunk.len() == flush_envelopes || (!chunk.is_empty() && bytes + length > flush_bytes) {
+            break;
+        }
+        bytes += length;
+        chunk.extend(remaining.next());
+    }
+    (chunk, bytes)
+}
+
 /// The tag that keeps a timestamp the window replaced.
 pub const ORIGINAL_TIMESTAMP_TAG: &str = "original_timestamp";
 
@@ -363,26 +385,15 @@ impl Forwarder {
                 self.metrics.count_timestamps_replaced(side.label(), count);
             }
         }
-        let mut remaining = envelopes;
-        while !remaining.is_empty() {
+        let share = self.share(ticket.inner.source);
+        let mut remaining = envelopes.into_iter().peekable();
+        while remaining.peek().is_some() {
             // Chunks no larger than a batch (in envelopes and in bytes), so the pending limits
             // are never asked for more permits than they have and one huge request cannot
             // starve the rest.
-            let mut bytes = 0;
-            let mut taken = 0;
-            for envelope in &remaining {
-                let length = framed_len(envelope);
-                if taken == self.flush_envelopes || (taken > 0 && bytes + length > self.flush_bytes)
-                {
-                    break;
-                }
-                bytes += length;
-                taken += 1;
-            }
-            let rest = remaining.split_off(taken);
-            let count = u32::try_from(taken).unwrap_or(u32::MAX);
+            let (chunk, bytes) = next_chunk(&mut remaining, self.flush_envelopes, self.flush_bytes);
+            let count = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
             let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-            let share = self.share(ticket.inner.source);
             let permits = async {
                 let [share_envelopes, share_bytes] = share.acquire(count, kib).await?;
                 let [envelopes, bytes] = self.pending.acquire(count, kib).await?;
@@ -393,7 +404,7 @@ impl Forwarder {
                 Some(wait) => match tokio::time::timeout(wait, permits).await {
                     Ok(permits) => permits?,
                     Err(_elapsed) => {
-                        let refused = (remaining.len() + rest.len()) as u64;
+                        let refused = (chunk.len() + remaining.len()) as u64;
                         self.metrics.rejected("backpressure", refused);
                         return Err(tonic::Status::resource_exhausted(format!(
                             "the agent already holds its limit of envelopes the dopplers have not acknowledged (agent.max_pending_envelopes, agent.max_pending_bytes, or the {source} source's share of them, agent.max_pending_share) and none made room for {wait:?}; {refused} envelopes were not taken: retry later",
@@ -403,7 +414,7 @@ impl Forwarder {
                 },
             };
             let submission = Submission {
-                envelopes: remaining,
+                envelopes: chunk,
                 ticket: ticket.clone(),
                 permits: Arc::new(permits),
             };
@@ -411,7 +422,6 @@ impl Forwarder {
                 .send(submission)
                 .await
                 .map_err(|_| tonic::Status::unavailable("agent is shutting down"))?;
-            remaining = rest;
         }
         Ok(())
     }
@@ -741,6 +751,25 @@ mod tests {
                 ..Default::default()
             })
             .collect()
+    }
+
+    /// Each chunk of a large request is as large as it holds, not as large as the request.
+    #[test]
+    fn a_chunk_of_a_large_request_does_not_keep_the_request_s_capacity() {
+        let mut remaining = envelopes(10_000).into_iter().peekable();
+        let mut total = 0;
+        while remaining.peek().is_some() {
+            let (chunk, bytes) = next_chunk(&mut remaining, 100, 4 << 20);
+            assert_eq!(chunk.len(), 100);
+            assert!(chunk.capacity() <= 100, "capacity {}", chunk.capacity());
+            assert_eq!(bytes, chunk.iter().map(framed_len).sum::<usize>());
+            total += chunk.len();
+        }
+        assert_eq!(total, 10_000);
+        let mut large = envelopes(3).into_iter().peekable();
+        let one = framed_len(large.peek().expect("an envelope"));
+        let (chunk, _) = next_chunk(&mut large, 100, one * 2);
+        assert_eq!(chunk.len(), 2, "cut by bytes too");
     }
 
     /// A source that never lets up (syslog over TCP waits for room as long as it takes) used to

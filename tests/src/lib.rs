@@ -248,6 +248,16 @@ impl Sluice {
         proc_status_bytes(pid, "VmRSS")
     }
 
+    /// The most resident memory the process has had, in bytes (`VmHWM`).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .expect("a process of its own");
+        proc_status_bytes(pid, "VmHWM")
+    }
+
     /// What the process wrote to stderr.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
