@@ -236,7 +236,7 @@ async fn every_source_flooded_for_a_minute_stores_what_it_took_and_refuses_the_r
     while started.elapsed() < FLOOD {
         tokio::time::sleep(Duration::from_secs(1)).await;
         peak = peak.max(sluice.rss_bytes());
-        if started.elapsed().as_secs() % 10 == 0 {
+        if started.elapsed().as_secs().is_multiple_of(10) {
             eprintln!(
                 "{:>3} s: RSS {} MiB",
                 started.elapsed().as_secs(),
