@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -61,6 +62,8 @@ MODES = {
         "corpus_lines": 400_000,
         "search_repeats": 5,
         "source_records": 200_000,
+        "overload_sustain": 400_000,
+        "overload_seconds": 60,
     },
     "full": {
         "fanin": 2_000_000,
@@ -72,6 +75,8 @@ MODES = {
         "corpus_lines": 2_000_000,
         "search_repeats": 9,
         "source_records": 1_000_000,
+        "overload_sustain": 2_000_000,
+        "overload_seconds": 60,
     },
 }
 
@@ -492,6 +497,104 @@ doppler = "127.0.0.1:{ports['doppler']}"
             self.sql(data_dir, api)
             self.search(api)
             self.figure("up_peak_rss_mb", up.peak_rss_mb())
+        finally:
+            up.stop(timeout=120)
+
+    def overload(self):
+        """Ten times the sustainable rate, offered open-loop for a minute: what is accepted is
+        all stored once, what is not is refused in the client's sight, memory stays bounded."""
+        data_dir = os.path.join(self.work, "overload")
+        os.makedirs(data_dir)
+        ports = {name: free_port() for name in ("agent", "doppler", "http")}
+        config = write_toml(os.path.join(data_dir, "sluice.toml"), self.up_config(data_dir, ports))
+        up = Process("up-overload", [SLUICE, "up", "--config", config], data_dir)
+        api = f"http://127.0.0.1:{ports['http']}"
+        metrics = f"{api}/metrics"
+        agent = f"127.0.0.1:{ports['agent']}"
+        tls_dir = os.path.join(data_dir, "tls")
+
+        def stored():
+            values = scrape(metrics)
+            return (values.get("sluice_indexer_documents_indexed_total", 0),
+                    values.get('sluice_retention_rows_written_total{table="logs"}', 0))
+
+        try:
+            wait_for("sluice up", lambda: http_get(f"{api}/healthz").strip() == b"ok", 120, [up])
+            # The sustainable rate, measured here: as fast as the agent takes envelopes, timed
+            # until every line is indexed and archived.
+            started = time.monotonic()
+            sustain = self.load(agent, tls_dir, self.mode["overload_sustain"])
+            lines = sustain["log_lines"]
+            wait_for("the sustained load to be stored",
+                     lambda: min(stored()) >= lines, 3600, [up])
+            sustainable = sustain["envelopes"] / (time.monotonic() - started)
+            rate = 10 * sustainable
+            seconds = self.mode["overload_seconds"]
+            log(f"overload: sustainable {sustainable:,.0f} envelopes/s; offering {rate:,.0f} for {seconds} s")
+
+            samples = []
+            sampling = threading.Event()
+
+            def sample():
+                while not sampling.is_set():
+                    try:
+                        with open(f"/proc/{up.pid}/status") as status:
+                            for line in status:
+                                if line.startswith("VmRSS:"):
+                                    samples.append(int(line.split()[1]) / 1024.0)
+                    except OSError:
+                        pass
+                    time.sleep(0.25)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            first = self.next_item
+            self.next_item += int(rate * seconds) + 1_000
+            command = [LOADER, "overload", *self.generator_args(), "--agent", agent,
+                       "--tls-dir", tls_dir, "--first", str(first), "--rate", f"{rate:.0f}",
+                       "--seconds", str(seconds)]
+            self.record(command)
+            offered_at = time.monotonic()
+            output = subprocess.run(command, check=True, capture_output=True, text=True)
+            report = json.loads(output.stdout.strip().splitlines()[-1])
+            expected = lines + report["accepted_log_lines"]
+            wait_for("every accepted line to be stored",
+                     lambda: min(stored()) >= expected, 3600, [up])
+            drained = time.monotonic() - offered_at
+            # A moment for a duplicate, if any, to show up in the counts too.
+            time.sleep(2)
+            indexed, archived = stored()
+            sampling.set()
+            sampler.join()
+            values = scrape(metrics)
+            audit = http_json(f"{api}/api/v1/audit")
+            self.figure("overload", {
+                "sustainable_envelopes_per_s": sustainable,
+                "offered_envelopes_per_s": report["offered"] / seconds,
+                "offered_factor": report["offered"] / seconds / sustainable,
+                "seconds": seconds,
+                "offered": report["offered"],
+                "sent": report["sent"],
+                "accepted": report["accepted"],
+                "accepted_per_s": report["accepted"] / report["elapsed_s"],
+                "refused": report["refused"],
+                "held_back": report["held_back"],
+                "agent_counted_backpressure": values.get(
+                    'sluice_agent_envelopes_rejected_total{reason="backpressure"}', 0),
+                "accepted_p50_ms": report["accepted_p50_ms"],
+                "accepted_p99_ms": report["accepted_p99_ms"],
+                "stored_after_s": drained,
+                "lines_expected": expected,
+                "lines_indexed": indexed,
+                "lines_archived": archived,
+                "unexplained_gaps": audit.get("unexplained_gaps"),
+                "peak_rss_mb_during": max(samples) if samples else None,
+                "peak_rss_mb": up.peak_rss_mb(),
+            })
+            log(f"overload: offered {report['offered']:,}, accepted {report['accepted']:,}, "
+                f"refused {report['refused']}, held back {report['held_back']:,}; "
+                f"indexed {indexed:,.0f} / archived {archived:,.0f} of {expected:,}; "
+                f"peak RSS {max(samples) if samples else 0:.0f} MiB")
         finally:
             up.stop(timeout=120)
 
@@ -1065,6 +1168,7 @@ def main():
         ("replay", bench.replay),
         ("e2e", bench.e2e),
         ("sources", bench.sources),
+        ("overload", bench.overload),
         ("wal", bench.wal),
         ("tantivy", bench.tantivy_ceiling),
         ("profile", bench.profile),

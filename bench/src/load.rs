@@ -68,18 +68,27 @@ pub struct LoadReport {
 }
 
 async fn connect(settings: &LoadSettings) -> anyhow::Result<IngressClient<Channel>> {
+    connect_agent(&settings.agent, &settings.tls_dir).await
+}
+
+/// A Loggregator ingress client of the agent at `agent`, with the client certificate in
+/// `tls_dir` (`ca.pem`, `node.pem`, `node-key.pem`).
+pub async fn connect_agent(
+    agent: &str,
+    tls_dir: &std::path::Path,
+) -> anyhow::Result<IngressClient<Channel>> {
     let paths = TlsPaths {
-        ca_cert: settings.tls_dir.join("ca.pem"),
-        cert: settings.tls_dir.join("node.pem"),
-        key: settings.tls_dir.join("node-key.pem"),
+        ca_cert: tls_dir.join("ca.pem"),
+        cert: tls_dir.join("node.pem"),
+        key: tls_dir.join("node-key.pem"),
     };
     let tls = TlsMaterial::load(&paths, "localhost")
-        .with_context(|| format!("no client certificate in {}", settings.tls_dir.display()))?;
-    let channel = Endpoint::from_shared(format!("https://{}", settings.agent))?
+        .with_context(|| format!("no client certificate in {}", tls_dir.display()))?;
+    let channel = Endpoint::from_shared(format!("https://{agent}"))?
         .tls_config(tls.client_config())?
         .connect()
         .await
-        .with_context(|| format!("failed to connect to the agent at {}", settings.agent))?;
+        .with_context(|| format!("failed to connect to the agent at {agent}"))?;
     Ok(IngressClient::new(channel).max_encoding_message_size(64 * 1024 * 1024))
 }
 

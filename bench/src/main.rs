@@ -3,10 +3,12 @@
 //! - `corpus` writes the log lines a run sends (for `zstd -3` and `tantivy-cli`) and the
 //!   original Loghub lines they are shaped after.
 //! - `load` drives an agent's Loggregator ingress and prints what it measured as JSON.
+//! - `overload` offers it a fixed rate whatever it answers, and counts every outcome.
 
 mod generator;
 mod load;
 mod loghub;
+mod overload;
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -32,6 +34,37 @@ enum Command {
     Corpus(CorpusArgs),
     /// Drive an agent's Loggregator ingress; print a JSON report.
     Load(LoadArgs),
+    /// Offer an agent a fixed rate, whatever it answers; print a JSON report.
+    Overload(OverloadArgs),
+}
+
+#[derive(Args)]
+struct OverloadArgs {
+    #[command(flatten)]
+    generator: GeneratorArgs,
+    /// Agent ingress address.
+    #[arg(long, default_value = "127.0.0.1:3458")]
+    agent: String,
+    /// Directory with ca.pem, node.pem, node-key.pem.
+    #[arg(long)]
+    tls_dir: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Envelopes per second offered.
+    #[arg(long)]
+    rate: f64,
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Requests waiting on the agent at once, at most.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// A request's deadline, in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
 }
 
 #[derive(Args, Clone)]
@@ -146,6 +179,35 @@ fn main() -> anyhow::Result<()> {
                     probe_every: Duration::from_millis(args.probe_every_ms),
                 },
             ))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Overload(args) => {
+            let generator = Arc::new(args.generator.generator()?);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(async {
+                let mut clients = Vec::new();
+                for _ in 0..args.connections.max(1) {
+                    clients.push(load::connect_agent(&args.agent, &args.tls_dir).await?);
+                }
+                anyhow::Ok(
+                    overload::run(
+                        generator,
+                        clients,
+                        overload::OverloadSettings {
+                            first: args.first,
+                            rate: args.rate,
+                            duration: Duration::from_secs(args.seconds),
+                            batch: args.batch.max(1),
+                            max_in_flight: args.max_in_flight.max(1),
+                            timeout: Duration::from_secs(args.timeout),
+                        },
+                    )
+                    .await,
+                )
+            })?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
