@@ -149,6 +149,11 @@ impl Searcher {
         }
     }
 
+    /// The index schema queries are parsed against.
+    pub fn schema(&self) -> &tantivy::schema::Schema {
+        &self.store.fields().schema
+    }
+
     /// Parses a query of the search language (Tantivy's syntax over the index fields).
     pub fn parse(&self, query: &str) -> Result<Box<dyn Query>, SluiceError> {
         let trimmed = query.trim();

@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /api/v1/search?query=&start=&end=&limit=` | full-text search, newest first, exact total (over every indexer; `partial` says when one did not answer) |
-//! | `GET /api/v1/tail?source_id=…` | live envelopes as server-sent events |
+//! | `GET /api/v1/tail?source_id=…&instance_id=…&type=…&log_type=…&tag.NAME=…&query=…` | live envelopes as server-sent events, selected on the server |
 //! | `POST /api/v1/sql` | read-only DataFusion SQL over the archive (`{"query": "…"}` or plain text) |
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus text of every component in this process |
@@ -43,6 +43,8 @@ pub struct AppState {
     pub telemetry: Telemetry,
     /// The live-tail source.
     pub tail: tail::TailSource,
+    /// The search language's parser and schema, for tail filters.
+    pub query_language: Arc<Searcher>,
     /// Limits.
     pub config: QueryApiConfig,
     /// This component's counters.
@@ -58,13 +60,15 @@ pub async fn run(
     telemetry: Telemetry,
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
+    let searcher = Arc::new(Searcher::new(&index_dir));
     let state = AppState {
         search: search::SearchBackend::new(
             &config.indexers,
             config.indexer_timeout,
             &tls,
-            Arc::new(Searcher::new(&index_dir)),
+            Arc::clone(&searcher),
         )?,
+        query_language: searcher,
         archive: Archive::open(&archive)?,
         tail: tail::TailSource::new(&config.doppler, &tls)?,
         metrics: metrics::QueryMetrics::register(&telemetry),

@@ -132,23 +132,34 @@ async fn search(State(state): State<AppState>, Query(params): Query<SearchParams
 }
 
 async fn tail(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    // `source_id` may repeat, which the typed extractor does not allow: read pairs directly.
-    let source_ids: Vec<String> = raw
+    // Selectors repeat (`source_id`, `type`), which the typed extractor does not allow: read
+    // pairs directly.
+    let pairs: Vec<(String, String)> = raw
         .as_deref()
-        .map(|query| {
-            url_pairs(query)
-                .filter(|(key, _)| key == "source_id")
-                .map(|(_, value)| value)
-                .collect()
-        })
+        .map(|query| url_pairs(query).collect())
         .unwrap_or_default();
-    let stream = match state.tail.subscribe(&source_ids).await {
+    let filter = match crate::tail::TailFilter::from_pairs(pairs, &state.query_language) {
+        Ok(filter) => filter,
+        Err(error) => {
+            state.metrics.request("tail", error.kind().http_status());
+            return ApiError(error).into_response();
+        }
+    };
+    let stream = match state.tail.subscribe(&filter.source_ids).await {
         Ok(stream) => stream,
         Err(error) => {
             state.metrics.request("tail", error.kind().http_status());
             return ApiError(error).into_response();
         }
     };
+    // The doppler selects by source; everything else is selected here, before the envelope
+    // is encoded for the client.
+    let stream = stream.filter(move |item| {
+        std::future::ready(match item {
+            Ok(envelope) => filter.matches(envelope),
+            Err(_) => true,
+        })
+    });
     state.metrics.request("tail", 200);
     let events = stream.map(|item| -> Result<Event, Infallible> {
         Ok(match item {

@@ -349,11 +349,38 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
 /// `sluice tail`: prints envelopes as they arrive.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/tail", args.client.api.trim_end_matches('/'));
-    let params: Vec<(&str, String)> = args
-        .source_id
-        .iter()
-        .map(|id| ("source_id", id.clone()))
-        .collect();
+    let mut params: Vec<(String, String)> = Vec::new();
+    params.extend(
+        args.source_id
+            .iter()
+            .map(|id| ("source_id".to_owned(), id.clone())),
+    );
+    params.extend(
+        args.instance_id
+            .iter()
+            .map(|id| ("instance_id".to_owned(), id.clone())),
+    );
+    params.extend(
+        args.types
+            .iter()
+            .map(|kind| ("type".to_owned(), kind.clone())),
+    );
+    params.extend(
+        args.log_type
+            .iter()
+            .map(|kind| ("log_type".to_owned(), kind.clone())),
+    );
+    for tag in &args.tag {
+        let (name, value) = tag
+            .split_once('=')
+            .with_context(|| format!("--tag {tag:?}: give NAME=VALUE"))?;
+        params.push((format!("tag.{name}"), value.to_owned()));
+    }
+    params.extend(
+        args.query
+            .iter()
+            .map(|query| ("query".to_owned(), query.clone())),
+    );
     let response = reqwest::Client::new()
         .get(&url)
         .query(&params)

@@ -148,6 +148,21 @@ struct TailArgs {
     /// Only these sources (repeatable); all when absent.
     #[arg(long)]
     source_id: Vec<String>,
+    /// Only these instances (repeatable).
+    #[arg(long)]
+    instance_id: Vec<String>,
+    /// Only these envelope types (log, counter, gauge, timer, event; repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    types: Vec<String>,
+    /// Only logs of this type (OUT or ERR).
+    #[arg(long)]
+    log_type: Option<String>,
+    /// Only envelopes with this tag (NAME=VALUE; repeatable, each must hold).
+    #[arg(long, value_name = "NAME=VALUE")]
+    tag: Vec<String>,
+    /// Only lines matching this query (the search language: terms, phrases, NOT, fields).
+    #[arg(long)]
+    query: Option<String>,
     /// Stop after this many envelopes.
     #[arg(long)]
     count: Option<u64>,

@@ -460,13 +460,21 @@ pub async fn send(
 
 /// Subscribes to `/api/v1/tail` and returns a receiver of the JSON envelopes it streams.
 pub async fn tail(api: &str, source_id: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    tail_with(api, &[("source_id", source_id)]).await
+}
+
+/// Subscribes to `/api/v1/tail` with these query parameters (selectors).
+pub async fn tail_with(
+    api: &str,
+    params: &[(&str, &str)],
+) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
     let response = reqwest::Client::new()
         .get(format!("{api}/api/v1/tail"))
-        .query(&[("source_id", source_id)])
+        .query(params)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.status().as_u16(), 200, "tail {params:?}");
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = response.bytes_stream();

@@ -1,4 +1,9 @@
-//! Live tail: a subscription to a doppler's `loggregator.v2.Egress`, over mutual TLS.
+//! Live tail: a subscription to a doppler's `loggregator.v2.Egress`, over mutual TLS, and
+//! what a tail selects (`filter.rs`).
+
+mod filter;
+
+pub use filter::TailFilter;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;

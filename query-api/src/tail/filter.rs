@@ -1,0 +1,338 @@
+//! What a tail selects: `source_id` (repeatable), `instance_id` (repeatable), `type` (log,
+//! counter, gauge, timer, event; repeatable), `log_type` (OUT or ERR), `tag.NAME=VALUE`
+//! (each must hold) and `query`, a text filter in the search language.
+//!
+//! The text filter is parsed by the search's own parser (so a query means the same in
+//! `/api/v1/search` and in a tail) and evaluated on each envelope the way the index would
+//! match its document: message words through the same tokenizer, `source_id`, `instance_id`
+//! and `log_type` as whole values, `tags.NAME` as whole values, and `AND`, `OR`,
+//! `NOT` and phrases with Tantivy's semantics (including its quirk that a clause of `NOT`s
+//! alone inside another, as in `a AND NOT b`, matches nothing: write `a NOT b`). Query constructs a single envelope cannot be
+//! matched against the way the index would (ranges, boosts, `field:*`, phrase slop) are
+//! refused with the construct named.
+
+use std::collections::BTreeMap;
+
+use sluice_common::SluiceError;
+use sluice_common::envelope::{decode_payload, merged_tags};
+use sluice_indexer::search::Searcher;
+use sluice_proto::v2::{Envelope, envelope, log};
+use tantivy::Term;
+use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, PhraseQuery, Query, TermQuery};
+use tantivy::schema::{Field, Schema};
+use tantivy::tokenizer::{TextAnalyzer, TokenizerManager};
+
+/// Envelope kinds a tail may select.
+const KINDS: [&str; 5] = ["log", "counter", "gauge", "timer", "event"];
+
+/// A tail's selection, checked when the tail starts.
+pub struct TailFilter {
+    /// Sources selected; every source when empty.
+    pub source_ids: Vec<String>,
+    instance_ids: Vec<String>,
+    kinds: Vec<&'static str>,
+    log_type: Option<&'static str>,
+    tags: Vec<(String, String)>,
+    text: Option<Matcher>,
+    tokenizer: TextAnalyzer,
+}
+
+impl TailFilter {
+    /// The filter of a tail request's query pairs. Unknown parameters are refused, so a
+    /// misspelt selector does not quietly select everything.
+    pub fn from_pairs(
+        pairs: impl IntoIterator<Item = (String, String)>,
+        searcher: &Searcher,
+    ) -> Result<TailFilter, SluiceError> {
+        let mut filter = TailFilter {
+            source_ids: Vec::new(),
+            instance_ids: Vec::new(),
+            kinds: Vec::new(),
+            log_type: None,
+            tags: Vec::new(),
+            text: None,
+            tokenizer: TokenizerManager::default()
+                .get("default")
+                .ok_or_else(|| SluiceError::internal("the default tokenizer is missing"))?,
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "source_id" => filter.source_ids.push(value),
+                "instance_id" => filter.instance_ids.push(value),
+                "type" => {
+                    let kind = KINDS
+                        .iter()
+                        .find(|kind| kind.eq_ignore_ascii_case(&value))
+                        .ok_or_else(|| {
+                            SluiceError::invalid(format!(
+                                "type={value:?}: give one of {}",
+                                KINDS.join(", ")
+                            ))
+                        })?;
+                    filter.kinds.push(kind);
+                }
+                "log_type" => {
+                    filter.log_type = Some(match value.to_ascii_uppercase().as_str() {
+                        "OUT" => "OUT",
+                        "ERR" => "ERR",
+                        _ => {
+                            return Err(SluiceError::invalid(format!(
+                                "log_type={value:?}: give OUT or ERR"
+                            )));
+                        }
+                    });
+                }
+                "query" if !value.trim().is_empty() => {
+                    if value.contains("\"~") {
+                        return Err(SluiceError::invalid(
+                            "query: phrase slop (\"…\"~N) is not supported in a tail filter",
+                        ));
+                    }
+                    let query = searcher.parse(&value)?;
+                    filter.text = Some(Matcher::of(query.as_ref(), searcher.schema())?);
+                }
+                "query" => {}
+                _ => match key.strip_prefix("tag.") {
+                    Some(name) if !name.is_empty() => filter.tags.push((name.to_owned(), value)),
+                    _ => {
+                        return Err(SluiceError::invalid(format!(
+                            "unknown tail parameter {key:?}: give source_id, instance_id, type, log_type, tag.NAME or query"
+                        )));
+                    }
+                },
+            }
+        }
+        Ok(filter)
+    }
+
+    /// Whether `envelope` is selected.
+    pub fn matches(&self, envelope: &Envelope) -> bool {
+        if !self.source_ids.is_empty() && !self.source_ids.contains(&envelope.source_id) {
+            return false;
+        }
+        if !self.instance_ids.is_empty() && !self.instance_ids.contains(&envelope.instance_id) {
+            return false;
+        }
+        let kind = sluice_common::envelope::kind_name(envelope);
+        if !self.kinds.is_empty() && !self.kinds.contains(&kind) {
+            return false;
+        }
+        let log_type = match &envelope.message {
+            Some(envelope::Message::Log(entry)) if entry.r#type == log::Type::Err as i32 => "ERR",
+            Some(envelope::Message::Log(_)) => "OUT",
+            Some(envelope::Message::Event(_)) => "EVENT",
+            _ => "",
+        };
+        if self.log_type.is_some_and(|wanted| wanted != log_type) {
+            return false;
+        }
+        if self.tags.is_empty() && self.text.is_none() {
+            return true;
+        }
+        let tags = merged_tags(envelope);
+        if !self
+            .tags
+            .iter()
+            .all(|(name, value)| tags.get(name) == Some(value))
+        {
+            return false;
+        }
+        let Some(text) = &self.text else {
+            return true;
+        };
+        // Only what the index holds can match a text filter: logs and events.
+        let message = match &envelope.message {
+            Some(envelope::Message::Log(entry)) => decode_payload(&entry.payload).0.into_owned(),
+            Some(envelope::Message::Event(event)) => format!("{}: {}", event.title, event.body),
+            _ => return false,
+        };
+        let document = Document {
+            envelope,
+            log_type,
+            tags: &tags,
+            words: self.words(&message),
+        };
+        text.matches(&document)
+    }
+
+    /// The message's tokens, in order, as the index's `default` tokenizer makes them.
+    fn words(&self, message: &str) -> Vec<String> {
+        let mut tokenizer = self.tokenizer.clone();
+        let mut stream = tokenizer.token_stream(message);
+        let mut words = Vec::new();
+        while let Some(token) = stream.next() {
+            words.push(token.text.clone());
+        }
+        words
+    }
+}
+
+/// An envelope seen as the index's document.
+struct Document<'a> {
+    envelope: &'a Envelope,
+    log_type: &'static str,
+    tags: &'a BTreeMap<String, String>,
+    words: Vec<String>,
+}
+
+/// A field of the index, as the matcher reads it from an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Message,
+    SourceId,
+    InstanceId,
+    LogType,
+    Tags,
+}
+
+/// A parsed text filter, evaluated on one envelope.
+#[derive(Debug)]
+enum Matcher {
+    All,
+    Nothing,
+    /// A message word, a whole field value, or a tag (`name`, value).
+    Term(Target, Option<String>, String),
+    /// Consecutive message words.
+    Phrase(Vec<String>),
+    Boolean(Vec<(Occur, Matcher)>),
+}
+
+impl Matcher {
+    fn of(query: &dyn Query, schema: &Schema) -> Result<Matcher, SluiceError> {
+        if query.is::<AllQuery>() {
+            return Ok(Matcher::All);
+        }
+        if query.is::<EmptyQuery>() {
+            return Ok(Matcher::Nothing);
+        }
+        if let Some(term) = query.downcast_ref::<TermQuery>() {
+            return Matcher::term(term.term(), schema);
+        }
+        if let Some(phrase) = query.downcast_ref::<PhraseQuery>() {
+            if target(phrase.field(), schema)? != Target::Message {
+                return Err(unsupported("a phrase on a field other than the message"));
+            }
+            let words = phrase
+                .phrase_terms()
+                .iter()
+                .map(|term| term.value().as_str().map(str::to_owned).unwrap_or_default())
+                .collect();
+            return Ok(Matcher::Phrase(words));
+        }
+        if let Some(boolean) = query.downcast_ref::<BooleanQuery>() {
+            let clauses = boolean
+                .clauses()
+                .iter()
+                .map(|(occur, clause)| Ok((*occur, Matcher::of(clause.as_ref(), schema)?)))
+                .collect::<Result<Vec<_>, SluiceError>>()?;
+            return Ok(Matcher::Boolean(clauses));
+        }
+        Err(unsupported(
+            "this construct (a range, a boost, field:* or a set)",
+        ))
+    }
+
+    fn term(term: &Term, schema: &Schema) -> Result<Matcher, SluiceError> {
+        let target = target(term.field(), schema)?;
+        if target == Target::Tags {
+            let name = term
+                .get_json_path()
+                .ok_or_else(|| unsupported("a tag term without a name"))?
+                .replace('\u{1}', ".");
+            // A JSON term's value bytes are the path, its end byte (0), the value's type code
+            // and the value.
+            let bytes = term.serialized_value_bytes();
+            let value = match (
+                term.value().json_path_type(),
+                bytes.iter().position(|&byte| byte == 0),
+            ) {
+                (Some(tantivy::schema::Type::Str), Some(end)) => bytes
+                    .get(end + 2..)
+                    .and_then(|value| std::str::from_utf8(value).ok())
+                    .map(str::to_owned),
+                _ => None,
+            }
+            .ok_or_else(|| unsupported("a tag value that is not text"))?;
+            return Ok(Matcher::Term(target, Some(name), value));
+        }
+        let value = term
+            .value()
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| unsupported("a term that is not text"))?;
+        Ok(Matcher::Term(target, None, value))
+    }
+
+    fn matches(&self, document: &Document<'_>) -> bool {
+        match self {
+            Matcher::All => true,
+            Matcher::Nothing => false,
+            Matcher::Term(target, name, value) => {
+                let envelope = document.envelope;
+                match target {
+                    Target::Message => document.words.iter().any(|word| word == value),
+                    Target::SourceId => &envelope.source_id == value,
+                    Target::InstanceId => &envelope.instance_id == value,
+                    Target::LogType => document.log_type == value,
+                    Target::Tags => name
+                        .as_ref()
+                        .and_then(|name| document.tags.get(name))
+                        .is_some_and(|tag| tag == value),
+                }
+            }
+            Matcher::Phrase(words) => {
+                !words.is_empty()
+                    && document
+                        .words
+                        .windows(words.len())
+                        .any(|window| window == words.as_slice())
+            }
+            // Tantivy's rules: every MUST holds and no MUST_NOT does; without a MUST, one
+            // SHOULD must hold (a query of MUST_NOTs alone matches nothing).
+            Matcher::Boolean(clauses) => {
+                let mut has_must = false;
+                let mut has_should = false;
+                let mut any_should = false;
+                for (occur, clause) in clauses {
+                    match occur {
+                        Occur::Must => {
+                            has_must = true;
+                            if !clause.matches(document) {
+                                return false;
+                            }
+                        }
+                        Occur::MustNot => {
+                            if clause.matches(document) {
+                                return false;
+                            }
+                        }
+                        Occur::Should => {
+                            has_should = true;
+                            any_should = any_should || clause.matches(document);
+                        }
+                    }
+                }
+                has_must || (has_should && any_should)
+            }
+        }
+    }
+}
+
+fn target(field: Field, schema: &Schema) -> Result<Target, SluiceError> {
+    Ok(match schema.get_field_name(field) {
+        "message" => Target::Message,
+        "source_id" => Target::SourceId,
+        "instance_id" => Target::InstanceId,
+        "log_type" => Target::LogType,
+        "tags" => Target::Tags,
+        other => {
+            return Err(unsupported(&format!(
+                "the field {other:?} (search it with /api/v1/search)"
+            )));
+        }
+    })
+}
+
+fn unsupported(what: &str) -> SluiceError {
+    SluiceError::invalid(format!("query: {what} is not supported in a tail filter"))
+}
