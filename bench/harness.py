@@ -532,69 +532,80 @@ doppler = "127.0.0.1:{ports['doppler']}"
             seconds = self.mode["overload_seconds"]
             log(f"overload: sustainable {sustainable:,.0f} envelopes/s; offering {rate:,.0f} for {seconds} s")
 
-            samples = []
-            sampling = threading.Event()
+            # Two floods: clients that keep at most 256 requests waiting (so the agent holds
+            # them back), then 4,096 (so requests wait past agent.pending_wait and are
+            # refused with RESOURCE_EXHAUSTED).
+            runs = []
+            for max_in_flight in (256, 4096):
+                samples = []
+                sampling = threading.Event()
 
-            def sample():
-                while not sampling.is_set():
-                    try:
-                        with open(f"/proc/{up.pid}/status") as status:
-                            for line in status:
-                                if line.startswith("VmRSS:"):
-                                    samples.append(int(line.split()[1]) / 1024.0)
-                    except OSError:
-                        pass
-                    time.sleep(0.25)
+                def sample():
+                    while not sampling.is_set():
+                        try:
+                            with open(f"/proc/{up.pid}/status") as status:
+                                for line in status:
+                                    if line.startswith("VmRSS:"):
+                                        samples.append(int(line.split()[1]) / 1024.0)
+                        except OSError:
+                            pass
+                        time.sleep(0.25)
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            first = self.next_item
-            self.next_item += int(rate * seconds) + 1_000
-            command = [LOADER, "overload", *self.generator_args(), "--agent", agent,
-                       "--tls-dir", tls_dir, "--first", str(first), "--rate", f"{rate:.0f}",
-                       "--seconds", str(seconds)]
-            self.record(command)
-            offered_at = time.monotonic()
-            output = subprocess.run(command, check=True, capture_output=True, text=True)
-            report = json.loads(output.stdout.strip().splitlines()[-1])
-            expected = lines + report["accepted_log_lines"]
-            wait_for("every accepted line to be stored",
-                     lambda: min(stored()) >= expected, 3600, [up])
-            drained = time.monotonic() - offered_at
-            # A moment for a duplicate, if any, to show up in the counts too.
-            time.sleep(2)
-            indexed, archived = stored()
-            sampling.set()
-            sampler.join()
-            values = scrape(metrics)
-            audit = http_json(f"{api}/api/v1/audit")
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                first = self.next_item
+                self.next_item += int(rate * seconds) + 1_000
+                command = [LOADER, "overload", *self.generator_args(), "--agent", agent,
+                           "--tls-dir", tls_dir, "--first", str(first), "--rate", f"{rate:.0f}",
+                           "--seconds", str(seconds), "--max-in-flight", str(max_in_flight)]
+                self.record(command)
+                before = scrape(metrics).get(
+                    'sluice_agent_envelopes_rejected_total{reason="backpressure"}', 0)
+                offered_at = time.monotonic()
+                output = subprocess.run(command, check=True, capture_output=True, text=True)
+                report = json.loads(output.stdout.strip().splitlines()[-1])
+                lines += report["accepted_log_lines"]
+                wait_for("every accepted line to be stored",
+                         lambda: min(stored()) >= lines, 3600, [up])
+                drained = time.monotonic() - offered_at
+                # A moment for a duplicate, if any, to show up in the counts too.
+                time.sleep(2)
+                indexed, archived = stored()
+                sampling.set()
+                sampler.join()
+                values = scrape(metrics)
+                audit = http_json(f"{api}/api/v1/audit")
+                runs.append({
+                    "max_in_flight": max_in_flight,
+                    "offered": report["offered"],
+                    "offered_envelopes_per_s": report["offered"] / seconds,
+                    "offered_factor": report["offered"] / seconds / sustainable,
+                    "sent": report["sent"],
+                    "accepted": report["accepted"],
+                    "accepted_per_s": report["accepted"] / report["elapsed_s"],
+                    "refused": report["refused"],
+                    "held_back": report["held_back"],
+                    "agent_counted_backpressure": values.get(
+                        'sluice_agent_envelopes_rejected_total{reason="backpressure"}', 0) - before,
+                    "accepted_p50_ms": report["accepted_p50_ms"],
+                    "accepted_p99_ms": report["accepted_p99_ms"],
+                    "stored_after_s": drained,
+                    "lines_expected": lines,
+                    "lines_indexed": indexed,
+                    "lines_archived": archived,
+                    "unexplained_gaps": audit.get("unexplained_gaps"),
+                    "peak_rss_mb_during": max(samples) if samples else None,
+                })
+                log(f"overload ({max_in_flight} waiting at most): offered {report['offered']:,}, "
+                    f"accepted {report['accepted']:,}, refused {report['refused']}, held back "
+                    f"{report['held_back']:,}; indexed {indexed:,.0f} / archived {archived:,.0f} "
+                    f"of {lines:,}; peak RSS {max(samples) if samples else 0:.0f} MiB")
             self.figure("overload", {
                 "sustainable_envelopes_per_s": sustainable,
-                "offered_envelopes_per_s": report["offered"] / seconds,
-                "offered_factor": report["offered"] / seconds / sustainable,
                 "seconds": seconds,
-                "offered": report["offered"],
-                "sent": report["sent"],
-                "accepted": report["accepted"],
-                "accepted_per_s": report["accepted"] / report["elapsed_s"],
-                "refused": report["refused"],
-                "held_back": report["held_back"],
-                "agent_counted_backpressure": values.get(
-                    'sluice_agent_envelopes_rejected_total{reason="backpressure"}', 0),
-                "accepted_p50_ms": report["accepted_p50_ms"],
-                "accepted_p99_ms": report["accepted_p99_ms"],
-                "stored_after_s": drained,
-                "lines_expected": expected,
-                "lines_indexed": indexed,
-                "lines_archived": archived,
-                "unexplained_gaps": audit.get("unexplained_gaps"),
-                "peak_rss_mb_during": max(samples) if samples else None,
+                "runs": runs,
                 "peak_rss_mb": up.peak_rss_mb(),
             })
-            log(f"overload: offered {report['offered']:,}, accepted {report['accepted']:,}, "
-                f"refused {report['refused']}, held back {report['held_back']:,}; "
-                f"indexed {indexed:,.0f} / archived {archived:,.0f} of {expected:,}; "
-                f"peak RSS {max(samples) if samples else 0:.0f} MiB")
         finally:
             up.stop(timeout=120)
 

@@ -30,7 +30,8 @@ pub struct RawAgentConfig {
     /// (encoded), so a batch always fits the doppler's `max_message_bytes`.
     #[serde(default = "default_flush_bytes")]
     pub flush_bytes: usize,
-    /// A batch is sent this long after its first envelope arrived, if not full before.
+    /// While batches are in flight, a partial batch is sent this long after its first envelope
+    /// arrived at the latest (with nothing in flight it is sent at once).
     #[serde(default = "default_flush_interval")]
     pub flush_interval: String,
     /// Envelopes older than this (by their own timestamp) are stored at their arrival time,
@@ -67,6 +68,12 @@ pub struct RawAgentConfig {
     /// for the others instead of queueing them out.
     #[serde(default = "default_max_pending_share")]
     pub max_pending_share: f64,
+    /// Bytes of client requests the agent holds while they wait for room under the pending
+    /// limits; past it a request is refused at once with `RESOURCE_EXHAUSTED` (one request
+    /// alone is always let in to wait). With `max_pending_bytes`, the agent's memory bound
+    /// under overload.
+    #[serde(default = "default_max_waiting_bytes")]
+    pub max_waiting_bytes: usize,
     /// The Elasticsearch `_bulk` source.
     #[serde(default)]
     pub elasticsearch: RawElasticsearchSourceConfig,
@@ -307,6 +314,9 @@ fn default_max_message_bytes() -> usize {
 fn default_max_in_flight() -> usize {
     4
 }
+fn default_max_waiting_bytes() -> usize {
+    64 * 1024 * 1024
+}
 fn default_max_pending_share() -> f64 {
     0.5
 }
@@ -540,6 +550,8 @@ pub struct AgentConfig {
     pub pending_wait: Duration,
     /// Largest share of each pending limit one source may hold.
     pub max_pending_share: f64,
+    /// Bytes of requests waiting for room, at most.
+    pub max_waiting_bytes: usize,
     /// Directory for the agent's identity.
     pub state_dir: PathBuf,
     /// The Elasticsearch `_bulk` source, when on.
@@ -654,6 +666,7 @@ impl RawAgentConfig {
         positive("agent.max_envelope_bytes", self.max_envelope_bytes)?;
         positive("agent.max_in_flight_batches", self.max_in_flight_batches)?;
         positive("agent.max_pending_envelopes", self.max_pending_envelopes)?;
+        positive("agent.max_waiting_bytes", self.max_waiting_bytes)?;
         if !(self.max_pending_share > 0.0 && self.max_pending_share <= 1.0) {
             return Err(SluiceError::invalid(format!(
                 "agent.max_pending_share: {} is not a share: give a number above 0 and at most 1",
@@ -696,6 +709,7 @@ impl RawAgentConfig {
             max_pending_bytes: self.max_pending_bytes,
             pending_wait: parse_duration("agent.pending_wait", &self.pending_wait)?,
             max_pending_share: self.max_pending_share,
+            max_waiting_bytes: self.max_waiting_bytes,
             state_dir: data_dir.join("agent"),
             elasticsearch: validate_elasticsearch(self.elasticsearch)?,
             syslog: validate_syslog(self.syslog)?,

@@ -23,6 +23,8 @@ pub mod forwarder;
 pub mod identity;
 pub mod metrics;
 pub mod sources;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 

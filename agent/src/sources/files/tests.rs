@@ -121,41 +121,6 @@ fn regression_a_reused_inode_is_read_from_its_start() {
     );
 }
 
-/// A doppler that refuses the first `refuse` batches as invalid, then stores what it gets.
-struct RefusingDoppler {
-    refuse: std::sync::atomic::AtomicU32,
-    lines: std::sync::Mutex<Vec<String>>,
-}
-
-#[tonic::async_trait]
-impl sluice_proto::v1::doppler_ingress_server::DopplerIngress for RefusingDoppler {
-    async fn push(
-        &self,
-        request: tonic::Request<sluice_proto::v1::AgentBatch>,
-    ) -> Result<tonic::Response<sluice_proto::v1::AgentBatchAck>, tonic::Status> {
-        use std::sync::atomic::Ordering;
-        let batch = request.into_inner();
-        let refused = self
-            .refuse
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok();
-        if refused {
-            return Err(tonic::Status::invalid_argument("refused by this test"));
-        }
-        let mut lines = self.lines.lock().expect("lock");
-        for envelope in &batch.envelopes {
-            if let Some(sluice_proto::v2::envelope::Message::Log(log)) = &envelope.message {
-                lines.push(String::from_utf8_lossy(&log.payload).into_owned());
-            }
-        }
-        Ok(tonic::Response::new(sluice_proto::v1::AgentBatchAck {
-            sequence: batch.sequence,
-        }))
-    }
-}
-
 /// Regression: when a batch of a file's lines failed, its lines were already taken from the
 /// buffer, and the next batch's acknowledgement moved the checkpoint past them: they were
 /// never sent. Now the file is read again from its last acknowledged line, so lines refused
@@ -165,39 +130,9 @@ async fn regression_lines_of_a_failed_batch_are_sent_again_not_skipped() {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().expect("temp dir");
-    let certificates = sluice_common::tls::generate_local_ca().expect("certificates");
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write");
-        path
-    };
-    let paths = sluice_common::tls::TlsPaths {
-        ca_cert: write("ca.pem", &certificates.ca_cert_pem),
-        cert: write("node.pem", &certificates.node_cert_pem),
-        key: write("node-key.pem", &certificates.node_key_pem),
-    };
-    let tls = sluice_common::tls::TlsMaterial::load(&paths, "localhost").expect("tls");
-    let doppler = Arc::new(RefusingDoppler {
-        refuse: std::sync::atomic::AtomicU32::new(2),
-        lines: std::sync::Mutex::new(Vec::new()),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tls_config(tls.server_config())
-            .expect("tls")
-            .add_service(
-                sluice_proto::v1::doppler_ingress_server::DopplerIngressServer::from_arc(
-                    Arc::clone(&doppler),
-                ),
-            )
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let doppler = crate::test_support::TestDoppler::start(2).await;
+    let (address, tls) = (doppler.address, doppler.tls.clone());
     let log = dir.path().join("app.log");
     let lines: Vec<String> = (0..10).map(|index| format!("line {index}")).collect();
     std::fs::write(&log, format!("{}\n", lines.join("\n"))).expect("write");
@@ -223,8 +158,12 @@ async fn regression_lines_of_a_failed_batch_are_sent_again_not_skipped() {
     let (trigger, shutdown) = sluice_common::shutdown::ShutdownTrigger::new();
     let task = tokio::spawn(source.serve(shutdown));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while doppler.lines.lock().expect("lock").len() < lines.len() {
-        assert!(Instant::now() < deadline, "only {:?}", doppler.lines.lock());
+    while doppler.line_count() < lines.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {:?}",
+            doppler.state.lines.lock()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let checkpoints = agent.state_dir.join("files-checkpoints.json");
@@ -238,6 +177,5 @@ async fn regression_lines_of_a_failed_batch_are_sent_again_not_skipped() {
     trigger.fire();
     task.await.expect("join").expect("source ran");
     forwarder.drain().await;
-    server.abort();
-    assert_eq!(*doppler.lines.lock().expect("lock"), lines);
+    assert_eq!(*doppler.state.lines.lock().expect("lock"), lines);
 }
