@@ -37,6 +37,8 @@ pub struct AgentMetrics {
     pub source_records: Family<ReasonLabels, Counter>,
     /// Records refused, by source and reason; the rest of their request is kept.
     pub source_rejected: Family<ReasonLabels, Counter>,
+    /// Requests refused whole before their body was read, by source and reason.
+    pub requests_refused: Family<ReasonLabels, Counter>,
 }
 
 impl AgentMetrics {
@@ -103,6 +105,11 @@ impl AgentMetrics {
                 "Records a source refused, by source and reason (the rest of the request is kept)",
                 Family::default(),
             ),
+            requests_refused: telemetry.register(
+                "sluice_agent_requests_refused",
+                "Requests refused whole before their body was read, by source and reason",
+                Family::default(),
+            ),
         }
     }
 
@@ -111,6 +118,16 @@ impl AgentMetrics {
         self.source_records
             .get_or_create(&vec![("source".to_owned(), source.to_owned())])
             .inc_by(count);
+    }
+
+    /// Counts a request `source` refused whole, before reading it, for `reason`.
+    pub fn request_refused(&self, source: &'static str, reason: &'static str) {
+        self.requests_refused
+            .get_or_create(&vec![
+                ("source".to_owned(), source.to_owned()),
+                ("reason".to_owned(), reason.to_owned()),
+            ])
+            .inc();
     }
 
     /// Counts one record `source` refused for `reason`.

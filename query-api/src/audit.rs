@@ -114,9 +114,10 @@ pub struct AuditResponse {
 }
 
 /// The counters that record a refusal or a drop, and the stage each belongs to.
-const COUNTED: [(&str, &str); 16] = [
+const COUNTED: [(&str, &str); 17] = [
     ("agent", "sluice_agent_envelopes_rejected_total"),
     ("agent", "sluice_agent_source_records_rejected_total"),
+    ("agent", "sluice_agent_requests_refused_total"),
     ("agent", "sluice_agent_batches_failed_total"),
     ("agent", "sluice_agent_envelopes_failed_total"),
     ("agent", "sluice_agent_timestamps_replaced_total"),

@@ -56,9 +56,24 @@ impl LoggregatorIngress {
         mut shutdown: Shutdown,
     ) -> Result<(), SluiceError> {
         let listener = sluice_common::listen(listen, "loggregator ingress").await?;
-        let service = IngressServer::new(self)
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes);
+        // Refused before the message is read when the agent is full: decoding a request only
+        // to refuse it is what a flood costs, and what starved the requests that could be taken.
+        let (forwarder, metrics) = (Arc::clone(&self.forwarder), self.metrics.clone());
+        let full = move |request: Request<()>| {
+            if forwarder.is_full() {
+                metrics.request_refused(SOURCE, "agent_full");
+                return Err(Status::resource_exhausted(
+                    "the agent is full: its pending limits are reached and requests already wait for room up to agent.max_waiting_bytes: retry later",
+                ));
+            }
+            Ok(request)
+        };
+        let service = tonic::service::interceptor::InterceptedService::new(
+            IngressServer::new(self)
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            full,
+        );
         tonic::transport::Server::builder()
             .tls_config(tls.server_config())
             .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?
