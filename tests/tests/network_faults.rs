@@ -47,6 +47,7 @@ fn agent_config(
          [telemetry]\nlisten = \"{telemetry}\"\n\
          [agent]\nlisten = \"{listen}\"\ndopplers = {dopplers:?}\n\
          max_pending_envelopes = 8000\nmax_pending_bytes = 33554432\npending_wait = \"1s\"\n\
+         max_pending_share = 1.0\n\
          [agent.syslog]\nenabled = false\n[agent.host_metrics]\nenabled = false\n{http_sources}",
         tls_dir.join("ca.pem"),
         tls_dir.join("node.pem"),
@@ -347,7 +348,9 @@ async fn agent_cut_from_its_doppler_for_two_minutes_under_load_loses_nothing() {
     // The clients kept offering more than the agent's pending budget (8,000 lines): it must
     // have pushed back.
     assert!(refused > 0, "no refusal during a two-minute cut");
-    // So do the HTTP sources, with the statuses their clients retry: `_bulk` 429
+    // (The Loggregator clients may fill the whole budget here, max_pending_share = 1.0, so
+    // the HTTP sources find it full; how a share keeps room for other sources is the
+    // forwarder's unit test.) So do the HTTP sources, with the statuses their clients retry: `_bulk` 429
     // (`es_rejected_execution_exception`, as Elasticsearch answers when its write queue is
     // full) and OTLP/HTTP 429. (OTLP answered 400, which exporters drop.) A request may find
     // room freed for a moment and wait for delivery instead; a few tries find the budget full.
