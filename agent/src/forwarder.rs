@@ -878,6 +878,30 @@ mod tests {
             .collect()
     }
 
+    /// A forwarder with the `[agent]` settings `config` (TOML), its metrics, and the directory
+    /// it keeps its state in. Without `tls`, it gets a local CA of its own. A doppler at
+    /// `127.0.0.1:1` refuses connections, so batches are retried and stay pending.
+    fn forwarder(
+        config: &str,
+        tls: Option<&TlsMaterial>,
+    ) -> (Arc<Forwarder>, AgentMetrics, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let own = tls.is_none().then(|| {
+            TlsMaterial::load(
+                &sluice_common::tls::ensure_local_ca(&dir.path().join("tls")).expect("ca"),
+                "localhost",
+            )
+            .expect("tls")
+        });
+        let tls = tls.or(own.as_ref()).expect("tls material");
+        let config: crate::config::RawAgentConfig = toml::from_str(config).expect("config parses");
+        let config = config.validate(&dir.path().join("data")).expect("config");
+        let metrics = AgentMetrics::register(&sluice_common::telemetry::Telemetry::new());
+        let forwarder =
+            Forwarder::start(&config, "agent".to_owned(), tls, metrics.clone()).expect("forwarder");
+        (forwarder, metrics, dir)
+    }
+
     /// Each chunk of a large request is as large as it holds, not as large as the request.
     #[test]
     fn a_chunk_of_a_large_request_does_not_keep_the_request_s_capacity() {
@@ -903,16 +927,13 @@ mod tests {
     #[tokio::test]
     async fn a_partial_batch_leaves_at_once_when_nothing_is_in_flight() {
         let doppler = crate::test_support::TestDoppler::start(0).await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config: crate::config::RawAgentConfig = toml::from_str(&format!(
-            "dopplers = [\"{}\"]\nflush_interval = \"1h\"\n",
-            doppler.address
-        ))
-        .expect("config parses");
-        let config = config.validate(&dir.path().join("data")).expect("config");
-        let metrics = AgentMetrics::register(&sluice_common::telemetry::Telemetry::new());
-        let forwarder = Forwarder::start(&config, "agent".to_owned(), &doppler.tls, metrics)
-            .expect("forwarder");
+        let (forwarder, _metrics, _dir) = forwarder(
+            &format!(
+                "dopplers = [\"{}\"]\nflush_interval = \"1h\"\n",
+                doppler.address
+            ),
+            Some(&doppler.tls),
+        );
         for round in 1..=3 {
             let (ticket, done) = Ticket::new("loggregator");
             forwarder
@@ -934,23 +955,15 @@ mod tests {
     /// once, not after `pending_wait`.
     #[tokio::test]
     async fn requests_past_the_waiting_bound_are_refused_at_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let tls = TlsMaterial::load(
-            &sluice_common::tls::ensure_local_ca(&dir.path().join("tls")).expect("ca"),
-            "localhost",
-        )
-        .expect("tls");
         let one = framed_len(&envelopes(1)[0]);
-        let config: crate::config::RawAgentConfig = toml::from_str(&format!(
-            "dopplers = [\"127.0.0.1:1\"]\nmax_pending_envelopes = 200\nflush_envelopes = 100\n\
-             pending_wait = \"30s\"\nmax_pending_share = 1.0\nmax_waiting_bytes = {}\n",
-            one * 150
-        ))
-        .expect("config parses");
-        let config = config.validate(&dir.path().join("data")).expect("config");
-        let metrics = AgentMetrics::register(&sluice_common::telemetry::Telemetry::new());
-        let forwarder =
-            Forwarder::start(&config, "agent".to_owned(), &tls, metrics).expect("forwarder");
+        let (forwarder, _metrics, _dir) = forwarder(
+            &format!(
+                "dopplers = [\"127.0.0.1:1\"]\nmax_pending_envelopes = 200\nflush_envelopes = 100\n\
+                 pending_wait = \"30s\"\nmax_pending_share = 1.0\nmax_waiting_bytes = {}\n",
+                one * 150
+            ),
+            None,
+        );
         let (full, _full_done) = Ticket::new("loggregator");
         forwarder
             .submit(envelopes(200), &full)
@@ -992,22 +1005,11 @@ mod tests {
     /// request that fits is taken whole or not at all.
     #[tokio::test]
     async fn a_request_refused_for_want_of_room_leaves_nothing_behind() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let tls = TlsMaterial::load(
-            &sluice_common::tls::ensure_local_ca(&dir.path().join("tls")).expect("ca"),
-            "localhost",
-        )
-        .expect("tls");
-        let config: crate::config::RawAgentConfig = toml::from_str(
+        let (forwarder, metrics, _dir) = forwarder(
             "dopplers = [\"127.0.0.1:1\"]\nmax_pending_envelopes = 200\nflush_envelopes = 100\n\
              pending_wait = \"500ms\"\nmax_pending_share = 1.0\n",
-        )
-        .expect("config parses");
-        let config = config.validate(&dir.path().join("data")).expect("config");
-        let telemetry = sluice_common::telemetry::Telemetry::new();
-        let metrics = AgentMetrics::register(&telemetry);
-        let forwarder = Forwarder::start(&config, "agent".to_owned(), &tls, metrics.clone())
-            .expect("forwarder");
+            None,
+        );
         let (first, _first_done) = Ticket::new("loggregator");
         forwarder
             .submit(envelopes(100), &first)
@@ -1040,23 +1042,11 @@ mod tests {
     /// clients were refused. Now it holds its share and the others still find room.
     #[tokio::test]
     async fn a_flooding_source_holds_only_its_share_of_the_pending_limits() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let tls = TlsMaterial::load(
-            &sluice_common::tls::ensure_local_ca(&dir.path().join("tls")).expect("ca"),
-            "localhost",
-        )
-        .expect("tls");
-        // Port 1 refuses connections: batches are retried and their envelopes stay pending.
-        let config: crate::config::RawAgentConfig = toml::from_str(
+        let (forwarder, _metrics, _dir) = forwarder(
             "dopplers = [\"127.0.0.1:1\"]\nmax_pending_envelopes = 200\nflush_envelopes = 100\n\
              pending_wait = \"1s\"\nmax_pending_share = 0.5\n",
-        )
-        .expect("config parses");
-        let config = config.validate(&dir.path().join("data")).expect("config");
-        let telemetry = sluice_common::telemetry::Telemetry::new();
-        let metrics = AgentMetrics::register(&telemetry);
-        let forwarder =
-            Forwarder::start(&config, "agent".to_owned(), &tls, metrics).expect("forwarder");
+            None,
+        );
 
         let (flood, _flood_done) = Ticket::new("syslog");
         forwarder

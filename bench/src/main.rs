@@ -38,16 +38,23 @@ enum Command {
     Overload(OverloadArgs),
 }
 
+/// Which agent to drive, and the client certificate to do it with.
 #[derive(Args)]
-struct OverloadArgs {
-    #[command(flatten)]
-    generator: GeneratorArgs,
+struct AgentArgs {
     /// Agent ingress address.
     #[arg(long, default_value = "127.0.0.1:3458")]
     agent: String,
     /// Directory with ca.pem, node.pem, node-key.pem.
     #[arg(long)]
     tls_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct OverloadArgs {
+    #[command(flatten)]
+    generator: GeneratorArgs,
+    #[command(flatten)]
+    target: AgentArgs,
     #[arg(long, default_value_t = 0)]
     first: u64,
     /// Envelopes per second offered.
@@ -127,12 +134,8 @@ struct CorpusArgs {
 struct LoadArgs {
     #[command(flatten)]
     generator: GeneratorArgs,
-    /// Agent ingress address.
-    #[arg(long, default_value = "127.0.0.1:3458")]
-    agent: String,
-    /// Directory with ca.pem, node.pem, node-key.pem.
-    #[arg(long)]
-    tls_dir: PathBuf,
+    #[command(flatten)]
+    target: AgentArgs,
     #[arg(long)]
     count: u64,
     #[arg(long, default_value_t = 0)]
@@ -167,8 +170,8 @@ fn main() -> anyhow::Result<()> {
             let report = runtime.block_on(load::run(
                 generator,
                 load::LoadSettings {
-                    agent: args.agent,
-                    tls_dir: args.tls_dir,
+                    agent: args.target.agent,
+                    tls_dir: args.target.tls_dir,
                     first: args.first,
                     count: args.count,
                     streams: args.streams.max(1),
@@ -190,7 +193,8 @@ fn main() -> anyhow::Result<()> {
             let report = runtime.block_on(async {
                 let mut clients = Vec::new();
                 for _ in 0..args.connections.max(1) {
-                    clients.push(load::connect_agent(&args.agent, &args.tls_dir).await?);
+                    clients
+                        .push(load::connect_agent(&args.target.agent, &args.target.tls_dir).await?);
                 }
                 anyhow::Ok(
                     overload::run(

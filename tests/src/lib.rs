@@ -240,22 +240,21 @@ impl Sluice {
 
     /// The process's resident memory now, in bytes (from `/proc`).
     pub fn rss_bytes(&self) -> u64 {
-        let pid = self
-            .child
-            .as_ref()
-            .map(Child::id)
-            .expect("a process of its own");
-        proc_status_bytes(pid, "VmRSS")
+        self.status_bytes("VmRSS")
     }
 
     /// The most resident memory the process has had, in bytes (`VmHWM`).
     pub fn peak_rss_bytes(&self) -> u64 {
+        self.status_bytes("VmHWM")
+    }
+
+    fn status_bytes(&self, field: &str) -> u64 {
         let pid = self
             .child
             .as_ref()
             .map(Child::id)
             .expect("a process of its own");
-        proc_status_bytes(pid, "VmHWM")
+        proc_status_bytes(pid, field)
     }
 
     /// What the process wrote to stderr.
