@@ -11,6 +11,10 @@
 //! - [`Consumer::checkpoint`] tells the bus that everything before a position is durable
 //!   downstream, so the bus may forget it. It is never the source of truth for resuming.
 //!
+//! - A [`Reader`] belongs to no group: it reads from any position, holds nothing back and
+//!   commits nothing. Live tails read the bus this way; when the bus forgot records before a
+//!   reader reached them, the reader says so ([`ReadEvent::Gap`]) instead of skipping silently.
+//!
 //! Each record is one `sluice.v1.AgentBatch` protobuf (see `proto/sluice/v1/doppler.proto`).
 
 pub mod config;
@@ -107,6 +111,24 @@ pub enum BusEvent {
     },
 }
 
+/// What a [`Reader`] returns.
+#[derive(Debug, Clone)]
+pub enum ReadEvent {
+    /// The next record of its partition.
+    Record(BusRecord),
+    /// Records `from..to` of `partition` were forgotten by the bus (released by every
+    /// consumer group, or deleted by the broker's retention) before the reader reached them;
+    /// the next record of the partition is at `to`.
+    Gap {
+        /// The partition.
+        partition: Partition,
+        /// The first offset missed.
+        from: u64,
+        /// The first offset read again.
+        to: u64,
+    },
+}
+
 /// Errors of the bus.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
@@ -178,6 +200,47 @@ pub trait Bus: Send + Sync + 'static {
 
     /// A short name for logs and metrics: `wal` or `kafka`.
     fn kind(&self) -> &'static str;
+
+    /// Opens a reader outside every consumer group, reading each partition from its offset in
+    /// `from` (a partition `from` does not name, from its beginning). It holds nothing back:
+    /// what the groups release goes, and the reader is told ([`ReadEvent::Gap`]).
+    async fn reader(&self, from: &Positions) -> Result<Box<dyn Reader>, BusError> {
+        let _ = from;
+        Err(BusError::Unavailable(format!(
+            "the {} bus has no readers",
+            self.kind()
+        )))
+    }
+
+    /// For every partition, the offset the next appended record will get.
+    async fn end_positions(&self) -> Result<Positions, BusError> {
+        Err(BusError::Unavailable(format!(
+            "the {} bus does not report its end",
+            self.kind()
+        )))
+    }
+
+    /// The positions `group` has checkpointed (everything before them is durable in that
+    /// group's data); partitions it never checkpointed are left out.
+    async fn group_positions(&self, group: &str) -> Result<Positions, BusError> {
+        let _ = group;
+        Err(BusError::Unavailable(format!(
+            "the {} bus does not report group positions",
+            self.kind()
+        )))
+    }
+}
+
+/// Reads the bus for a live tail (see [`Bus::reader`]).
+#[async_trait]
+pub trait Reader: Send {
+    /// Returns up to `max_records` events in order, waiting up to `max_wait` for the first;
+    /// an empty answer means nothing arrived in time. Cancel-safe like [`Consumer::poll`].
+    async fn poll(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<ReadEvent>, BusError>;
 }
 
 /// Reads a bus on behalf of one consumer group.

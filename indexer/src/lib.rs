@@ -7,6 +7,7 @@
 //! - [`pipeline`]: consume → decode and index → commit and checkpoint, with a bounded channel
 //!   between the async consumer and the indexing thread.
 //! - [`search`]: query parsing and newest-first search over the partitions of a time range.
+//! - [`history`]: the indexed envelopes of a range of bus positions, for live tails.
 //! - [`service`]: `sluice.v1.IndexSearch`, the search service for query APIs elsewhere.
 //! - [`metrics`]: the indexer's counters.
 //!
@@ -21,6 +22,7 @@
 
 pub mod config;
 pub mod histogram;
+pub mod history;
 pub mod metrics;
 pub mod pipeline;
 pub mod schema;

@@ -422,12 +422,13 @@ impl IndexingStage {
         // Hours this record has written to: their writers hold part of it and must not be
         // committed before the whole record is in.
         let mut touched: Vec<Hour> = Vec::new();
-        for envelope in &batch.envelopes {
+        for (index, envelope) in batch.envelopes.iter().enumerate() {
             let origin = Origin {
                 agent_id: &batch.agent_id,
                 sequence: batch.sequence,
                 partition: record.partition,
                 offset: record.offset,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
             };
             let Some(document) = fields.document(envelope, origin) else {
                 skipped += 1;

@@ -10,6 +10,7 @@
 //! | `tags` | JSON object, raw tokens, stored | tags and deprecated tags (`tags.app:web`) |
 //! | `agent_id`, `sequence` | raw string / u64, indexed, stored | the batch the envelope came in |
 //! | `bus_partition`, `bus_offset` | u64, indexed, fast | the bus record the envelope came in |
+//! | `bus_index` | u64, indexed, fast | the envelope's position in its batch (with the two above, its identity: live tails resume by it) |
 //!
 //! Only log and event envelopes are indexed; counters, gauges and timers go to the archive.
 
@@ -50,6 +51,8 @@ pub struct Fields {
     pub bus_partition: Field,
     /// `bus_offset`.
     pub bus_offset: Field,
+    /// `bus_index`.
+    pub bus_index: Field,
 }
 
 /// Where a document came from on the bus.
@@ -63,6 +66,8 @@ pub struct Origin<'a> {
     pub partition: u32,
     /// The record's offset.
     pub offset: u64,
+    /// The envelope's position in the batch.
+    pub index: u32,
 }
 
 impl Fields {
@@ -87,6 +92,7 @@ impl Fields {
         let sequence = builder.add_u64_field("sequence", INDEXED | STORED);
         let bus_partition = builder.add_u64_field("bus_partition", INDEXED | FAST);
         let bus_offset = builder.add_u64_field("bus_offset", INDEXED | FAST);
+        let bus_index = builder.add_u64_field("bus_index", INDEXED | FAST);
         Fields {
             schema: builder.build(),
             timestamp,
@@ -100,6 +106,7 @@ impl Fields {
             sequence,
             bus_partition,
             bus_offset,
+            bus_index,
         }
     }
 
@@ -136,6 +143,7 @@ impl Fields {
         document.add_u64(self.sequence, origin.sequence);
         document.add_u64(self.bus_partition, u64::from(origin.partition));
         document.add_u64(self.bus_offset, origin.offset);
+        document.add_u64(self.bus_index, u64::from(origin.index));
         Some(document)
     }
 }

@@ -183,7 +183,12 @@ impl Searcher {
             .map_err(|error| SluiceError::invalid(format!("invalid query {trimmed:?}: {error}")))
     }
 
-    fn reader(&self, hour: Hour) -> Result<IndexReader, SluiceError> {
+    /// The partition directories searched.
+    pub(crate) fn store(&self) -> &IndexStore {
+        &self.store
+    }
+
+    pub(crate) fn reader(&self, hour: Hour) -> Result<IndexReader, SluiceError> {
         let mut readers = self
             .readers
             .lock()
@@ -441,6 +446,7 @@ mod tests {
                     sequence: 1,
                     partition: 0,
                     offset: offset as u64,
+                    index: 0,
                 };
                 writer
                     .add_document(store.fields().document(&envelope, origin).expect("log"))

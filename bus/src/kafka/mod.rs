@@ -55,10 +55,11 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+mod reader;
 pub mod stints;
 
 use crate::metrics::BusMetrics;
-use crate::{Bus, BusError, BusEvent, Consumer, Partition, Positions, Sharing};
+use crate::{Bus, BusError, BusEvent, Consumer, Partition, Positions, Reader, Sharing};
 
 /// The Kafka bus.
 #[derive(Clone)]
@@ -263,6 +264,62 @@ impl Bus for KafkaBus {
 
     fn kind(&self) -> &'static str {
         "kafka"
+    }
+
+    async fn reader(&self, from: &Positions) -> Result<Box<dyn Reader>, BusError> {
+        reader::start(&self.settings, &self.partitions, from)
+    }
+
+    async fn end_positions(&self) -> Result<Positions, BusError> {
+        let producer = self.producer.clone();
+        let topic = self.settings.topic.clone();
+        let partitions = Arc::clone(&self.partitions);
+        tokio::task::spawn_blocking(move || {
+            let mut positions = Positions::default();
+            for partition in partitions.iter() {
+                let (_, high) = producer
+                    .client()
+                    .fetch_watermarks(&topic, *partition, Duration::from_secs(10))
+                    .map_err(storage("failed to read the kafka topic's end"))?;
+                positions.0.insert(
+                    partition_key(*partition),
+                    u64::try_from(high).unwrap_or_default(),
+                );
+            }
+            Ok(positions)
+        })
+        .await
+        .map_err(|error| BusError::Unavailable(format!("watermark task failed: {error}")))?
+    }
+
+    async fn group_positions(&self, group: &str) -> Result<Positions, BusError> {
+        let group_id = format!("{}-{group}", self.settings.group_prefix);
+        // Asking for a group's offsets does not join it: this consumer never subscribes.
+        let consumer: BaseConsumer = client_config(&self.settings)
+            .set("group.id", &group_id)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(storage("failed to create a kafka client for group offsets"))?;
+        let mut list = TopicPartitionList::new();
+        for partition in self.partitions.iter() {
+            list.add_partition(&self.settings.topic, *partition);
+        }
+        tokio::task::spawn_blocking(move || {
+            let committed = consumer
+                .committed_offsets(list, Duration::from_secs(10))
+                .map_err(storage("failed to read the group's kafka offsets"))?;
+            let mut positions = Positions::default();
+            for element in committed.elements() {
+                if let Some(offset) = offset_value(element.offset()) {
+                    positions
+                        .0
+                        .insert(partition_key(element.partition()), offset);
+                }
+            }
+            Ok(positions)
+        })
+        .await
+        .map_err(|error| BusError::Unavailable(format!("group offsets task failed: {error}")))?
     }
 }
 

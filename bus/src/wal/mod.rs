@@ -40,7 +40,7 @@ use tracing::{info, warn};
 use self::segment::{Cursor, SegmentMap};
 use self::writer::{Request, Writer};
 use crate::metrics::BusMetrics;
-use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Positions, Sharing};
+use crate::{Bus, BusError, BusEvent, BusRecord, Consumer, Positions, ReadEvent, Reader, Sharing};
 
 const PARTITION: u32 = 0;
 
@@ -339,10 +339,12 @@ impl Bus for WalBus {
         // Until it seeks, a consumer starts where its group has checkpointed.
         let start = groups.get(group).copied().unwrap_or(0);
         Ok(Box::new(WalConsumer {
-            shared: Arc::clone(&self.shared),
             group: group.to_owned(),
-            cursor: Some(Cursor::at(start)),
-            committed: self.shared.state.committed.subscribe(),
+            tail: Tail {
+                shared: Arc::clone(&self.shared),
+                cursor: Some(Cursor::at(start)),
+                committed: self.shared.state.committed.subscribe(),
+            },
             lag: self.shared.state.metrics.lag(group),
         }))
     }
@@ -350,33 +352,53 @@ impl Bus for WalBus {
     fn kind(&self) -> &'static str {
         "wal"
     }
+
+    async fn reader(&self, from: &Positions) -> Result<Box<dyn Reader>, BusError> {
+        Ok(Box::new(WalReader {
+            tail: Tail {
+                shared: Arc::clone(&self.shared),
+                cursor: Some(Cursor::at(from.next_offset(PARTITION))),
+                committed: self.shared.state.committed.subscribe(),
+            },
+        }))
+    }
+
+    async fn end_positions(&self) -> Result<Positions, BusError> {
+        let end = *self.shared.state.committed.borrow();
+        Ok(Positions([(PARTITION, end)].into_iter().collect()))
+    }
+
+    async fn group_positions(&self, group: &str) -> Result<Positions, BusError> {
+        let groups = self.shared.groups.lock().await;
+        Ok(Positions(
+            groups
+                .get(group)
+                .map(|offset| (PARTITION, *offset))
+                .into_iter()
+                .collect(),
+        ))
+    }
 }
 
-struct WalConsumer {
+/// A cursor over the log that waits for new records: what consumers and readers share.
+struct Tail {
     shared: Arc<Shared>,
-    group: String,
     /// Taken while a read runs on a blocking thread.
     cursor: Option<Cursor>,
     committed: watch::Receiver<u64>,
-    lag: Gauge,
 }
 
-#[async_trait]
-impl Consumer for WalConsumer {
-    async fn seek(&mut self, positions: &Positions) -> Result<(), BusError> {
-        self.cursor
-            .get_or_insert_with(Cursor::default)
-            .reset(positions.next_offset(PARTITION));
-        Ok(())
-    }
-
+impl Tail {
+    /// Up to `max_records` records from the cursor on, waiting up to `max_wait` for the first,
+    /// and the offsets skipped because they were released before the cursor reached them.
+    ///
     /// Cancel-safe: a read in progress keeps the cursor on its blocking thread only while it
     /// runs; if the poll is dropped meanwhile the cursor is found again by offset.
-    async fn poll(
+    async fn read(
         &mut self,
         max_records: usize,
         max_wait: Duration,
-    ) -> Result<Vec<BusEvent>, BusError> {
+    ) -> Result<segment::Read, BusError> {
         let deadline = tokio::time::Instant::now() + max_wait;
         loop {
             // Mark the current commit as seen *before* reading, so a commit that lands
@@ -403,21 +425,8 @@ impl Consumer for WalConsumer {
                 .map_err(|error| BusError::Storage(format!("wal read task failed: {error}")))?;
                 let read = read?;
                 self.cursor = Some(cursor);
-                if let Some((wanted, found)) = read.skipped {
-                    warn!(group = %self.group, expected = wanted, found, "wal records were released before this group read them");
-                }
-                if !read.records.is_empty() {
-                    return Ok(read
-                        .records
-                        .into_iter()
-                        .map(|(offset, payload)| {
-                            BusEvent::Record(BusRecord {
-                                partition: PARTITION,
-                                offset,
-                                payload: Bytes::from(payload),
-                            })
-                        })
-                        .collect());
+                if !read.records.is_empty() || read.skipped.is_some() {
+                    return Ok(read);
                 }
             } else {
                 self.cursor = Some(cursor);
@@ -425,27 +434,97 @@ impl Consumer for WalConsumer {
             match tokio::time::timeout_at(deadline, self.committed.changed()).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) => return Err(BusError::Unavailable("wal closed".to_owned())),
-                Err(_elapsed) => return Ok(Vec::new()),
+                Err(_elapsed) => return Ok(segment::Read::default()),
             }
         }
+    }
+}
+
+fn record(offset: u64, payload: Vec<u8>) -> BusRecord {
+    BusRecord {
+        partition: PARTITION,
+        offset,
+        payload: Bytes::from(payload),
+    }
+}
+
+/// A reader of the WAL outside every group (see [`Bus::reader`]).
+struct WalReader {
+    tail: Tail,
+}
+
+#[async_trait]
+impl Reader for WalReader {
+    async fn poll(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<ReadEvent>, BusError> {
+        let read = self.tail.read(max_records, max_wait).await?;
+        let gap = read.skipped.map(|(from, to)| ReadEvent::Gap {
+            partition: PARTITION,
+            from,
+            to,
+        });
+        Ok(gap
+            .into_iter()
+            .chain(
+                read.records
+                    .into_iter()
+                    .map(|(offset, payload)| ReadEvent::Record(record(offset, payload))),
+            )
+            .collect())
+    }
+}
+
+struct WalConsumer {
+    group: String,
+    tail: Tail,
+    lag: Gauge,
+}
+
+#[async_trait]
+impl Consumer for WalConsumer {
+    async fn seek(&mut self, positions: &Positions) -> Result<(), BusError> {
+        self.tail
+            .cursor
+            .get_or_insert_with(Cursor::default)
+            .reset(positions.next_offset(PARTITION));
+        Ok(())
+    }
+
+    async fn poll(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<BusEvent>, BusError> {
+        let read = self.tail.read(max_records, max_wait).await?;
+        if let Some((wanted, found)) = read.skipped {
+            warn!(group = %self.group, expected = wanted, found, "wal records were released before this group read them");
+        }
+        Ok(read
+            .records
+            .into_iter()
+            .map(|(offset, payload)| BusEvent::Record(record(offset, payload)))
+            .collect())
     }
 
     async fn checkpoint(&mut self, positions: &Positions) -> Result<(), BusError> {
         let offset = positions.next_offset(PARTITION);
-        let mut groups = self.shared.groups.lock().await;
+        let mut groups = self.tail.shared.groups.lock().await;
         let previous = groups.get(&self.group).copied().unwrap_or(0);
         if offset <= previous {
             return Ok(());
         }
         groups.insert(self.group.clone(), offset);
-        let committed = *self.shared.state.committed.borrow();
+        let committed = *self.tail.shared.state.committed.borrow();
         self.lag.set(committed.saturating_sub(offset) as i64);
         let releasable = groups.values().copied().min().unwrap_or(0);
         // Release first, then record the checkpoint: on a full disk, writing `groups.json`
         // needs the room that releasing makes. Releasing on the in-memory checkpoint is safe:
         // every consumer resumes from its own durable positions, which are past it.
         self.release(releasable).await?;
-        write_groups(&self.shared.groups_path, &groups).await
+        write_groups(&self.tail.shared.groups_path, &groups).await
     }
 }
 
@@ -454,7 +533,7 @@ impl WalConsumer {
     /// the writer appends to).
     async fn release(&self, releasable: u64) -> Result<(), BusError> {
         let doomed: Vec<(PathBuf, u64)> = {
-            let mut segments = self.shared.state.lock_segments();
+            let mut segments = self.tail.shared.state.lock_segments();
             let firsts: Vec<u64> = segments.keys().copied().collect();
             let mut doomed = Vec::new();
             for pair in firsts.windows(2) {
@@ -472,7 +551,7 @@ impl WalConsumer {
             return Ok(());
         }
         let freed: u64 = doomed.iter().map(|(_, bytes)| bytes).sum();
-        let state = &self.shared.state;
+        let state = &self.tail.shared.state;
         let total = state.disk_bytes.fetch_sub(freed, Ordering::AcqRel) - freed;
         state
             .metrics
@@ -631,6 +710,104 @@ mod tests {
             .map(|record| record.offset)
             .collect();
         assert_eq!(offsets, vec![4, 5]);
+    }
+
+    /// A reader belongs to no group: it reads from any offset, holds nothing back (the
+    /// groups' checkpoints alone release segments), waits for appends, and reports the
+    /// records released before it reached them as a gap instead of skipping them silently.
+    #[tokio::test]
+    async fn a_reader_holds_nothing_back_and_reports_released_records_as_a_gap() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bus = WalBus::open(
+            dir.path(),
+            settings(64 * 1024, 1024),
+            BusMetrics::register(&Telemetry::new()),
+        )
+        .await
+        .expect("open");
+        let mut indexer = sole_consumer(&bus, "indexer").await;
+        for index in 0..40 {
+            bus.append(
+                "key",
+                Bytes::from(format!("record {index:03} {}", "x".repeat(90))),
+            )
+            .await
+            .expect("append");
+        }
+        assert_eq!(
+            bus.end_positions().await.expect("end"),
+            Positions([(0, 40)].into_iter().collect())
+        );
+        let mut early = bus
+            .reader(&Positions([(0, 2)].into_iter().collect()))
+            .await
+            .expect("reader");
+        let first = early.poll(3, Duration::from_secs(5)).await.expect("poll");
+        let offsets: Vec<u64> = first
+            .iter()
+            .map(|event| match event {
+                ReadEvent::Record(record) => record.offset,
+                ReadEvent::Gap { .. } => panic!("nothing was released yet"),
+            })
+            .collect();
+        assert_eq!(offsets, vec![2, 3, 4]);
+
+        // The only group checkpoints past most of the log: segments go although the reader
+        // has not read them.
+        indexer
+            .checkpoint(&Positions([(0, 30)].into_iter().collect()))
+            .await
+            .expect("checkpoint");
+        assert_eq!(
+            bus.group_positions("indexer").await.expect("group"),
+            Positions([(0, 30)].into_iter().collect())
+        );
+        let mut events = Vec::new();
+        while !events
+            .iter()
+            .any(|event| matches!(event, ReadEvent::Record(record) if record.offset == 39))
+        {
+            events.extend(early.poll(100, Duration::from_secs(5)).await.expect("poll"));
+        }
+        // Whatever the reader still had open it reads to its end; then the gap; then the
+        // rest, every offset once, in order.
+        let mut expected = 5;
+        let mut gaps = Vec::new();
+        for event in &events {
+            match event {
+                ReadEvent::Record(record) => {
+                    assert_eq!(record.offset, expected);
+                    expected += 1;
+                }
+                ReadEvent::Gap {
+                    partition,
+                    from,
+                    to,
+                } => {
+                    assert_eq!((*partition, *from), (0, expected));
+                    gaps.push((*from, *to));
+                    expected = *to;
+                }
+            }
+        }
+        assert_eq!(expected, 40);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(
+            gaps[0].1 <= 30,
+            "released only below the checkpoint: {gaps:?}"
+        );
+
+        // Live: a waiting reader wakes on the next append.
+        let writer = bus.clone();
+        let waiter = tokio::spawn(async move { early.poll(10, Duration::from_secs(10)).await });
+        writer
+            .append("key", Bytes::from_static(b"live"))
+            .await
+            .expect("append");
+        let live = waiter.await.expect("join").expect("poll");
+        assert!(
+            matches!(&live[..], [ReadEvent::Record(record)] if record.offset == 40 && record.payload == Bytes::from_static(b"live"))
+        );
     }
 
     fn settings(max_disk_bytes: u64, segment_bytes: u64) -> WalSettings {

@@ -306,6 +306,10 @@ impl Cursor {
                 match next_first {
                     // This segment is complete (only the last one grows): go on to the next.
                     Some(first) => {
+                        // The segments in between were released while this one was read.
+                        if first > self.next_offset {
+                            read.skipped.get_or_insert((self.next_offset, first));
+                        }
                         self.next_offset = self.next_offset.max(first);
                         self.open = None;
                         continue;

@@ -19,7 +19,7 @@ use sluice_indexer::search::Searcher;
 use sluice_proto::v2::{Envelope, envelope, log};
 use tantivy::Term;
 use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, PhraseQuery, Query, TermQuery};
-use tantivy::schema::{Field, Schema};
+use tantivy::schema::{Field, IndexRecordOption, Schema};
 use tantivy::tokenizer::{TextAnalyzer, TokenizerManager};
 
 /// Envelope kinds a tail may select.
@@ -34,6 +34,8 @@ pub struct TailFilter {
     log_type: Option<&'static str>,
     tags: Vec<(String, String)>,
     text: Option<Matcher>,
+    /// The text filter as the index runs it (history comes from the index).
+    text_query: Option<Box<dyn Query>>,
     tokenizer: TextAnalyzer,
 }
 
@@ -51,6 +53,7 @@ impl TailFilter {
             log_type: None,
             tags: Vec::new(),
             text: None,
+            text_query: None,
             tokenizer: TokenizerManager::default()
                 .get("default")
                 .ok_or_else(|| SluiceError::internal("the default tokenizer is missing"))?,
@@ -90,6 +93,7 @@ impl TailFilter {
                     }
                     let query = searcher.parse(&value)?;
                     filter.text = Some(Matcher::of(query.as_ref(), searcher.schema())?);
+                    filter.text_query = Some(query);
                 }
                 "query" => {}
                 _ => match key.strip_prefix("tag.") {
@@ -103,6 +107,68 @@ impl TailFilter {
             }
         }
         Ok(filter)
+    }
+
+    /// The same selection as an index query: what [`TailFilter::matches`] selects among the
+    /// envelopes the index holds (logs and events).
+    pub fn index_query(&self, schema: &Schema) -> Result<Box<dyn Query>, SluiceError> {
+        let field = |name: &str| {
+            schema
+                .get_field(name)
+                .map_err(|_| SluiceError::internal(format!("the index has no field {name}")))
+        };
+        let term = |field: Field, value: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, value),
+                IndexRecordOption::Basic,
+            ))
+        };
+        let any_of = |field: Field, values: &[&str]| -> Box<dyn Query> {
+            Box::new(BooleanQuery::new(
+                values
+                    .iter()
+                    .map(|value| (Occur::Should, term(field, value)))
+                    .collect(),
+            ))
+        };
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, Box::new(AllQuery))];
+        if !self.source_ids.is_empty() {
+            let values: Vec<&str> = self.source_ids.iter().map(String::as_str).collect();
+            clauses.push((Occur::Must, any_of(field("source_id")?, &values)));
+        }
+        if !self.instance_ids.is_empty() {
+            let values: Vec<&str> = self.instance_ids.iter().map(String::as_str).collect();
+            clauses.push((Occur::Must, any_of(field("instance_id")?, &values)));
+        }
+        // The index holds logs (OUT, ERR) and events (EVENT) only.
+        let mut log_types: Vec<&str> = Vec::new();
+        if self.kinds.is_empty() || self.kinds.contains(&"log") {
+            log_types.extend(["OUT", "ERR"]);
+        }
+        if self.kinds.is_empty() || self.kinds.contains(&"event") {
+            log_types.push("EVENT");
+        }
+        if let Some(wanted) = self.log_type {
+            log_types.retain(|log_type| *log_type == wanted);
+        }
+        if log_types.is_empty() {
+            return Ok(Box::new(EmptyQuery));
+        }
+        clauses.push((Occur::Must, any_of(field("log_type")?, &log_types)));
+        let tags = field("tags")?;
+        for (name, value) in &self.tags {
+            let path = name.replace('\\', "\\\\").replace('.', "\\.");
+            let mut tag = Term::from_field_json_path(tags, &path, false);
+            tag.append_type_and_str(value);
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(tag, IndexRecordOption::Basic)),
+            ));
+        }
+        if let Some(text) = &self.text_query {
+            clauses.push((Occur::Must, text.box_clone()));
+        }
+        Ok(Box::new(BooleanQuery::new(clauses)))
     }
 
     /// Whether `envelope` is selected.
@@ -335,4 +401,138 @@ fn target(field: Field, schema: &Schema) -> Result<Target, SluiceError> {
 
 fn unsupported(what: &str) -> SluiceError {
     SluiceError::invalid(format!("query: {what} is not supported in a tail filter"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_indexer::schema::Origin;
+    use sluice_indexer::store::IndexStore;
+    use sluice_proto::v2::{Counter, Event, Log};
+    use tantivy::collector::DocSetCollector;
+
+    fn envelopes() -> Vec<Envelope> {
+        let log = |source: &str, instance: &str, err: bool, job: &str, text: &str| Envelope {
+            timestamp: 1_700_000_000_000_000_000,
+            source_id: source.into(),
+            instance_id: instance.into(),
+            tags: [
+                ("job".to_owned(), job.to_owned()),
+                ("k8s.ns".to_owned(), "prod".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            message: Some(envelope::Message::Log(Log {
+                payload: text.as_bytes().to_vec(),
+                r#type: if err { log::Type::Err } else { log::Type::Out } as i32,
+            })),
+            ..Default::default()
+        };
+        vec![
+            log("web", "0", false, "web", "GET /health 200"),
+            log("web", "1", true, "web", "connection refused to db"),
+            log("api", "0", true, "worker", "timeout talking to db"),
+            log("api", "1", false, "worker", "GET /orders 200 in 12 ms"),
+            Envelope {
+                timestamp: 1_700_000_000_000_000_000,
+                source_id: "web".into(),
+                message: Some(envelope::Message::Event(Event {
+                    title: "deployed".into(),
+                    body: "version 42".into(),
+                })),
+                ..Default::default()
+            },
+            Envelope {
+                timestamp: 1_700_000_000_000_000_000,
+                source_id: "web".into(),
+                message: Some(envelope::Message::Counter(Counter {
+                    name: "requests".into(),
+                    delta: 1,
+                    total: 9,
+                })),
+                ..Default::default()
+            },
+        ]
+    }
+
+    /// History comes from the index and live envelopes from the bus: for a tail not to
+    /// change its selection at the seam, the index query of every selector selects exactly
+    /// the indexed envelopes the live matcher selects.
+    #[test]
+    fn the_index_query_selects_what_the_live_matcher_selects() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = IndexStore::new(dir.path());
+        let all = envelopes();
+        let hour = sluice_common::time::Hour::of_nanos(all[0].timestamp);
+        let index = store.open_or_create(hour).expect("index");
+        let mut writer: tantivy::IndexWriter = index
+            .writer_with_num_threads(1, 15_000_000)
+            .expect("writer");
+        let mut indexed = Vec::new();
+        for (position, envelope) in all.iter().enumerate() {
+            let origin = Origin {
+                agent_id: "agent",
+                sequence: 1,
+                partition: 0,
+                offset: position as u64,
+                index: 0,
+            };
+            if let Some(document) = store.fields().document(envelope, origin) {
+                writer.add_document(document).expect("add");
+                indexed.push(position);
+            }
+        }
+        writer.commit().expect("commit");
+        let searcher = Searcher::new(dir.path());
+        let reader = index.reader().expect("reader");
+        let selections: &[&[(&str, &str)]] = &[
+            &[],
+            &[("source_id", "web")],
+            &[("source_id", "web"), ("source_id", "api")],
+            &[("instance_id", "1")],
+            &[("type", "log")],
+            &[("type", "event")],
+            &[("type", "counter")],
+            &[("type", "counter"), ("type", "event")],
+            &[("log_type", "ERR")],
+            &[("log_type", "OUT"), ("source_id", "api")],
+            &[("tag.job", "worker")],
+            &[("tag.k8s.ns", "prod"), ("log_type", "ERR")],
+            &[("query", "db")],
+            &[("query", "\"connection refused\"")],
+            &[("query", "GET NOT orders")],
+            &[("query", "deployed OR timeout")],
+            &[("query", "source_id:api AND 200")],
+        ];
+        for selection in selections {
+            let pairs = selection
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()));
+            let filter = TailFilter::from_pairs(pairs, &searcher).expect("filter");
+            let live: Vec<u64> = indexed
+                .iter()
+                .filter(|position| filter.matches(&all[**position]))
+                .map(|position| *position as u64)
+                .collect();
+            let query = filter.index_query(searcher.schema()).expect("index query");
+            let tantivy_searcher = reader.searcher();
+            let addresses = tantivy_searcher
+                .search(query.as_ref(), &DocSetCollector)
+                .expect("search");
+            let mut found: Vec<u64> = addresses
+                .into_iter()
+                .map(|address| {
+                    tantivy_searcher
+                        .segment_reader(address.segment_ord)
+                        .fast_fields()
+                        .u64("bus_offset")
+                        .expect("column")
+                        .first(address.doc_id)
+                        .expect("offset")
+                })
+                .collect();
+            found.sort_unstable();
+            assert_eq!(found, live, "selection {selection:?}");
+        }
+    }
 }
