@@ -138,14 +138,7 @@ impl Searcher {
         // Newest hours first, newest documents first, until the limit is reached; every
         // hour is counted.
         for hour in &hours {
-            let reader = self.reader(*hour)?;
-            reader.reload().map_err(|error| {
-                SluiceError::internal(format!(
-                    "failed to reload {}: {error}",
-                    hour.partition_name()
-                ))
-            })?;
-            let searcher = reader.searcher();
+            let searcher = self.fresh_searcher(*hour)?;
             let wanted = request.limit.saturating_sub(history.envelopes.len()).max(1);
             let (count, top) = searcher
                 .search(
@@ -205,17 +198,9 @@ impl Searcher {
                 .and_then(|value| value.as_str().map(str::to_owned))
                 .unwrap_or_default()
         };
-        let tags = document
-            .get_first(fields.tags)
-            .and_then(|value| value.as_object())
-            .map(|object| {
-                object
-                    .filter_map(|(key, value)| {
-                        value.as_str().map(|text| (key.to_owned(), text.to_owned()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let tags = crate::search::stored_tags(document, fields.tags)
+            .into_iter()
+            .collect();
         let message = text(fields.message);
         let message = match text(fields.log_type).as_str() {
             "EVENT" => {

@@ -214,6 +214,18 @@ impl Searcher {
             .ok_or_else(|| SluiceError::internal("reader vanished"))
     }
 
+    /// A searcher over `hour`'s latest commit.
+    pub(crate) fn fresh_searcher(&self, hour: Hour) -> Result<tantivy::Searcher, SluiceError> {
+        let reader = self.reader(hour)?;
+        reader.reload().map_err(|error| {
+            SluiceError::internal(format!(
+                "failed to reload {}: {error}",
+                hour.partition_name()
+            ))
+        })?;
+        Ok(reader.searcher())
+    }
+
     /// Runs `request`. Blocking: call it from a blocking thread.
     pub fn search(&self, request: &SearchRequest) -> Result<SearchResponse, SluiceError> {
         let started = Instant::now();
@@ -246,14 +258,7 @@ impl Searcher {
         let mut total = 0_u64;
         let mut hits = Vec::new();
         for hour in &hours {
-            let reader = self.reader(*hour)?;
-            reader.reload().map_err(|error| {
-                SluiceError::internal(format!(
-                    "failed to reload {}: {error}",
-                    hour.partition_name()
-                ))
-            })?;
-            let searcher = reader.searcher();
+            let searcher = self.fresh_searcher(*hour)?;
             // Only partitions that the range cuts need the timestamp condition.
             let bounded: Box<dyn Query> = if start > hour.start_nanos() || end < hour.end_nanos() {
                 let range = RangeQuery::new(
@@ -336,17 +341,7 @@ impl Searcher {
             .get_first(fields.timestamp)
             .and_then(|value| value.as_i64())
             .unwrap_or_default();
-        let tags = document
-            .get_first(fields.tags)
-            .and_then(|value| value.as_object())
-            .map(|object| {
-                object
-                    .filter_map(|(key, value)| {
-                        value.as_str().map(|text| (key.to_owned(), text.to_owned()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let tags = stored_tags(&document, fields.tags);
         Ok(SearchHit {
             timestamp,
             time: sluice_common::time::format_rfc3339_nanos(timestamp),
@@ -361,6 +356,24 @@ impl Searcher {
             tags,
         })
     }
+}
+
+/// A document's stored tags.
+pub(crate) fn stored_tags(
+    document: &TantivyDocument,
+    field: tantivy::schema::Field,
+) -> BTreeMap<String, String> {
+    document
+        .get_first(field)
+        .and_then(|value| value.as_object())
+        .map(|object| {
+            object
+                .filter_map(|(key, value)| {
+                    value.as_str().map(|text| (key.to_owned(), text.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
