@@ -11,11 +11,12 @@ use std::ops::Bound;
 
 use sluice_bus::Partition;
 use sluice_common::SluiceError;
+use sluice_common::time::Hour;
 use sluice_proto::v2::{Envelope, Event, Log, envelope, log};
-use tantivy::collector::{Count, TopDocs};
+use tantivy::collector::{Count, DocSetCollector, TopDocs};
 use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value};
-use tantivy::{Order, TantivyDocument, Term};
+use tantivy::{DocAddress, Order, TantivyDocument, Term};
 
 use crate::search::Searcher;
 
@@ -40,6 +41,17 @@ pub struct PartitionRange {
     pub to: u64,
 }
 
+/// Which envelopes a history keeps when more match than its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryOrder {
+    /// The newest by timestamp (`tail=N`, `since=`): what a reader starting now wants.
+    NewestByTime,
+    /// The first in bus order, whole records only, so that the next page starts at
+    /// [`History::next`] without skipping or repeating (resuming and healing a range). Takes
+    /// one partition.
+    OldestByPosition,
+}
+
 /// What to fetch.
 pub struct HistoryRequest<'a> {
     /// The documents to select (a tail's selectors and text filter, as an index query).
@@ -48,30 +60,91 @@ pub struct HistoryRequest<'a> {
     pub start_ns: Option<i64>,
     /// The bus ranges, per partition; partitions not named are not searched.
     pub ranges: BTreeMap<Partition, PartitionRange>,
-    /// At most this many envelopes: the newest by timestamp when more match.
+    /// At most this many envelopes (see [`HistoryOrder`] for which).
     pub limit: usize,
+    /// Which to keep when more match than the limit.
+    pub order: HistoryOrder,
+}
+
+/// One indexed envelope and its identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    /// Where it is on the bus.
+    pub position: BusPosition,
+    /// The agent that sent its batch.
+    pub agent_id: String,
+    /// The batch's sequence number at that agent.
+    pub sequence: u64,
+    /// The envelope, as far as the index keeps it.
+    pub envelope: Envelope,
 }
 
 /// What was found.
 #[derive(Debug, Default)]
 pub struct History {
     /// Matching envelopes in bus order (partition, offset, index).
-    pub envelopes: Vec<(BusPosition, Envelope)>,
-    /// How many matched in all (more than `envelopes` holds when the limit cut them).
+    pub entries: Vec<HistoryEntry>,
+    /// How many matched in all (more than `entries` holds when the limit cut them).
     pub matched: u64,
+    /// With [`HistoryOrder::OldestByPosition`], where the rest of the range starts when the
+    /// limit cut it; `None` when the range is complete.
+    pub next: Option<BusPosition>,
+}
+
+/// What the index holds of one bus record (see [`Searcher::census`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCensus {
+    /// Documents indexed from the record (its logs and events).
+    pub indexed: u64,
+    /// Envelopes the record held in all.
+    pub envelopes: u64,
 }
 
 impl Searcher {
     /// Fetches the indexed envelopes `request` selects. Blocking: call it from a blocking
     /// thread.
     pub fn history(&self, request: &HistoryRequest<'_>) -> Result<History, SluiceError> {
+        if request.order == HistoryOrder::OldestByPosition && request.ranges.len() > 1 {
+            return Err(SluiceError::internal(
+                "a history in bus order takes one partition at a time",
+            ));
+        }
+        let Some(ranges) = self.range_query(&request.ranges) else {
+            return Ok(History::default());
+        };
+        if request.limit == 0 {
+            return Ok(History::default());
+        }
         let fields = self.store().fields().clone();
-        let start = request.start_ns.unwrap_or(i64::MIN);
+        let mut conditions: Vec<(Occur, Box<dyn Query>)> = vec![
+            (Occur::Must, request.query.box_clone()),
+            (Occur::Must, ranges),
+        ];
+        if let Some(start) = request.start_ns {
+            conditions.push((
+                Occur::Must,
+                Box::new(RangeQuery::new(
+                    Bound::Included(Term::from_field_i64(fields.timestamp, start)),
+                    Bound::Unbounded,
+                )),
+            ));
+        }
+        let query = BooleanQuery::new(conditions);
         let mut hours = self.store().list()?;
-        hours.retain(|hour| hour.end_nanos() > start);
-        hours.reverse();
+        if let Some(start) = request.start_ns {
+            hours.retain(|hour| hour.end_nanos() > start);
+        }
+        match request.order {
+            HistoryOrder::NewestByTime => self.newest(&query, &hours, request.limit),
+            HistoryOrder::OldestByPosition => self.oldest(request, &query, &hours),
+        }
+    }
+
+    /// The documents of `ranges`, or `None` when the ranges are all empty.
+    fn range_query(&self, ranges: &BTreeMap<Partition, PartitionRange>) -> Option<Box<dyn Query>> {
+        let fields = self.store().fields();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for (partition, range) in &request.ranges {
+        for (partition, range) in ranges {
             if range.from.offset >= range.to {
                 continue;
             }
@@ -117,49 +190,173 @@ impl Searcher {
                 clauses.push((Occur::Should, Box::new(rest)));
             }
         }
-        if clauses.is_empty() || request.limit == 0 {
-            return Ok(History::default());
+        if clauses.is_empty() {
+            return None;
         }
-        let mut conditions: Vec<(Occur, Box<dyn Query>)> = vec![
-            (Occur::Must, request.query.box_clone()),
-            (Occur::Must, Box::new(BooleanQuery::new(clauses))),
-        ];
-        if request.start_ns.is_some() {
-            conditions.push((
-                Occur::Must,
-                Box::new(RangeQuery::new(
-                    Bound::Included(Term::from_field_i64(fields.timestamp, start)),
-                    Bound::Unbounded,
-                )),
-            ));
-        }
-        let query = BooleanQuery::new(conditions);
+        Some(Box::new(BooleanQuery::new(clauses)))
+    }
+
+    /// Newest hours first, newest documents first, until the limit is reached; every hour is
+    /// counted.
+    fn newest(
+        &self,
+        query: &dyn Query,
+        hours: &[Hour],
+        limit: usize,
+    ) -> Result<History, SluiceError> {
         let mut history = History::default();
-        // Newest hours first, newest documents first, until the limit is reached; every
-        // hour is counted.
-        for hour in &hours {
+        for hour in hours.iter().rev() {
             let searcher = self.fresh_searcher(*hour)?;
-            let wanted = request.limit.saturating_sub(history.envelopes.len()).max(1);
+            let wanted = limit.saturating_sub(history.entries.len()).max(1);
             let (count, top) = searcher
                 .search(
-                    &query,
+                    query,
                     &(
                         Count,
                         TopDocs::with_limit(wanted)
                             .order_by_fast_field::<i64>("timestamp", Order::Desc),
                     ),
                 )
-                .map_err(|error| {
-                    SluiceError::internal(format!(
-                        "history search failed on {}: {error}",
-                        hour.partition_name()
-                    ))
-                })?;
+                .map_err(|error| history_failed(*hour, &error))?;
             history.matched += count as u64;
             for (_, address) in top {
-                if history.envelopes.len() >= request.limit {
+                if history.entries.len() >= limit {
                     break;
                 }
+                history.entries.push(self.entry(&searcher, address)?);
+            }
+        }
+        history.entries.sort_by_key(|entry| entry.position);
+        Ok(history)
+    }
+
+    /// The first `request.limit` documents of one partition's range by bus position, whole
+    /// records only (unless one record alone holds more, which then comes whole).
+    fn oldest(
+        &self,
+        request: &HistoryRequest<'_>,
+        query: &dyn Query,
+        hours: &[Hour],
+    ) -> Result<History, SluiceError> {
+        // Each hour's first `limit` by offset hold, between them, every document below the
+        // `limit`-th smallest offset overall.
+        let mut candidates: Vec<(u64, Hour, DocAddress)> = Vec::new();
+        let mut matched = 0_u64;
+        for hour in hours {
+            let searcher = self.fresh_searcher(*hour)?;
+            let (count, top) = searcher
+                .search(
+                    query,
+                    &(
+                        Count,
+                        TopDocs::with_limit(request.limit)
+                            .order_by_fast_field::<u64>("bus_offset", Order::Asc),
+                    ),
+                )
+                .map_err(|error| history_failed(*hour, &error))?;
+            matched += count as u64;
+            candidates.extend(
+                top.into_iter()
+                    .map(|(offset, address)| (offset.unwrap_or_default(), *hour, address)),
+            );
+        }
+        candidates.sort_by_key(|(offset, _, _)| *offset);
+        let mut next = None;
+        if matched > request.limit as u64 {
+            let cut = candidates[request.limit - 1].0;
+            let first = candidates[0].0;
+            if cut > first {
+                candidates.retain(|(offset, _, _)| *offset < cut);
+                next = Some(BusPosition {
+                    partition: self.only_partition(request),
+                    offset: cut,
+                    index: 0,
+                });
+            } else {
+                // One record holds more matches than a page: that record alone, whole.
+                let partition = self.only_partition(request);
+                let range = request.ranges.get(&partition).copied();
+                let from_index = range
+                    .filter(|range| range.from.offset == cut)
+                    .map_or(0, |range| range.from.index);
+                let single = HistoryRequest {
+                    query: request.query,
+                    start_ns: request.start_ns,
+                    ranges: [(
+                        partition,
+                        PartitionRange {
+                            from: BusPosition {
+                                partition,
+                                offset: cut,
+                                index: from_index,
+                            },
+                            to: cut + 1,
+                        },
+                    )]
+                    .into_iter()
+                    .collect(),
+                    limit: usize::try_from(matched).unwrap_or(usize::MAX),
+                    order: HistoryOrder::NewestByTime,
+                };
+                let mut whole = self.history(&single)?;
+                whole.matched = matched;
+                whole.next =
+                    (range.is_some_and(|range| cut + 1 < range.to)).then_some(BusPosition {
+                        partition,
+                        offset: cut + 1,
+                        index: 0,
+                    });
+                return Ok(whole);
+            }
+        }
+        let mut history = History {
+            entries: Vec::with_capacity(candidates.len()),
+            matched,
+            next,
+        };
+        let mut searchers: BTreeMap<Hour, tantivy::Searcher> = BTreeMap::new();
+        for (_, hour, address) in candidates {
+            if !searchers.contains_key(&hour) {
+                searchers.insert(hour, self.fresh_searcher(hour)?);
+            }
+            let searcher = &searchers[&hour];
+            history.entries.push(self.entry(searcher, address)?);
+        }
+        history.entries.sort_by_key(|entry| entry.position);
+        Ok(history)
+    }
+
+    fn only_partition(&self, request: &HistoryRequest<'_>) -> Partition {
+        request.ranges.keys().next().copied().unwrap_or_default()
+    }
+
+    /// For each record of `partition` in `from..to` that the index holds anything of, how
+    /// many envelopes it held and how many were indexed. Records it holds nothing of (all
+    /// metrics, or never indexed) are absent. Blocking.
+    pub fn census(
+        &self,
+        partition: Partition,
+        from: u64,
+        to: u64,
+    ) -> Result<BTreeMap<u64, RecordCensus>, SluiceError> {
+        let range = PartitionRange {
+            from: BusPosition {
+                partition,
+                offset: from,
+                index: 0,
+            },
+            to,
+        };
+        let mut census: BTreeMap<u64, RecordCensus> = BTreeMap::new();
+        let Some(query) = self.range_query(&[(partition, range)].into_iter().collect()) else {
+            return Ok(census);
+        };
+        for hour in self.store().list()? {
+            let searcher = self.fresh_searcher(hour)?;
+            let addresses = searcher
+                .search(query.as_ref(), &DocSetCollector)
+                .map_err(|error| history_failed(hour, &error))?;
+            for address in addresses {
                 let segment = searcher.segment_reader(address.segment_ord);
                 let column = |name: &str| {
                     segment
@@ -168,25 +365,57 @@ impl Searcher {
                         .ok()
                         .and_then(|column| column.first(address.doc_id))
                 };
-                let position = BusPosition {
-                    partition: column("bus_partition")
-                        .and_then(|partition| u32::try_from(partition).ok())
-                        .unwrap_or_default(),
-                    offset: column("bus_offset").unwrap_or_default(),
-                    index: column("bus_index")
-                        .and_then(|index| u32::try_from(index).ok())
-                        .unwrap_or_default(),
+                let Some(offset) = column("bus_offset") else {
+                    continue;
                 };
-                let document: TantivyDocument = searcher.doc(address).map_err(|error| {
-                    SluiceError::internal(format!("failed to load a document: {error}"))
-                })?;
-                history
+                let record = census.entry(offset).or_default();
+                record.indexed += 1;
+                record.envelopes = record
                     .envelopes
-                    .push((position, self.envelope_of(&document)));
+                    .max(column("bus_batch_envelopes").unwrap_or_default());
             }
         }
-        history.envelopes.sort_by_key(|(position, _)| *position);
-        Ok(history)
+        Ok(census)
+    }
+
+    fn entry(
+        &self,
+        searcher: &tantivy::Searcher,
+        address: DocAddress,
+    ) -> Result<HistoryEntry, SluiceError> {
+        let segment = searcher.segment_reader(address.segment_ord);
+        let column = |name: &str| {
+            segment
+                .fast_fields()
+                .u64(name)
+                .ok()
+                .and_then(|column| column.first(address.doc_id))
+        };
+        let position = BusPosition {
+            partition: column("bus_partition")
+                .and_then(|partition| u32::try_from(partition).ok())
+                .unwrap_or_default(),
+            offset: column("bus_offset").unwrap_or_default(),
+            index: column("bus_index")
+                .and_then(|index| u32::try_from(index).ok())
+                .unwrap_or_default(),
+        };
+        let document: TantivyDocument = searcher.doc(address).map_err(|error| {
+            SluiceError::internal(format!("failed to load a document: {error}"))
+        })?;
+        let fields = self.store().fields();
+        Ok(HistoryEntry {
+            position,
+            agent_id: document
+                .get_first(fields.agent_id)
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            sequence: document
+                .get_first(fields.sequence)
+                .and_then(|value| value.as_u64())
+                .unwrap_or_default(),
+            envelope: self.envelope_of(&document),
+        })
     }
 
     /// The envelope a document was made from, as far as the index keeps it.
@@ -231,6 +460,13 @@ impl Searcher {
             ..Default::default()
         }
     }
+}
+
+fn history_failed(hour: Hour, error: &tantivy::TantivyError) -> SluiceError {
+    SluiceError::internal(format!(
+        "history search failed on {}: {error}",
+        hour.partition_name()
+    ))
 }
 
 #[cfg(test)]
@@ -306,6 +542,7 @@ mod tests {
                 partition: position.partition,
                 offset: position.offset,
                 index: position.index,
+                batch_envelopes: 3,
             };
             writer
                 .add_document(store.fields().document(envelope, origin).expect("indexed"))
@@ -342,14 +579,24 @@ mod tests {
                 start_ns: None,
                 ranges: range(1, 1, 3),
                 limit: 100,
+                order: HistoryOrder::NewestByTime,
             })
             .expect("history");
         // From record 1's second envelope up to (not including) record 3, across two hours.
         assert_eq!(history.matched, 5);
         let expected: Vec<(BusPosition, Envelope)> = all[4..9].to_vec();
-        assert_eq!(
-            history.envelopes, expected,
-            "the envelopes come back as they went in"
+        let got: Vec<(BusPosition, Envelope)> = history
+            .entries
+            .iter()
+            .map(|entry| (entry.position, entry.envelope.clone()))
+            .collect();
+        assert_eq!(got, expected, "the envelopes come back as they went in");
+        assert!(
+            history
+                .entries
+                .iter()
+                .all(|entry| entry.agent_id == "agent" && entry.sequence == entry.position.offset),
+            "each carries its batch's identity"
         );
 
         // The newest by timestamp when the limit cuts, still in bus order; a start time and
@@ -360,13 +607,14 @@ mod tests {
                 start_ns: None,
                 ranges: range(0, 0, 4),
                 limit: 4,
+                order: HistoryOrder::NewestByTime,
             })
             .expect("history");
         assert_eq!(limited.matched, 12);
         let positions: Vec<(u64, u32)> = limited
-            .envelopes
+            .entries
             .iter()
-            .map(|(position, _)| (position.offset, position.index))
+            .map(|entry| (entry.position.offset, entry.position.index))
             .collect();
         assert_eq!(positions, vec![(2, 2), (3, 0), (3, 1), (3, 2)]);
         let query = searcher.parse("source_id:a").expect("query");
@@ -376,13 +624,94 @@ mod tests {
                 start_ns: Some(all[3].1.timestamp),
                 ranges: range(0, 0, 4),
                 limit: 100,
+                order: HistoryOrder::NewestByTime,
             })
             .expect("history");
         let positions: Vec<u64> = narrowed
-            .envelopes
+            .entries
             .iter()
-            .map(|(position, _)| position.offset)
+            .map(|entry| entry.position.offset)
             .collect();
         assert_eq!(positions, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn pages_in_bus_order_cover_a_range_once_each_in_whole_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let all = indexed(dir.path());
+        let searcher = Searcher::new(dir.path());
+        // Pages of 4 from record 0's second envelope: a page never ends inside a record (4
+        // would cut record 1), and one record larger than the page comes whole.
+        for limit in [1_usize, 2, 4, 5, 100] {
+            let mut from = BusPosition {
+                partition: 0,
+                offset: 0,
+                index: 1,
+            };
+            let mut seen = Vec::new();
+            loop {
+                let page = searcher
+                    .history(&HistoryRequest {
+                        query: &AllQuery,
+                        start_ns: None,
+                        ranges: range(from.offset, from.index, 4),
+                        limit,
+                        order: HistoryOrder::OldestByPosition,
+                    })
+                    .expect("page");
+                let mut records: Vec<u64> = page
+                    .entries
+                    .iter()
+                    .map(|entry| entry.position.offset)
+                    .collect();
+                records.dedup();
+                for record in &records {
+                    let wanted = if *record == from.offset {
+                        3 - from.index
+                    } else {
+                        3
+                    };
+                    let got = page
+                        .entries
+                        .iter()
+                        .filter(|entry| entry.position.offset == *record)
+                        .count();
+                    assert_eq!(got as u32, wanted, "limit {limit}: record {record} whole");
+                }
+                seen.extend(page.entries.into_iter().map(|entry| entry.position));
+                match page.next {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+            let expected: Vec<BusPosition> =
+                all[1..].iter().map(|(position, _)| *position).collect();
+            assert_eq!(
+                seen, expected,
+                "limit {limit}: every envelope once, in order"
+            );
+        }
+    }
+
+    #[test]
+    fn the_census_tells_how_much_of_each_record_the_index_holds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        indexed(dir.path());
+        let searcher = Searcher::new(dir.path());
+        let census = searcher.census(0, 1, 3).expect("census");
+        let expected: BTreeMap<u64, RecordCensus> = [1, 2]
+            .into_iter()
+            .map(|offset| {
+                (
+                    offset,
+                    RecordCensus {
+                        indexed: 3,
+                        envelopes: 3,
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(census, expected);
+        assert!(searcher.census(1, 0, 4).expect("census").is_empty());
     }
 }

@@ -429,6 +429,7 @@ impl IndexingStage {
                 partition: record.partition,
                 offset: record.offset,
                 index: u32::try_from(index).unwrap_or(u32::MAX),
+                batch_envelopes: u32::try_from(batch.envelopes.len()).unwrap_or(u32::MAX),
             };
             let Some(document) = fields.document(envelope, origin) else {
                 skipped += 1;

@@ -53,6 +53,10 @@ pub struct Fields {
     pub bus_offset: Field,
     /// `bus_index`.
     pub bus_index: Field,
+    /// `bus_batch_envelopes`: how many envelopes the document's bus record held in all, so
+    /// that a tail which lost the record can tell how many of them the index cannot give back
+    /// (metrics are not indexed).
+    pub bus_batch_envelopes: Field,
 }
 
 /// Where a document came from on the bus.
@@ -68,6 +72,8 @@ pub struct Origin<'a> {
     pub offset: u64,
     /// The envelope's position in the batch.
     pub index: u32,
+    /// How many envelopes the batch holds.
+    pub batch_envelopes: u32,
 }
 
 impl Fields {
@@ -93,6 +99,7 @@ impl Fields {
         let bus_partition = builder.add_u64_field("bus_partition", INDEXED | FAST);
         let bus_offset = builder.add_u64_field("bus_offset", INDEXED | FAST);
         let bus_index = builder.add_u64_field("bus_index", INDEXED | FAST);
+        let bus_batch_envelopes = builder.add_u64_field("bus_batch_envelopes", FAST);
         Fields {
             schema: builder.build(),
             timestamp,
@@ -107,6 +114,7 @@ impl Fields {
             bus_partition,
             bus_offset,
             bus_index,
+            bus_batch_envelopes,
         }
     }
 
@@ -144,6 +152,7 @@ impl Fields {
         document.add_u64(self.bus_partition, u64::from(origin.partition));
         document.add_u64(self.bus_offset, origin.offset);
         document.add_u64(self.bus_index, u64::from(origin.index));
+        document.add_u64(self.bus_batch_envelopes, u64::from(origin.batch_envelopes));
         Some(document)
     }
 }

@@ -460,6 +460,7 @@ mod tests {
                     partition: 0,
                     offset: offset as u64,
                     index: 0,
+                    batch_envelopes: 1,
                 };
                 writer
                     .add_document(store.fields().document(&envelope, origin).expect("log"))

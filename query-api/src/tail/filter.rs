@@ -476,6 +476,7 @@ mod tests {
                 partition: 0,
                 offset: position as u64,
                 index: 0,
+                batch_envelopes: 1,
             };
             if let Some(document) = store.fields().document(envelope, origin) {
                 writer.add_document(document).expect("add");
