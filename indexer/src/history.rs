@@ -92,12 +92,14 @@ pub struct History {
 }
 
 /// What the index holds of one bus record (see [`Searcher::census`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordCensus {
     /// Documents indexed from the record (its logs and events).
     pub indexed: u64,
     /// Envelopes the record held in all.
     pub envelopes: u64,
+    /// The oldest and newest timestamp (ns) of its indexed envelopes.
+    pub time_range: (i64, i64),
 }
 
 impl Searcher {
@@ -316,10 +318,12 @@ impl Searcher {
         };
         let mut searchers: BTreeMap<Hour, tantivy::Searcher> = BTreeMap::new();
         for (_, hour, address) in candidates {
-            if !searchers.contains_key(&hour) {
-                searchers.insert(hour, self.fresh_searcher(hour)?);
-            }
-            let searcher = &searchers[&hour];
+            let searcher = match searchers.entry(hour) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(self.fresh_searcher(hour)?)
+                }
+            };
             history.entries.push(self.entry(searcher, address)?);
         }
         history.entries.sort_by_key(|entry| entry.position);
@@ -368,8 +372,22 @@ impl Searcher {
                 let Some(offset) = column("bus_offset") else {
                     continue;
                 };
-                let record = census.entry(offset).or_default();
+                let timestamp = segment
+                    .fast_fields()
+                    .i64("timestamp")
+                    .ok()
+                    .and_then(|column| column.first(address.doc_id))
+                    .unwrap_or_default();
+                let record = census.entry(offset).or_insert(RecordCensus {
+                    indexed: 0,
+                    envelopes: 0,
+                    time_range: (timestamp, timestamp),
+                });
                 record.indexed += 1;
+                record.time_range = (
+                    record.time_range.0.min(timestamp),
+                    record.time_range.1.max(timestamp),
+                );
                 record.envelopes = record
                     .envelopes
                     .max(column("bus_batch_envelopes").unwrap_or_default());
@@ -696,17 +714,19 @@ mod tests {
     #[test]
     fn the_census_tells_how_much_of_each_record_the_index_holds() {
         let dir = tempfile::tempdir().expect("temp dir");
-        indexed(dir.path());
+        let all = indexed(dir.path());
         let searcher = Searcher::new(dir.path());
         let census = searcher.census(0, 1, 3).expect("census");
-        let expected: BTreeMap<u64, RecordCensus> = [1, 2]
+        let expected: BTreeMap<u64, RecordCensus> = [1_usize, 2]
             .into_iter()
             .map(|offset| {
+                let stamped = |index: usize| all[offset * 3 + index].1.timestamp;
                 (
-                    offset,
+                    offset as u64,
                     RecordCensus {
                         indexed: 3,
                         envelopes: 3,
+                        time_range: (stamped(0), stamped(2)),
                     },
                 )
             })

@@ -394,7 +394,7 @@ mod tests {
         let deep_not = format!("{}a", "NOT ".repeat(20_000));
         let deep_field = "message:(".repeat(20_000);
         for query in [&deep_parentheses, &deep_not, &deep_field] {
-            let error = searcher.parse(query).err().expect("refused");
+            let error = searcher.parse(query).expect_err("refused");
             assert!(error.message().contains("nested"), "{error}");
         }
         let fine = format!("{}a OR b{}", "(".repeat(32), ")".repeat(32));
@@ -421,7 +421,7 @@ mod tests {
             "tags.a\u{1}b:x",
             "message:a\u{7f}",
         ] {
-            let error = searcher.parse(query).err().expect("refused");
+            let error = searcher.parse(query).expect_err("refused");
             assert!(error.message().contains("control character"), "{error}");
         }
         searcher

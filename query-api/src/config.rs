@@ -14,9 +14,6 @@ pub struct RawQueryApiConfig {
     /// HTTP listen address.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
-    /// Doppler whose live egress feeds `/api/v1/tail`, as `host:port`.
-    #[serde(default = "default_tail_doppler")]
-    pub doppler: String,
     /// Largest `limit` a search may ask for.
     #[serde(default = "default_max_search_limit")]
     pub max_search_limit: usize,
@@ -35,13 +32,51 @@ pub struct RawQueryApiConfig {
     /// in the answer as unavailable.
     #[serde(default = "default_indexer_timeout")]
     pub indexer_timeout: String,
+    /// `[query_api.tail]`: live tails.
+    #[serde(default)]
+    pub tail: RawTailConfig,
+}
+
+/// `[query_api.tail]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTailConfig {
+    /// Tails open at once, in all; more are refused with 429.
+    #[serde(default = "default_max_tails")]
+    pub max_tails: usize,
+    /// Tails open at once from one client address; more are refused with 429.
+    #[serde(default = "default_max_tails_per_client")]
+    pub max_tails_per_client: usize,
+    /// Most history envelopes a tail sends (`tail=N` may ask for up to this many; `since=`
+    /// sends the newest this many and says so when more matched).
+    #[serde(default = "default_max_history")]
+    pub max_history: usize,
+    /// How often an idle tail sends a heartbeat with its cursor.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: String,
+    /// Events queued between a tail's bus reader and its client; past it the reader waits
+    /// (and falls behind on the bus, which the ingest path never notices).
+    #[serde(default = "default_queue_events")]
+    pub queue_events: usize,
 }
 
 fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
-fn default_tail_doppler() -> String {
-    "127.0.0.1:8082".to_owned()
+fn default_max_tails() -> usize {
+    256
+}
+fn default_max_tails_per_client() -> usize {
+    32
+}
+fn default_max_history() -> usize {
+    100_000
+}
+fn default_heartbeat() -> String {
+    "10s".to_owned()
+}
+fn default_queue_events() -> usize {
+    1024
 }
 fn default_max_search_limit() -> usize {
     10_000
@@ -61,8 +96,6 @@ fn default_indexer_timeout() -> String {
 pub struct QueryApiConfig {
     /// HTTP listen address.
     pub listen: SocketAddr,
-    /// Doppler for live tail.
-    pub doppler: String,
     /// Largest search limit.
     pub max_search_limit: usize,
     /// Largest SQL answer.
@@ -73,6 +106,8 @@ pub struct QueryApiConfig {
     pub indexers: Vec<String>,
     /// Per-indexer search deadline.
     pub indexer_timeout: Duration,
+    /// Live tails' limits.
+    pub tail: crate::tail::TailLimits,
 }
 impl RawQueryApiConfig {
     /// Checks every field.
@@ -80,16 +115,37 @@ impl RawQueryApiConfig {
         positive("query_api.max_search_limit", self.max_search_limit)?;
         positive("query_api.max_sql_rows", self.max_sql_rows)?;
         positive("query_api.max_sql_bytes", self.max_sql_bytes)?;
+        positive("query_api.tail.max_tails", self.tail.max_tails)?;
+        positive(
+            "query_api.tail.max_tails_per_client",
+            self.tail.max_tails_per_client,
+        )?;
+        positive("query_api.tail.max_history", self.tail.max_history)?;
+        positive("query_api.tail.queue_events", self.tail.queue_events)?;
+        let heartbeat = parse_duration("query_api.tail.heartbeat", &self.tail.heartbeat)?;
+        if heartbeat < Duration::from_millis(100) {
+            return Err(SluiceError::invalid(format!(
+                "query_api.tail.heartbeat: {:?} is below 100ms",
+                self.tail.heartbeat
+            )));
+        }
         Ok(QueryApiConfig {
             listen: self.listen,
-            doppler: self.doppler,
             max_search_limit: self.max_search_limit,
             max_sql_rows: self.max_sql_rows,
             max_sql_bytes: self.max_sql_bytes,
             indexer_timeout: parse_duration("query_api.indexer_timeout", &self.indexer_timeout)?,
             indexers: self.indexers,
+            tail: crate::tail::TailLimits {
+                max_tails: self.tail.max_tails,
+                max_tails_per_client: self.tail.max_tails_per_client,
+                max_history: self.tail.max_history,
+                heartbeat,
+                queue_events: self.tail.queue_events,
+            },
         })
     }
 }
 
 sluice_common::default_from_empty_table!(RawQueryApiConfig);
+sluice_common::default_from_empty_table!(RawTailConfig);

@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /api/v1/search?query=&start=&end=&limit=` | full-text search, newest first, exact total (over every indexer; `partial` says when one did not answer) |
-//! | `GET /api/v1/tail?source_id=…&instance_id=…&type=…&log_type=…&tag.NAME=…&query=…` | live envelopes as server-sent events, selected on the server |
+//! | `GET /api/v1/tail?source_id=…&instance_id=…&type=…&log_type=…&tag.NAME=…&query=…&since=…&tail=N&cursor=…` | history, then live envelopes, as server-sent events selected on the server, each with a resumable cursor (`Last-Event-ID`) |
 //! | `POST /api/v1/sql` | read-only DataFusion SQL over the archive (`{"query": "…"}` or plain text) |
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus text of every component in this process |
@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::QueryApiConfig;
+use sluice_bus::Bus;
 use sluice_common::SluiceError;
 use sluice_common::shutdown::Shutdown;
 use sluice_common::telemetry::Telemetry;
@@ -41,8 +42,8 @@ pub struct AppState {
     pub archive: Archive,
     /// The process's metric registry, served at `/metrics`.
     pub telemetry: Telemetry,
-    /// The live-tail source.
-    pub tail: tail::TailSource,
+    /// Live tails.
+    pub tails: tail::Tails,
     /// The search language's parser and schema, for tail filters.
     pub query_language: Arc<Searcher>,
     /// Limits.
@@ -51,11 +52,20 @@ pub struct AppState {
     pub metrics: metrics::QueryMetrics,
 }
 
+/// The bus live tails read, or why this process cannot read it.
+pub enum TailBus {
+    /// The bus.
+    Bus(Arc<dyn Bus>),
+    /// Tails are refused (503) with this reason.
+    Unreachable(String),
+}
+
 /// Serves the API on `config.listen` until `shutdown` fires.
 pub async fn run(
     config: QueryApiConfig,
     index_dir: PathBuf,
     archive: ArchiveLocation,
+    tail_bus: TailBus,
     tls: TlsMaterial,
     telemetry: Telemetry,
     mut shutdown: Shutdown,
@@ -68,18 +78,35 @@ pub async fn run(
             &tls,
             Arc::clone(&searcher),
         )?,
+        tails: {
+            let (bus, reason) = match tail_bus {
+                TailBus::Bus(bus) => (Some(bus), String::new()),
+                TailBus::Unreachable(reason) => (None, reason),
+            };
+            tail::Tails::new(
+                bus,
+                reason,
+                Arc::clone(&searcher),
+                config.indexers.is_empty(),
+                config.tail.clone(),
+                tail::metrics::TailMetrics::register(&telemetry),
+                shutdown.clone(),
+            )
+        },
         query_language: searcher,
         archive: Archive::open(&archive)?,
-        tail: tail::TailSource::new(&config.doppler, &tls)?,
         metrics: metrics::QueryMetrics::register(&telemetry),
         telemetry,
         config: config.clone(),
     };
     let listener = sluice_common::listen(config.listen, "query api").await?;
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-        .map_err(|error| SluiceError::internal(format!("query api failed: {error}")))
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.wait().await })
+    .await
+    .map_err(|error| SluiceError::internal(format!("query api failed: {error}")))
 }
 
 /// Serves `/metrics` and `/healthz` of `telemetry` on `listen` until `shutdown` fires: the

@@ -1,11 +1,12 @@
 //! The HTTP routes and their handlers.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, RawQuery, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -131,47 +132,159 @@ async fn search(State(state): State<AppState>, Query(params): Query<SearchParams
     respond(&state, "search", result)
 }
 
-async fn tail(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    // Selectors repeat (`source_id`, `type`), which the typed extractor does not allow: read
-    // pairs directly.
-    let pairs: Vec<(String, String)> = raw
-        .as_deref()
-        .map(|query| url_pairs(query).collect())
-        .unwrap_or_default();
-    let filter = match crate::tail::TailFilter::from_pairs(pairs, &state.query_language) {
-        Ok(filter) => filter,
-        Err(error) => {
-            state.metrics.request("tail", error.kind().http_status());
-            return ApiError(error).into_response();
-        }
-    };
-    let stream = match state.tail.subscribe(&filter.source_ids).await {
+async fn tail(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let result = async {
+        // Selectors repeat (`source_id`, `type`), which the typed extractor does not allow:
+        // read pairs directly.
+        let mut pairs: Vec<(String, String)> = raw
+            .as_deref()
+            .map(|query| url_pairs(query).collect())
+            .unwrap_or_default();
+        let take = |pairs: &mut Vec<(String, String)>, name: &str| {
+            let value = pairs
+                .iter()
+                .rev()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone());
+            pairs.retain(|(key, _)| key != name);
+            value
+        };
+        let since = take(&mut pairs, "since");
+        let last = take(&mut pairs, "tail");
+        let cursor = take(&mut pairs, "cursor").or_else(|| {
+            headers
+                .get("last-event-id")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        });
+        let start = tail_start(since.as_deref(), last.as_deref(), cursor.as_deref())?;
+        let filter = crate::tail::TailFilter::from_pairs(pairs, &state.query_language)?;
+        state.tails.open(client.ip(), filter, start).await
+    }
+    .await;
+    let stream = match result {
         Ok(stream) => stream,
         Err(error) => {
             state.metrics.request("tail", error.kind().http_status());
             return ApiError(error).into_response();
         }
     };
-    // The doppler selects by source; everything else is selected here, before the envelope
-    // is encoded for the client.
-    let stream = stream.filter(move |item| {
-        std::future::ready(match item {
-            Ok(envelope) => filter.matches(envelope),
-            Err(_) => true,
-        })
-    });
     state.metrics.request("tail", 200);
-    let events = stream.map(|item| -> Result<Event, Infallible> {
-        Ok(match item {
-            Ok(envelope) => {
-                Event::default().data(crate::tail::envelope_json(&envelope).to_string())
-            }
-            Err(status) => Event::default().event("error").data(status.message()),
-        })
-    });
+    let events = stream.map(|event| -> Result<Event, Infallible> { Ok(sse_event(&event)) });
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// Where a tail starts: `cursor` (or `Last-Event-ID`) resumes and wins; else `since=` (a
+/// duration back from now, `10m`, or a time) or `tail=N`; else live.
+fn tail_start(
+    since: Option<&str>,
+    last: Option<&str>,
+    cursor: Option<&str>,
+) -> Result<crate::tail::Start, SluiceError> {
+    use crate::tail::{Cursor, Start};
+    if let Some(cursor) = cursor.filter(|cursor| !cursor.trim().is_empty()) {
+        return Ok(Start::Resume(Cursor::parse(cursor)?));
+    }
+    match (since, last) {
+        (Some(_), Some(_)) => Err(SluiceError::invalid("give since= or tail=, not both")),
+        (Some(since), None) => {
+            let start = match sluice_common::config::parse_duration("since", since) {
+                Ok(back) => sluice_common::time::now_nanos()
+                    .saturating_sub(i64::try_from(back.as_nanos()).unwrap_or(i64::MAX)),
+                Err(_) => parse_time_nanos(since).ok_or_else(|| {
+                    SluiceError::invalid(format!(
+                        "since={since:?}: give a duration back from now (10m, 2h) or a time (RFC 3339, or seconds, ms or ns since the epoch)"
+                    ))
+                })?,
+            };
+            Ok(Start::Since(start))
+        }
+        (None, Some(last)) => last
+            .parse::<usize>()
+            .map(Start::Last)
+            .map_err(|_| SluiceError::invalid(format!("tail={last:?}: give a number of lines"))),
+        (None, None) => Ok(Start::Live),
+    }
+}
+
+/// The SSE form of a tail event: every event carries the cursor to resume after it as its
+/// `id:`; envelopes are the default event type, the rest are named.
+fn sse_event(event: &crate::tail::TailEvent) -> Event {
+    use crate::tail::TailEvent;
+    use serde_json::json;
+    match event {
+        TailEvent::Opened { tail_id, cursor } => Event::default()
+            .event("open")
+            .id(cursor.to_string())
+            .data(json!({"tail_id": tail_id, "cursor": cursor.to_string()}).to_string()),
+        TailEvent::Envelope { delivered, cursor } => Event::default()
+            .id(cursor.to_string())
+            .data(crate::tail::delivered_json(delivered).to_string()),
+        TailEvent::HistoryCut {
+            matched,
+            sent,
+            cursor,
+        } => Event::default()
+            .event("truncated")
+            .id(cursor.to_string())
+            .data(
+                json!({
+                    "matched": matched,
+                    "sent": sent,
+                    "reason": "more history matched than query_api.tail.max_history; the newest were sent",
+                })
+                .to_string(),
+            ),
+        TailEvent::Dropped { dropped, cursor } => {
+            let (start, end) = dropped
+                .time_range
+                .map(|(start, end)| {
+                    (
+                        json!(sluice_common::time::format_rfc3339_nanos(start)),
+                        json!(sluice_common::time::format_rfc3339_nanos(end)),
+                    )
+                })
+                .unwrap_or((serde_json::Value::Null, serde_json::Value::Null));
+            Event::default()
+                .event("dropped")
+                .id(cursor.to_string())
+                .data(
+                    json!({
+                        "count": dropped.envelopes,
+                        "unknown_records": dropped.unknown_records,
+                        "healed": dropped.healed,
+                        "partition": dropped.partition,
+                        "from_offset": dropped.from,
+                        "to_offset": dropped.to,
+                        "start": start,
+                        "end": end,
+                        "reason": "the bus released these records before this tail read them, and the index does not hold all of them (metrics are not indexed)",
+                    })
+                    .to_string(),
+                )
+        }
+        TailEvent::Heartbeat { cursor } => Event::default()
+            .event("heartbeat")
+            .id(cursor.to_string())
+            .data(
+                json!({
+                    "cursor": cursor.to_string(),
+                    "time": sluice_common::time::format_rfc3339_nanos(sluice_common::time::now_nanos()),
+                })
+                .to_string(),
+            ),
+        TailEvent::Closed { reason, cursor } => Event::default()
+            .event("close")
+            .id(cursor.to_string())
+            .data(json!({"reason": reason, "cursor": cursor.to_string()}).to_string()),
+    }
 }
 
 /// Decodes `application/x-www-form-urlencoded` pairs.

@@ -1,9 +1,8 @@
-//! The client commands: `emit`, `tail`, `search`, `sql`.
+//! The client commands `emit`, `search`, `sql` and `audit` (`tail` is in `tail.rs`).
 
 use std::io::BufRead;
 
 use anyhow::{Context, anyhow, bail};
-use futures::StreamExt;
 use serde_json::Value;
 use sluice_common::tls::{TlsMaterial, TlsPaths};
 use sluice_proto::v2::ingress_client::IngressClient;
@@ -11,7 +10,7 @@ use sluice_proto::v2::{Envelope, EnvelopeBatch, Log, envelope};
 use tonic::transport::Endpoint;
 
 use crate::output::{cell, print_table};
-use crate::{AuditArgs, EmitArgs, OutputFormat, SearchArgs, SqlArgs, TailArgs};
+use crate::{AuditArgs, EmitArgs, OutputFormat, SearchArgs, SqlArgs};
 
 /// `sluice emit`: sends lines through the agent's Loggregator ingress.
 pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
@@ -113,7 +112,7 @@ async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Val
     answer(response).await
 }
 
-async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+pub(crate) async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let body: Value = response
         .json()
@@ -342,97 +341,6 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         > 0
     {
         bail!("the audit found batches missing that nothing explains");
-    }
-    Ok(())
-}
-
-/// `sluice tail`: prints envelopes as they arrive.
-pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/tail", args.client.api.trim_end_matches('/'));
-    let mut params: Vec<(String, String)> = Vec::new();
-    params.extend(
-        args.source_id
-            .iter()
-            .map(|id| ("source_id".to_owned(), id.clone())),
-    );
-    params.extend(
-        args.instance_id
-            .iter()
-            .map(|id| ("instance_id".to_owned(), id.clone())),
-    );
-    params.extend(
-        args.types
-            .iter()
-            .map(|kind| ("type".to_owned(), kind.clone())),
-    );
-    params.extend(
-        args.log_type
-            .iter()
-            .map(|kind| ("log_type".to_owned(), kind.clone())),
-    );
-    for tag in &args.tag {
-        let (name, value) = tag
-            .split_once('=')
-            .with_context(|| format!("--tag {tag:?}: give NAME=VALUE"))?;
-        params.push((format!("tag.{name}"), value.to_owned()));
-    }
-    params.extend(
-        args.query
-            .iter()
-            .map(|query| ("query".to_owned(), query.clone())),
-    );
-    let response = reqwest::Client::new()
-        .get(&url)
-        .query(&params)
-        .send()
-        .await
-        .with_context(|| format!("failed to reach the query API at {url}"))?;
-    if !response.status().is_success() {
-        answer(response).await?;
-        bail!("the query API refused the tail");
-    }
-    let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut seen: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.context("the tail stream broke")?;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            let data: String = event
-                .lines()
-                .filter_map(|line| line.strip_prefix("data:"))
-                .map(|data| data.strip_prefix(' ').unwrap_or(data))
-                .collect::<Vec<_>>()
-                .join("\n");
-            if data.is_empty() {
-                continue;
-            }
-            if event.lines().any(|line| line.starts_with("event: error")) {
-                bail!("the tail stream failed: {data}");
-            }
-            match args.client.output {
-                OutputFormat::Json => println!("{data}"),
-                OutputFormat::Table => {
-                    let value: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    let text = match value.get("message") {
-                        Some(message) => cell(Some(message)),
-                        None => value.to_string(),
-                    };
-                    println!(
-                        "{}  {}/{}  {}",
-                        cell(value.get("time")),
-                        cell(value.get("source_id")),
-                        cell(value.get("instance_id")),
-                        text
-                    );
-                }
-            }
-            seen += 1;
-            if args.count.is_some_and(|count| seen >= count) {
-                return Ok(());
-            }
-        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod output;
 mod server;
+mod tail;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -163,6 +164,16 @@ struct TailArgs {
     /// Only lines matching this query (the search language: terms, phrases, NOT, fields).
     #[arg(long)]
     query: Option<String>,
+    /// Start with the matching lines of this long ago (`10m`, `2h`) or since this time
+    /// (RFC 3339), then go on live.
+    #[arg(long, conflicts_with_all = ["tail", "cursor"])]
+    since: Option<String>,
+    /// Start with the last N matching lines, then go on live.
+    #[arg(long, value_name = "N", conflicts_with = "cursor")]
+    tail: Option<usize>,
+    /// Resume exactly where an earlier tail stopped (the cursor it printed when it ended).
+    #[arg(long)]
+    cursor: Option<String>,
     /// Stop after this many envelopes.
     #[arg(long)]
     count: Option<u64>,
@@ -244,7 +255,7 @@ fn main() -> std::process::ExitCode {
             Command::Retention(args) => server::role(server::Role::Retention, args).await,
             Command::QueryApi(args) => server::role(server::Role::QueryApi, args).await,
             Command::Emit(args) => client::emit(args).await,
-            Command::Tail(args) => client::tail(args).await,
+            Command::Tail(args) => tail::tail(args).await,
             Command::Search(args) => client::search(args).await,
             Command::Sql(args) => client::sql(args).await,
             Command::Audit(args) => client::audit(args).await,

@@ -19,6 +19,7 @@ use sluice_common::shutdown::{Shutdown, ShutdownTrigger};
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tls::{TlsMaterial, ensure_local_ca};
 use sluice_indexer::config::IndexerConfig;
+use sluice_query_api::TailBus;
 use tokio::task::JoinHandle;
 use tracing::{error, info};
 
@@ -48,7 +49,6 @@ fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     if let Some(listen) = args.doppler_listen {
         raw.doppler.listen = listen;
         raw.agent.dopplers = vec![listen.to_string()];
-        raw.query_api.doppler = listen.to_string();
     }
     if let Some(listen) = args.http_listen {
         raw.query_api.listen = listen;
@@ -139,6 +139,7 @@ fn spawn_role(
 
 fn spawn_query_api(
     config: &Config,
+    tail_bus: TailBus,
     tls: TlsMaterial,
     telemetry: Telemetry,
     shutdown: Shutdown,
@@ -149,6 +150,7 @@ fn spawn_query_api(
             config.query_api.clone(),
             config.indexer.dir.clone(),
             config.retention.archive.clone(),
+            tail_bus,
             tls,
             telemetry,
             shutdown,
@@ -273,6 +275,7 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
         ),
         spawn_query_api(
             &config,
+            TailBus::Bus(Arc::clone(&bus)),
             tls.clone(),
             telemetry.clone(),
             serving_shutdown.clone(),
@@ -392,7 +395,18 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
                 )
             }
         }
-        Role::QueryApi => spawn_query_api(&config, load_tls(&config)?, telemetry, shutdown),
+        Role::QueryApi => {
+            // Tails read the bus; the embedded WAL is readable only inside its own process.
+            let tail_bus = match &config.bus {
+                BusConfig::Wal { .. } => TailBus::Unreachable(
+                    "live tails read the bus, and the embedded WAL bus lives inside the `sluice up` process: \
+                     tail through that process's query API, or set bus.kind = \"kafka\""
+                        .to_owned(),
+                ),
+                BusConfig::Kafka { .. } => TailBus::Bus(open_bus(&config, &telemetry).await?),
+            };
+            spawn_query_api(&config, tail_bus, load_tls(&config)?, telemetry, shutdown)
+        }
     };
     let mut handles = vec![handle];
     if let Some(listen) = config.telemetry_listen {

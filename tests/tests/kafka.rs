@@ -96,7 +96,7 @@ async fn every_role_as_its_own_process_gives_the_same_answers() {
         "data_dir = \"{}\"\n\n{}\n[agent]\nlisten = \"127.0.0.1:{agent}\"\ndopplers = [\"127.0.0.1:{doppler}\"]\n\n\
          [agent.elasticsearch]\nenabled = false\n\n[agent.syslog]\nenabled = false\n\n[agent.host_metrics]\nenabled = false\n\n[agent.otlp]\nenabled = false\n\n\
          [doppler]\nlisten = \"127.0.0.1:{doppler}\"\n\n[retention]\nflush_interval = \"1s\"\n\n\
-         [query_api]\nlisten = \"127.0.0.1:{http}\"\ndoppler = \"127.0.0.1:{doppler}\"\n",
+         [query_api]\nlisten = \"127.0.0.1:{http}\"\n",
         data_dir.display(),
         kafka_section(&unique("roles"))
     );

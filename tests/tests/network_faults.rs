@@ -299,7 +299,7 @@ async fn agent_cut_from_its_doppler_for_two_minutes_under_load_loses_nothing() {
              [agent.host_metrics]\nenabled = false\n[agent.otlp]\nenabled = false\n\
              [doppler]\nlisten = \"{doppler}\"\n\
              [retention]\nflush_interval = \"1s\"\n\
-             [query_api]\nlisten = \"127.0.0.1:{http_port}\"\ndoppler = \"{doppler}\"\n",
+             [query_api]\nlisten = \"127.0.0.1:{http_port}\"\n",
             free_port()
         ),
     )
@@ -460,7 +460,7 @@ async fn doppler_partition_broker_and_s3_unreachable_lose_nothing() {
              [retention]\narchive = \"s3://sluice-test/net\"\nflush_interval = \"1s\"\n\
              [retention.s3]\nendpoint = \"http://{}\"\nregion = \"us-east-1\"\n\
              access_key_id = \"sluice-test-key\"\nsecret_access_key = \"sluice-test-secret\"\nallow_http = true\n\
-             [query_api]\nlisten = \"127.0.0.1:{http_port}\"\ndoppler = \"{doppler}\"\n",
+             [query_api]\nlisten = \"127.0.0.1:{http_port}\"\n",
             broker.address, s3.address
         )
     };

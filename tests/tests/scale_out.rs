@@ -143,9 +143,8 @@ impl Topology {
                 .join(", ")
         };
         let section = format!(
-            "[query_api]\nlisten = \"{}\"\ndoppler = \"{}\"\nindexers = [{}]\nindexer_timeout = \"3s\"\n",
+            "[query_api]\nlisten = \"{}\"\nindexers = [{}]\nindexer_timeout = \"3s\"\n",
             topology.api,
-            topology.dopplers[0],
             quoted(&topology.indexers)
         );
         topology.launch("query-api", "query-api", &section);

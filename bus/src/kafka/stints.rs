@@ -252,13 +252,13 @@ impl StintLog<'_> {
                         records_read += 1;
                         // Tombstones have no payload; other groups' records are not ours.
                         match message.payload().and_then(Record::parse) {
-                            Some(Record::Snapshot(found)) if found.group == self.group => {
-                                if snapshot
-                                    .as_ref()
-                                    .is_none_or(|newest| found.covers > newest.covers)
-                                {
-                                    snapshot = Some(found);
-                                }
+                            Some(Record::Snapshot(found))
+                                if found.group == self.group
+                                    && snapshot
+                                        .as_ref()
+                                        .is_none_or(|newest| found.covers > newest.covers) =>
+                            {
+                                snapshot = Some(found);
                             }
                             Some(Record::Stint(stint)) if stint.group == self.group => {
                                 let key = message

@@ -100,13 +100,24 @@ impl TailFilter {
                     Some(name) if !name.is_empty() => filter.tags.push((name.to_owned(), value)),
                     _ => {
                         return Err(SluiceError::invalid(format!(
-                            "unknown tail parameter {key:?}: give source_id, instance_id, type, log_type, tag.NAME or query"
+                            "unknown tail parameter {key:?}: give source_id, instance_id, type, log_type, tag.NAME, query, since, tail or cursor"
                         )));
                     }
                 },
             }
         }
         Ok(filter)
+    }
+
+    /// Whether envelopes the index does not hold (counters, gauges, timers) may match: when
+    /// not, such envelopes in records a tail missed cannot be its loss.
+    pub fn may_select_unindexed(&self) -> bool {
+        self.log_type.is_none()
+            && (self.kinds.is_empty()
+                || self
+                    .kinds
+                    .iter()
+                    .any(|kind| !matches!(*kind, "log" | "event")))
     }
 
     /// The same selection as an index query: what [`TailFilter::matches`] selects among the

@@ -1,82 +1,36 @@
-//! Live tail: a subscription to a doppler's `loggregator.v2.Egress`, over mutual TLS, and
-//! what a tail selects (`filter.rs`).
+//! Live tail: history from the index, then the bus, with a cursor across both
+//! (`engine.rs`); what a tail selects (`filter.rs`); its cursor (`cursor.rs`); its metrics.
 
+pub mod cursor;
+pub mod engine;
 mod filter;
+pub mod metrics;
 
+pub use cursor::Cursor;
+pub use engine::{Delivered, Dropped, Start, TailEvent, TailLimits, TailStream, Tails};
 pub use filter::TailFilter;
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::time::Duration;
-
-use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
-use sluice_common::SluiceError;
 use sluice_common::envelope::{decode_payload, kind_name, merged_tags};
-use sluice_common::tls::TlsMaterial;
-use sluice_proto::v2::egress_client::EgressClient;
-use sluice_proto::v2::{EgressBatchRequest, Envelope, Selector, envelope, log};
-use tonic::transport::Channel;
+use sluice_proto::v2::{Envelope, envelope, log};
 
-/// Where live envelopes come from.
-#[derive(Clone)]
-pub struct TailSource {
-    client: EgressClient<Channel>,
-}
-
-impl TailSource {
-    /// A source reading the doppler at `address` (`host:port`); connects lazily.
-    pub fn new(address: &str, tls: &TlsMaterial) -> Result<TailSource, SluiceError> {
-        let channel = tls
-            .endpoint(address, "query_api.doppler", Duration::from_secs(5))?
-            .connect_lazy();
-        Ok(TailSource {
-            client: EgressClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
-        })
-    }
-
-    /// Subscribes to envelopes from `source_ids` (every source when empty). Each subscription
-    /// has its own shard, so it sees every matching envelope.
-    pub async fn subscribe(
-        &self,
-        source_ids: &[String],
-    ) -> Result<impl Stream<Item = Result<Envelope, tonic::Status>> + use<>, SluiceError> {
-        let selectors = if source_ids.is_empty() {
-            vec![Selector::default()]
-        } else {
-            source_ids
-                .iter()
-                .map(|source_id| Selector {
-                    source_id: source_id.clone(),
-                    message: None,
-                })
-                .collect()
-        };
-        let shard_id = format!(
-            "sluice-tail-{:016x}",
-            RandomState::new().hash_one(sluice_common::time::now_nanos())
+/// A delivered envelope as JSON for tail clients: the envelope, and its identity (the agent,
+/// the batch's sequence there, the envelope's position in the batch) and bus position.
+pub fn delivered_json(delivered: &Delivered) -> Value {
+    let mut value = envelope_json(&delivered.envelope);
+    if let Some(object) = value.as_object_mut() {
+        object.insert("agent_id".to_owned(), json!(delivered.agent_id));
+        object.insert("sequence".to_owned(), json!(delivered.sequence));
+        object.insert("index".to_owned(), json!(delivered.position.index));
+        object.insert(
+            "bus".to_owned(),
+            json!(format!(
+                "{}:{}",
+                delivered.position.partition, delivered.position.offset
+            )),
         );
-        let request = EgressBatchRequest {
-            shard_id,
-            selectors,
-            use_preferred_tags: true,
-            deterministic_name: String::new(),
-        };
-        let mut client = self.client.clone();
-        let response = client.batched_receiver(request).await.map_err(|status| {
-            SluiceError::unavailable(format!(
-                "failed to subscribe to the doppler: {}",
-                status.message()
-            ))
-        })?;
-        Ok(response.into_inner().flat_map(|batch| {
-            let envelopes: Vec<Result<Envelope, tonic::Status>> = match batch {
-                Ok(batch) => batch.batch.into_iter().map(Ok).collect(),
-                Err(status) => vec![Err(status)],
-            };
-            futures::stream::iter(envelopes)
-        }))
     }
+    value
 }
 
 /// An envelope as JSON for tail clients.
