@@ -19,6 +19,7 @@ use sluice_proto::v2::{Envelope, EnvelopeBatch, Log, envelope};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub mod netns;
+pub mod sse;
 
 /// A memory figure of process `pid` from `/proc/<pid>/status` (`VmRSS`, `VmHWM`, …), in
 /// bytes; 0 when the process is gone.
@@ -236,6 +237,14 @@ impl Sluice {
             log_path: data_dir.with_extension("attached.log"),
             config: None,
         }
+    }
+
+    /// Another handle on this Sluice, for a task of the test to talk to it (it does not stop
+    /// the process when dropped).
+    pub fn attach_clone(&self) -> Sluice {
+        let mut handle = Sluice::attach(&self.data_dir, &self.agent, &self.api);
+        handle.log_path = self.log_path.clone();
+        handle
     }
 
     /// The process's resident memory now, in bytes (from `/proc`).
@@ -462,7 +471,8 @@ pub async fn tail(api: &str, source_id: &str) -> tokio::sync::mpsc::UnboundedRec
     tail_with(api, &[("source_id", source_id)]).await
 }
 
-/// Subscribes to `/api/v1/tail` with these query parameters (selectors).
+/// Subscribes to `/api/v1/tail` with these query parameters (selectors); the receiver gets
+/// the envelopes.
 pub async fn tail_with(
     api: &str,
     params: &[(&str, &str)],
@@ -482,6 +492,10 @@ pub async fn tail_with(
             buffer.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = buffer.find("\n\n") {
                 let event: String = buffer.drain(..end + 2).collect();
+                // Envelopes only: named events (open, heartbeat, dropped, close) are not.
+                if event.lines().any(|line| line.starts_with("event:")) {
+                    continue;
+                }
                 for line in event.lines() {
                     if let Some(data) = line.strip_prefix("data:")
                         && let Ok(value) = serde_json::from_str::<Value>(data.trim_start())

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_proto::v2::{Counter, Envelope, Event, Gauge, GaugeValue, Log, Timer, envelope, log};
+use sluice_tests::sse::{SseClient, query_string};
 use sluice_tests::{Sluice, send, tail_with};
 
 /// One envelope of the mix: its number `n` (a tag), source, instance, tags and body.
@@ -189,7 +190,7 @@ async fn each_selector_and_the_text_filter_deliver_exactly_what_matches() {
         tails.push(tail_with(&sluice.api, params).await);
     }
     let mut client = sluice.ingress().await;
-    // Each tail answered 200 once the doppler had registered its subscription.
+    // Each tail answered 200 once it knew the bus position it reads from.
     send(&mut client, mix(1)).await.unwrap();
     send(&mut client, mix(2)).await.unwrap();
 
@@ -244,4 +245,256 @@ async fn each_selector_and_the_text_filter_deliver_exactly_what_matches() {
         let body = response.text().await.unwrap();
         assert!(body.contains(reason), "{params:?}: {body}");
     }
+}
+
+/// A numbered line of `source`: `line N` and padding to `width` bytes.
+fn numbered(source: &str, number: usize, width: usize) -> Envelope {
+    let mut text = format!("line {number} ");
+    while text.len() < width {
+        text.push('x');
+    }
+    sluice_tests::log_envelope(source, text)
+}
+
+/// The number of a `numbered` line as a tail delivers it.
+fn number_of(value: &Value) -> usize {
+    value["message"]
+        .as_str()
+        .and_then(|message| message.split_whitespace().nth(1))
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("not a numbered line: {value}"))
+}
+
+/// Sends lines `range` of `source` in batches of `batch`.
+async fn send_numbered(
+    sluice: &Sluice,
+    source: &str,
+    range: std::ops::Range<usize>,
+    batch: usize,
+    width: usize,
+) {
+    let mut client = sluice.ingress().await;
+    let numbers: Vec<usize> = range.collect();
+    for chunk in numbers.chunks(batch) {
+        let envelopes = chunk
+            .iter()
+            .map(|number| numbered(source, *number, width))
+            .collect();
+        send(&mut client, envelopes).await.unwrap();
+    }
+}
+
+/// Opens `/api/v1/tail` with `params` (and `headers`) and reads past its `open` event.
+async fn open_tail(
+    sluice: &Sluice,
+    params: &[(&str, &str)],
+    headers: &[(&str, &str)],
+    receive_buffer: Option<u32>,
+) -> (SseClient, String) {
+    let path = format!("/api/v1/tail?{}", query_string(params));
+    let mut client = SseClient::get(&sluice.api, &path, headers, receive_buffer).await;
+    assert_eq!(client.status, 200, "tail {params:?}");
+    let opened = client.next_within(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(opened.event, "open", "{opened:?}");
+    let tail_id = opened.json()["tail_id"].as_str().unwrap().to_owned();
+    (client, tail_id)
+}
+
+/// Reads envelopes until `count` arrived; returns their numbers and the last cursor.
+async fn read_lines(client: &mut SseClient, count: usize) -> (Vec<usize>, String) {
+    let mut numbers = Vec::with_capacity(count);
+    let mut cursor = String::new();
+    while numbers.len() < count {
+        let event = client
+            .next_within(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("the tail ended after {} lines", numbers.len()));
+        if event.event == "message" {
+            numbers.push(number_of(&event.json()));
+            cursor = event.id.clone().expect("every envelope carries its cursor");
+        } else {
+            assert!(
+                matches!(event.event.as_str(), "heartbeat"),
+                "unexpected event {event:?}"
+            );
+        }
+    }
+    (numbers, cursor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_then_live_meets_at_the_seam_exactly_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data")).await;
+    send_numbered(&sluice, "seam", 0..3_000, 100, 40).await;
+    sluice
+        .wait_for("lines indexed", 3_000, Duration::from_secs(60), || {
+            sluice.search_total("source_id:seam")
+        })
+        .await;
+    let (mut tail, _) = open_tail(
+        &sluice,
+        &[("source_id", "seam"), ("tail", "3000")],
+        &[],
+        None,
+    )
+    .await;
+    let live = {
+        let sluice_api = sluice.attach_clone();
+        tokio::spawn(async move { send_numbered(&sluice_api, "seam", 3_000..6_000, 100, 40).await })
+    };
+    let (numbers, _) = read_lines(&mut tail, 6_000).await;
+    live.await.unwrap();
+    assert_eq!(
+        numbers,
+        (0..6_000).collect::<Vec<_>>(),
+        "every line once, in order, across history and live"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_resumed_at_its_cursor_gets_exactly_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(&dir.path().join("data")).await;
+    let (mut first, _) = open_tail(&sluice, &[("source_id", "resume")], &[], None).await;
+    let sender = {
+        let sluice_api = sluice.attach_clone();
+        tokio::spawn(async move { send_numbered(&sluice_api, "resume", 0..10_000, 100, 40).await })
+    };
+    let (mut numbers, cursor) = read_lines(&mut first, 2_500).await;
+    drop(first);
+    // Away long enough that what it missed is indexed and checkpointed: the resume reads it
+    // back from the index, then the bus.
+    sender.await.unwrap();
+    sluice
+        .wait_for("lines indexed", 10_000, Duration::from_secs(60), || {
+            sluice.search_total("source_id:resume")
+        })
+        .await;
+    let (mut second, _) = open_tail(
+        &sluice,
+        &[("source_id", "resume")],
+        &[("Last-Event-ID", &cursor)],
+        None,
+    )
+    .await;
+    let (rest, _) = read_lines(&mut second, 10_000 - numbers.len()).await;
+    numbers.extend(rest);
+    assert_eq!(
+        numbers,
+        (0..10_000).collect::<Vec<_>>(),
+        "the two connections together: every line once, in order"
+    );
+    // And a cursor that is not one is refused with the reason.
+    let bad = SseClient::get(&sluice.api, "/api/v1/tail?cursor=0:x:1", &[], None).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body().await.contains("cursor"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_loses_no_indexed_line_and_is_told_the_exact_count_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small bus segments, so that the bus forgets what the consumers are done with while the
+    // tail is not reading, and a small tail queue.
+    let config = "[agent]\nmax_envelope_bytes = 65536\nflush_bytes = 131072\n\
+                  [doppler]\nmax_message_bytes = 262144\nmax_pending_bytes = 4194304\n\
+                  [bus]\nmax_record_bytes = 262144\n\
+                  [bus.wal]\nsegment_bytes = 262144\nmax_disk_bytes = 67108864\n\
+                  [query_api.tail]\nqueue_events = 16\nheartbeat = \"1s\"\n";
+    let sluice = Sluice::start_with_config(&dir.path().join("data"), config).await;
+    // The reader's socket takes 4 KiB at a time, and it reads nothing until the bus has
+    // forgotten most of what was sent.
+    let (mut tail, tail_id) = open_tail(&sluice, &[("source_id", "slow")], &[], Some(4096)).await;
+    let mut client = sluice.ingress().await;
+    // 2,000 batches of ten 1 KB lines and one counter: 20,000 lines, 2,000 counters.
+    for batch in 0..2_000_usize {
+        let mut envelopes: Vec<Envelope> = (0..10)
+            .map(|line| numbered("slow", batch * 10 + line, 1_000))
+            .collect();
+        envelopes.push(Envelope {
+            timestamp: sluice_common::time::now_nanos(),
+            source_id: "slow".to_owned(),
+            instance_id: "0".to_owned(),
+            message: Some(envelope::Message::Counter(Counter {
+                name: "requests".to_owned(),
+                delta: 1,
+                total: batch as u64,
+            })),
+            ..Default::default()
+        });
+        send(&mut client, envelopes).await.unwrap();
+    }
+    sluice
+        .wait_for("lines indexed", 20_000, Duration::from_secs(120), || {
+            sluice.search_total("source_id:slow")
+        })
+        .await;
+    // The consumers checkpoint and the bus deletes the segments they are done with.
+    sluice
+        .wait_for(
+            "bus segments released",
+            1,
+            Duration::from_secs(120),
+            || async {
+                let text = sluice.metrics_text().await;
+                u64::from(
+                    sluice_tests::metric_sample(&text, "sluice_bus_wal_disk_bytes") < 4_000_000.0,
+                )
+            },
+        )
+        .await;
+
+    let (mut lines, mut counters, mut dropped, mut dropped_events) = (Vec::new(), 0_u64, 0_u64, 0);
+    while lines.len() < 20_000 || counters + dropped < 2_000 {
+        let event = tail
+            .next_within(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("the tail ended after {} lines", lines.len()));
+        match event.event.as_str() {
+            "message" => {
+                let value = event.json();
+                if value["kind"] == "counter" {
+                    counters += 1;
+                } else {
+                    lines.push(number_of(&value));
+                }
+            }
+            "dropped" => {
+                let value = event.json();
+                dropped += value["count"].as_u64().unwrap();
+                assert_eq!(value["unknown_records"], 0, "{value}");
+                assert!(value["start"].is_string(), "the lost time range: {value}");
+                dropped_events += 1;
+            }
+            "heartbeat" => {}
+            other => panic!("unexpected event {other}: {event:?}"),
+        }
+    }
+    assert_eq!(
+        lines,
+        (0..20_000).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    assert_eq!(
+        counters + dropped,
+        2_000,
+        "each counter delivered or counted as lost"
+    );
+    assert!(
+        dropped > 0 && dropped_events > 0,
+        "the bus forgot records the tail had not read"
+    );
+    let text = sluice.metrics_text().await;
+    assert_eq!(
+        sluice_tests::metric_sample(
+            &text,
+            &format!("sluice_tail_subscriber_dropped_envelopes_total{{tail=\"{tail_id}\"}}")
+        ),
+        dropped as f64,
+        "the count in the stream is the count in /metrics"
+    );
+    assert!(
+        sluice_tests::metric_sample(&text, "sluice_tail_healed_envelopes_total") > 0.0,
+        "lines the bus forgot came back from the index"
+    );
 }
