@@ -330,6 +330,82 @@ impl Searcher {
         Ok(history)
     }
 
+    /// The indexed envelopes of one source stamped in `[start_ns, end_ns)`, oldest first (or
+    /// newest first when `descending`), at most `limit`: what a Log Cache read of logs and
+    /// events answers. `log_types` names which kinds: `OUT`, `ERR`, `EVENT`. Blocking.
+    pub fn read_source(
+        &self,
+        source_id: &str,
+        (start_ns, end_ns): (i64, i64),
+        log_types: &[&str],
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<HistoryEntry>, SluiceError> {
+        if limit == 0 || log_types.is_empty() || start_ns >= end_ns {
+            return Ok(Vec::new());
+        }
+        let fields = self.store().fields().clone();
+        let query = BooleanQuery::new(vec![
+            (
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(fields.source_id, source_id),
+                    IndexRecordOption::Basic,
+                )) as Box<dyn Query>,
+            ),
+            (
+                Occur::Must,
+                Box::new(RangeQuery::new(
+                    Bound::Included(Term::from_field_i64(fields.timestamp, start_ns)),
+                    Bound::Excluded(Term::from_field_i64(fields.timestamp, end_ns)),
+                )),
+            ),
+            (
+                Occur::Must,
+                Box::new(BooleanQuery::new(
+                    log_types
+                        .iter()
+                        .map(|log_type| {
+                            (
+                                Occur::Should,
+                                Box::new(TermQuery::new(
+                                    Term::from_field_text(fields.log_type, log_type),
+                                    IndexRecordOption::Basic,
+                                )) as Box<dyn Query>,
+                            )
+                        })
+                        .collect(),
+                )),
+            ),
+        ]);
+        let order = if descending { Order::Desc } else { Order::Asc };
+        let mut found: Vec<(i64, HistoryEntry)> = Vec::new();
+        for hour in self.store().list()? {
+            if hour.end_nanos() <= start_ns || hour.start_nanos() >= end_ns {
+                continue;
+            }
+            let searcher = self.fresh_searcher(hour)?;
+            let top = searcher
+                .search(
+                    &query,
+                    &TopDocs::with_limit(limit).order_by_fast_field::<i64>("timestamp", order),
+                )
+                .map_err(|error| history_failed(hour, &error))?;
+            for (timestamp, address) in top {
+                found.push((
+                    timestamp.unwrap_or_default(),
+                    self.entry(&searcher, address)?,
+                ));
+            }
+        }
+        found.sort_by_key(|(timestamp, entry)| (*timestamp, entry.position));
+        if descending {
+            found.reverse();
+        }
+        found.truncate(limit);
+        Ok(found.into_iter().map(|(_, entry)| entry).collect())
+    }
+
     fn only_partition(&self, request: &HistoryRequest<'_>) -> Partition {
         request.ranges.keys().next().copied().unwrap_or_default()
     }

@@ -4,6 +4,8 @@
 //! |---|---|
 //! | `GET /api/v1/search?query=&start=&end=&limit=` | full-text search, newest first, exact total (over every indexer; `partial` says when one did not answer) |
 //! | `GET /api/v1/tail?source_id=…&instance_id=…&type=…&log_type=…&tag.NAME=…&query=…&since=…&tail=N&cursor=…` | history, then live envelopes, as server-sent events selected on the server, each with a resumable cursor (`Last-Event-ID`) |
+//! | `GET /v2/read?source_id=…&log&counter&gauge&timer&event&shard_id=…` | the Loggregator RLP Gateway's stream: SSE of JSON `EnvelopeBatch`es (protobuf JSON mapping), shared among readers of one `shard_id` |
+//! | `GET /api/v1/read/{source_id}?start_time=&end_time=&envelope_types=&limit=&descending=` | Log Cache's read: logs and events from the index, metrics from the archive |
 //! | `POST /api/v1/sql` | read-only DataFusion SQL over the archive (`{"query": "…"}` or plain text) |
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus text of every component in this process |
@@ -12,6 +14,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod loggregator;
 pub mod metrics;
 mod routes;
 pub mod search;
@@ -44,6 +47,8 @@ pub struct AppState {
     pub telemetry: Telemetry,
     /// Live tails.
     pub tails: tail::Tails,
+    /// `/v2/read` streams shared by `shard_id`.
+    pub shards: loggregator::read::Shards,
     /// The search language's parser and schema, for tail filters.
     pub query_language: Arc<Searcher>,
     /// Limits.
@@ -93,6 +98,7 @@ pub async fn run(
                 shutdown.clone(),
             )
         },
+        shards: loggregator::read::Shards::default(),
         query_language: searcher,
         archive: Archive::open(&archive)?,
         metrics: metrics::QueryMetrics::register(&telemetry),

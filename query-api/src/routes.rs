@@ -32,6 +32,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/tail", get(tail))
+        .route("/v2/read", get(crate::loggregator::v2_read))
+        .route(
+            "/api/v1/read/{source_id}",
+            get(crate::loggregator::log_cache_read),
+        )
         .route(
             "/api/v1/sql",
             post(sql).layer(DefaultBodyLimit::max(sql_body_limit)),
@@ -43,7 +48,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// An error answered as JSON with the status its kind maps to.
-struct ApiError(SluiceError);
+pub(crate) struct ApiError(pub(crate) SluiceError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -57,7 +62,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn respond<T: serde::Serialize>(
+pub(crate) fn respond<T: serde::Serialize>(
     state: &AppState,
     endpoint: &'static str,
     result: Result<T, SluiceError>,
@@ -288,7 +293,7 @@ fn sse_event(event: &crate::tail::TailEvent) -> Event {
 }
 
 /// Decodes `application/x-www-form-urlencoded` pairs.
-fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
