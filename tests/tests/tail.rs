@@ -498,3 +498,180 @@ async fn a_reader_that_stops_loses_no_indexed_line_and_is_told_the_exact_count_i
         "lines the bus forgot came back from the index"
     );
 }
+
+/// The Loggregator egress shapes, read the way a Cloud Foundry client reads them: a bare SSE
+/// client and plain JSON (no Sluice type), checking the protobuf JSON mapping's names and
+/// encodings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loggregator_clients_read_the_rlp_gateway_and_log_cache_shapes() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start_with_config(
+        &dir.path().join("data"),
+        "[query_api.tail]\nheartbeat = \"1s\"\n",
+    )
+    .await;
+    let path = "/v2/read?source_id=egress&log&counter";
+    let mut own = SseClient::get(&sluice.api, path, &[], None).await;
+    let mut shard_a = SseClient::get(&sluice.api, &format!("{path}&shard_id=pair"), &[], None).await;
+    let mut shard_b = SseClient::get(&sluice.api, &format!("{path}&shard_id=pair"), &[], None).await;
+    for client in [&own, &shard_a, &shard_b] {
+        assert_eq!(client.status, 200);
+    }
+    let mut ingress = sluice.ingress().await;
+    for batch in 0..20_usize {
+        let mut envelopes: Vec<Envelope> = (0..10)
+            .map(|line| numbered("egress", batch * 10 + line, 30))
+            .collect();
+        envelopes.push(Envelope {
+            timestamp: sluice_common::time::now_nanos(),
+            source_id: "egress".to_owned(),
+            instance_id: "3".to_owned(),
+            message: Some(envelope::Message::Counter(Counter {
+                name: "requests".to_owned(),
+                delta: 1,
+                total: batch as u64 + 1,
+            })),
+            ..Default::default()
+        });
+        // Neither selected: a gauge of the source, a line of another.
+        envelopes.push(Envelope {
+            timestamp: sluice_common::time::now_nanos(),
+            source_id: "egress".to_owned(),
+            message: Some(envelope::Message::Gauge(Gauge {
+                metrics: [(
+                    "cpu".to_owned(),
+                    GaugeValue {
+                        unit: "percent".to_owned(),
+                        value: 1.5,
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            })),
+            ..Default::default()
+        });
+        envelopes.push(numbered("elsewhere", batch, 30));
+        send(&mut ingress, envelopes).await.unwrap();
+    }
+
+    /// What a reader took: line numbers and counter totals, checked field by field.
+    #[derive(Default, Debug)]
+    struct Took {
+        lines: Vec<usize>,
+        totals: Vec<u64>,
+    }
+    fn take(batch: &Value, took: &mut Took) {
+        for envelope in batch["batch"].as_array().expect("a batch array") {
+            assert_eq!(envelope["sourceId"], "egress", "{envelope}");
+            let timestamp: i64 = envelope["timestamp"]
+                .as_str()
+                .expect("int64 as a string")
+                .parse()
+                .unwrap();
+            assert!(timestamp > 1_600_000_000_000_000_000);
+            assert!(envelope["tags"].is_object() && envelope["deprecatedTags"].is_object());
+            if let Some(log) = envelope.get("log") {
+                assert_eq!(log["type"], "OUT");
+                let payload = base64::engine::general_purpose::STANDARD
+                    .decode(log["payload"].as_str().expect("bytes as base64"))
+                    .unwrap();
+                let text = String::from_utf8(payload).unwrap();
+                took.lines.push(number_of(&serde_json::json!({ "message": text })));
+            } else if let Some(counter) = envelope.get("counter") {
+                assert_eq!(counter["name"], "requests");
+                assert_eq!(counter["delta"], "1", "uint64 as a string");
+                assert_eq!(envelope["instanceId"], "3");
+                took.totals.push(counter["total"].as_str().unwrap().parse().unwrap());
+            } else {
+                panic!("not selected: {envelope}");
+            }
+        }
+    }
+    let mut mine = Took::default();
+    while mine.lines.len() < 200 || mine.totals.len() < 20 {
+        let event = own.next_within(Duration::from_secs(30)).await.unwrap();
+        if event.event == "message" {
+            take(&event.json(), &mut mine);
+        }
+    }
+    assert_eq!(mine.lines, (0..200).collect::<Vec<_>>());
+    assert_eq!(mine.totals, (1..=20).collect::<Vec<_>>());
+
+    // Two readers of one shard split the stream: each envelope reaches one of them.
+    let (mut a, mut b) = (Took::default(), Took::default());
+    while a.lines.len() + b.lines.len() < 200 || a.totals.len() + b.totals.len() < 20 {
+        tokio::select! {
+            event = shard_a.next_within(Duration::from_secs(30)) => {
+                let event = event.unwrap();
+                if event.event == "message" { take(&event.json(), &mut a); }
+            }
+            event = shard_b.next_within(Duration::from_secs(30)) => {
+                let event = event.unwrap();
+                if event.event == "message" { take(&event.json(), &mut b); }
+            }
+        }
+    }
+    let mut lines: Vec<usize> = a.lines.iter().chain(&b.lines).copied().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, (0..200).collect::<Vec<_>>(), "the shard's readers: each line once");
+    assert_eq!(a.totals.len() + b.totals.len(), 20);
+    assert!(
+        !a.lines.is_empty() && !b.lines.is_empty(),
+        "both readers of the shard took part: {a:?} {b:?}"
+    );
+    // An idle stream says it is alive, with the time in Unix seconds.
+    let heartbeat = loop {
+        let event = own.next_within(Duration::from_secs(30)).await.unwrap();
+        if event.event == "heartbeat" {
+            break event;
+        }
+    };
+    let seconds: i64 = heartbeat.data.parse().unwrap();
+    assert!((seconds - sluice_common::time::now_nanos() / 1_000_000_000).abs() < 60);
+    // A request the gateway would refuse is refused.
+    let refused = SseClient::get(&sluice.api, "/v2/read?source_id=egress", &[], None).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body().await.contains("envelope type"));
+
+    // Log Cache: logs from the index, counters from the archive, in the same mapping.
+    let http = reqwest::Client::new();
+    let read = |query: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/api/v1/read/egress?{query}", sluice.api);
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            body
+        }
+    };
+    sluice
+        .wait_for("counters archived", 20, Duration::from_secs(60), || async {
+            read("envelope_types=COUNTER&limit=1000").await["envelopes"]["batch"]
+                .as_array()
+                .unwrap()
+                .len() as u64
+        })
+        .await;
+    let mut logs = Took::default();
+    take(&read("envelope_types=LOG&limit=1000").await["envelopes"], &mut logs);
+    assert_eq!(logs.lines, (0..200).collect::<Vec<_>>(), "oldest first");
+    let mut newest = Took::default();
+    take(&read("envelope_types=LOG&limit=5&descending=true").await["envelopes"], &mut newest);
+    assert_eq!(newest.lines, vec![199, 198, 197, 196, 195]);
+    let mut counters = Took::default();
+    take(&read("envelope_types=COUNTER&limit=1000").await["envelopes"], &mut counters);
+    assert_eq!(counters.totals, (1..=20).collect::<Vec<_>>());
+    let gauges = read("envelope_types=GAUGE").await;
+    let gauge = &gauges["envelopes"]["batch"][0];
+    assert_eq!(gauge["gauge"]["metrics"]["cpu"]["unit"], "percent", "{gauges}");
+    assert_eq!(gauge["gauge"]["metrics"]["cpu"]["value"], 1.5);
+    let bad = http
+        .get(format!("{}/api/v1/read/egress?envelope_types=METRIC", sluice.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+}
