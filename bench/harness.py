@@ -58,7 +58,8 @@ MODES = {
         "e2e": 400_000,
         "roles": 200_000,
         "fresh_seconds": 20,
-        "fresh_rate": 5_000,
+        "fresh_rate": 10_000,
+        "tail_cost": 200_000,
         "corpus_lines": 400_000,
         "search_repeats": 5,
         "source_records": 200_000,
@@ -71,6 +72,7 @@ MODES = {
         "roles": 2_000_000,
         "fresh_seconds": 60,
         "fresh_rate": 10_000,
+        "tail_cost": 1_000_000,
         # tantivy-cli's rate needs a few million documents, not ten.
         "corpus_lines": 2_000_000,
         "search_repeats": 9,
@@ -308,7 +310,6 @@ kind = "{bus}"
 flush_interval = "5s"
 [query_api]
 listen = "127.0.0.1:{ports['http']}"
-doppler = "127.0.0.1:{ports['doppler']}"
 {self.source_sections(ports)}
 {extra}
 """
@@ -494,6 +495,9 @@ doppler = "127.0.0.1:{ports['doppler']}"
             self.archive(data_dir, report)
             # Freshness at a steady rate below saturation.
             self.freshness(agent, tls_dir, api)
+            # What 100 open tails cost ingest, and how fast a tail far behind catches up.
+            self.tail_cost(agent, tls_dir, metrics)
+            self.catch_up(api)
             self.sql(data_dir, api)
             self.search(api)
             self.figure("up_peak_rss_mb", up.peak_rss_mb())
@@ -836,6 +840,56 @@ doppler = "127.0.0.1:{ports['doppler']}"
         summary["tail_ms_all"] = sorted(v for run in runs for v in run["tail_ms"])
         summary["search_ms_all"] = sorted(v for run in runs for v in run["search_ms"])
         self.figure("freshness", summary)
+
+    def tail_cost(self, agent, tls_dir, metrics, rounds=3):
+        """Ingest throughput with no tail open and with 100 open (each selecting a source of
+        its own that sends nothing, as developers tailing their own apps would: each still
+        sees every record of the bus), alternating, in one `sluice up`."""
+        count = self.mode["tail_cost"]
+        runs = []
+        for round_number in range(rounds):
+            for tails in (0, 100):
+                holder = None
+                if tails:
+                    holder = subprocess.Popen(
+                        [LOADER, "tails", "--api", self.api, "--count", str(tails)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                    opened = holder.stdout.readline().strip()
+                    if opened != f"opened {tails}":
+                        holder.kill()
+                        raise RuntimeError(f"the tails did not open: {opened!r}")
+                indexed_before = scrape(metrics).get("sluice_indexer_documents_indexed_total", 0)
+                report = self.load(agent, tls_dir, count)
+                lines = report["log_lines"]
+                wait_for("the load to be indexed",
+                         lambda: scrape(metrics).get("sluice_indexer_documents_indexed_total", 0)
+                         >= indexed_before + lines, 600, [self.up])
+                if holder:
+                    holder.stdin.close()
+                    holder.wait(timeout=60)
+                runs.append({"round": round_number, "tails": tails,
+                             "envelopes_per_s": report["envelopes"] / report["elapsed_s"]})
+                log(f"tail cost, round {round_number}, {tails} tails: "
+                    f"{runs[-1]['envelopes_per_s']:,.0f} envelopes/s accepted")
+        without = statistics.median(r["envelopes_per_s"] for r in runs if r["tails"] == 0)
+        with_tails = statistics.median(r["envelopes_per_s"] for r in runs if r["tails"] == 100)
+        self.figure("tail_cost", {
+            "envelopes": count, "runs": runs,
+            "without_tails_per_s": without, "with_100_tails_per_s": with_tails,
+            "cost_percent": 100.0 * (1.0 - with_tails / without),
+        })
+        log(f"100 tails: {100.0 * (1.0 - with_tails / without):.1f}% less ingest throughput")
+
+    def catch_up(self, api):
+        """A tail resuming from the start of the bus: what it missed comes back from the
+        index (below the indexer's checkpoint) and the bus, as fast as it reads."""
+        count = min(self.results["figures"]["e2e"]["log_lines"], 200_000)
+        command = [LOADER, "catch-up", "--api", api, "--cursor", "0:0:0", "--count", str(count)]
+        self.record(command)
+        output = subprocess.run(command, check=True, capture_output=True, text=True)
+        report = json.loads(output.stdout.strip().splitlines()[-1])
+        self.figure("catch_up", report)
+        log(f"catch-up: {report['per_s']:,.0f} envelopes/s ({report['envelopes']:,} in {report['seconds']:.1f} s)")
 
     def sql_queries(self, day, source):
         """The five postmortem queries, in DataFusion's and DuckDB's dialects."""

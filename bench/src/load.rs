@@ -278,8 +278,8 @@ impl Probes {
         });
         let poller = probes.clone();
         tokio::spawn(async move { poller.poll_search().await });
-        // Let the subscription reach the doppler before the first probe.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The tail answered once it knew the bus position it reads from: every probe sent
+        // from now on reaches it.
         Ok(probes)
     }
 

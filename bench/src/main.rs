@@ -4,11 +4,14 @@
 //!   original Loghub lines they are shaped after.
 //! - `load` drives an agent's Loggregator ingress and prints what it measured as JSON.
 //! - `overload` offers it a fixed rate whatever it answers, and counts every outcome.
+//! - `tails` holds many live tails open (their cost on ingest); `catch-up` times one tail
+//!   resuming from a cursor far behind.
 
 mod generator;
 mod load;
 mod loghub;
 mod overload;
+mod tails;
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -36,6 +39,39 @@ enum Command {
     Load(LoadArgs),
     /// Offer an agent a fixed rate, whatever it answers; print a JSON report.
     Overload(OverloadArgs),
+    /// Hold live tails open until stdin closes; print what they received.
+    Tails(TailsArgs),
+    /// Time one tail resuming from a cursor; print a JSON report.
+    CatchUp(CatchUpArgs),
+}
+
+#[derive(Args)]
+struct TailsArgs {
+    /// Query API base URL.
+    #[arg(long)]
+    api: String,
+    /// Tails to open.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Tail i selects source_id PREFIX{i}.
+    #[arg(long, default_value = "bench-idle-tail-")]
+    source_prefix: String,
+}
+
+#[derive(Args)]
+struct CatchUpArgs {
+    /// Query API base URL.
+    #[arg(long)]
+    api: String,
+    /// Sources selected (repeatable).
+    #[arg(long)]
+    source_id: Vec<String>,
+    /// Where to resume.
+    #[arg(long)]
+    cursor: String,
+    /// Envelopes to read.
+    #[arg(long)]
+    count: u64,
 }
 
 /// Which agent to drive, and the client certificate to do it with.
@@ -182,6 +218,28 @@ fn main() -> anyhow::Result<()> {
                     probe_every: Duration::from_millis(args.probe_every_ms),
                 },
             ))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Tails(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(tails::hold(&args.api, args.count, &args.source_prefix)),
+        Command::CatchUp(args) => {
+            let params: Vec<(String, String)> = args
+                .source_id
+                .iter()
+                .map(|source| ("source_id".to_owned(), source.clone()))
+                .collect();
+            let report = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(tails::catch_up(
+                    &args.api,
+                    &params,
+                    &args.cursor,
+                    args.count,
+                ))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

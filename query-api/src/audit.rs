@@ -82,7 +82,7 @@ pub struct AgentAudit {
 /// A counted refusal or drop.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Counted {
-    /// Where: `agent`, `doppler`, `bus`, `indexer`, `retention`, `egress`.
+    /// Where: `agent`, `doppler`, `bus`, `indexer`, `retention`, `egress`, `tail`.
     pub stage: &'static str,
     /// The metric.
     pub metric: String,
@@ -114,7 +114,7 @@ pub struct AuditResponse {
 }
 
 /// The counters that record a refusal or a drop, and the stage each belongs to.
-const COUNTED: [(&str, &str); 17] = [
+const COUNTED: [(&str, &str); 19] = [
     ("agent", "sluice_agent_envelopes_rejected_total"),
     ("agent", "sluice_agent_source_records_rejected_total"),
     ("agent", "sluice_agent_requests_refused_total"),
@@ -132,6 +132,8 @@ const COUNTED: [(&str, &str); 17] = [
     ("retention", "sluice_retention_batches_duplicate_total"),
     ("retention", "sluice_retention_rewinds_refused_total"),
     ("egress", "sluice_doppler_egress_envelopes_dropped_total"),
+    ("tail", "sluice_tail_dropped_envelopes_total"),
+    ("tail", "sluice_tail_dropped_unknown_records_total"),
 ];
 
 /// `'text'` as a SQL string literal.

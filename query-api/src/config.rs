@@ -58,6 +58,11 @@ pub struct RawTailConfig {
     /// (and falls behind on the bus, which the ingest path never notices).
     #[serde(default = "default_queue_events")]
     pub queue_events: usize,
+    /// Records the shared reader of the live edge keeps (decoded, in memory: at most this
+    /// many times `bus.max_record_bytes`, and typically 100 KiB each) for tails a little
+    /// behind; a tail further behind reads the bus on its own until it catches up.
+    #[serde(default = "default_hub_records")]
+    pub hub_records: usize,
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -77,6 +82,9 @@ fn default_heartbeat() -> String {
 }
 fn default_queue_events() -> usize {
     1024
+}
+fn default_hub_records() -> usize {
+    256
 }
 fn default_max_search_limit() -> usize {
     10_000
@@ -122,6 +130,7 @@ impl RawQueryApiConfig {
         )?;
         positive("query_api.tail.max_history", self.tail.max_history)?;
         positive("query_api.tail.queue_events", self.tail.queue_events)?;
+        positive("query_api.tail.hub_records", self.tail.hub_records)?;
         let heartbeat = parse_duration("query_api.tail.heartbeat", &self.tail.heartbeat)?;
         if heartbeat < Duration::from_millis(100) {
             return Err(SluiceError::invalid(format!(
@@ -142,6 +151,7 @@ impl RawQueryApiConfig {
                 max_history: self.tail.max_history,
                 heartbeat,
                 queue_events: self.tail.queue_events,
+                hub_records: self.tail.hub_records,
             },
         })
     }

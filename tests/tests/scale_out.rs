@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sluice_proto::v1::SearchRequest;
 use sluice_proto::v1::index_search_client::IndexSearchClient;
+use sluice_tests::sse::{SseClient, query_string};
 use sluice_tests::{
     PrivateServer, RoleProcess, Sluice, free_port, kafka_brokers, log_envelope, s3_server, send,
     wait_listening,
@@ -533,7 +534,11 @@ async fn faults_retention_crash_doppler_crash_broker_and_s3_outages_lose_nothing
         phase.elapsed()
     );
 
-    // A doppler killed while agents send: they fail over to the other.
+    // A doppler killed while agents send: they fail over to the other. A live tail, which
+    // reads the bus and so every doppler's batches, sees each line once.
+    let tail_path = format!("/api/v1/tail?{}", query_string(&[("query", "dopplerline")]));
+    let mut tail = SseClient::get(&sluice.api, &tail_path, &[], None).await;
+    assert_eq!(tail.status, 200, "tail on the query API's Kafka reader");
     let mut doppler = topology.processes.remove("doppler-0").unwrap();
     let phase = Instant::now();
     tokio::join!(
@@ -575,6 +580,24 @@ async fn faults_retention_crash_doppler_crash_broker_and_s3_outages_lose_nothing
     }
     eprintln!("doppler-0 back in rotation after {rounds} rounds of sends");
     wait_exact(&sluice, "dopplerline", 20_000, Duration::from_secs(180)).await;
+    let mut tailed = std::collections::BTreeSet::new();
+    while tailed.len() < 20_000 {
+        let event = tail
+            .next_within(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("the tail ended after {} lines", tailed.len()));
+        if event.event == "message" {
+            let message = event.json()["message"].as_str().unwrap().to_owned();
+            assert!(message.starts_with("dopplerline "), "{message}");
+            assert!(tailed.insert(message.clone()), "tailed twice: {message}");
+        } else {
+            assert!(
+                matches!(event.event.as_str(), "open" | "heartbeat"),
+                "{event:?}"
+            );
+        }
+    }
+    eprintln!("the live tail saw all 20,000 lines once across the doppler's kill and restart");
     wait_exact(
         &sluice,
         "dopplerback",

@@ -395,12 +395,13 @@ async fn a_tail_resumed_at_its_cursor_gets_exactly_what_it_missed() {
 async fn a_reader_that_stops_loses_no_indexed_line_and_is_told_the_exact_count_it_lost() {
     let dir = tempfile::tempdir().unwrap();
     // Small bus segments, so that the bus forgets what the consumers are done with while the
-    // tail is not reading, and a small tail queue.
+    // tail is not reading; a small tail queue, and a small ring in the shared live reader, so
+    // the tail falls behind it and reads the bus on its own again.
     let config = "[agent]\nmax_envelope_bytes = 65536\nflush_bytes = 131072\n\
                   [doppler]\nmax_message_bytes = 262144\nmax_pending_bytes = 4194304\n\
                   [bus]\nmax_record_bytes = 262144\n\
                   [bus.wal]\nsegment_bytes = 262144\nmax_disk_bytes = 67108864\n\
-                  [query_api.tail]\nqueue_events = 16\nheartbeat = \"1s\"\n";
+                  [query_api.tail]\nqueue_events = 16\nheartbeat = \"1s\"\nhub_records = 16\n";
     let sluice = Sluice::start_with_config(&dir.path().join("data"), config).await;
     // The reader's socket takes 4 KiB at a time, and it reads nothing until the bus has
     // forgotten most of what was sent.
@@ -497,6 +498,10 @@ async fn a_reader_that_stops_loses_no_indexed_line_and_is_told_the_exact_count_i
         sluice_tests::metric_sample(&text, "sluice_tail_healed_envelopes_total") > 0.0,
         "lines the bus forgot came back from the index"
     );
+    assert!(
+        sluice_tests::metric_sample(&text, "sluice_tail_hub_lagged_total") > 0.0,
+        "the tail fell behind the shared live reader and read on its own"
+    );
 }
 
 /// The Loggregator egress shapes, read the way a Cloud Foundry client reads them: a bare SSE
@@ -513,8 +518,10 @@ async fn loggregator_clients_read_the_rlp_gateway_and_log_cache_shapes() {
     .await;
     let path = "/v2/read?source_id=egress&log&counter";
     let mut own = SseClient::get(&sluice.api, path, &[], None).await;
-    let mut shard_a = SseClient::get(&sluice.api, &format!("{path}&shard_id=pair"), &[], None).await;
-    let mut shard_b = SseClient::get(&sluice.api, &format!("{path}&shard_id=pair"), &[], None).await;
+    let mut shard_a =
+        SseClient::get(&sluice.api, &format!("{path}&shard_id=pair"), &[], None).await;
+    let mut shard_b =
+        SseClient::get(&sluice.api, &format!("{path}&shard_id=pair"), &[], None).await;
     for client in [&own, &shard_a, &shard_b] {
         assert_eq!(client.status, 200);
     }
@@ -577,12 +584,14 @@ async fn loggregator_clients_read_the_rlp_gateway_and_log_cache_shapes() {
                     .decode(log["payload"].as_str().expect("bytes as base64"))
                     .unwrap();
                 let text = String::from_utf8(payload).unwrap();
-                took.lines.push(number_of(&serde_json::json!({ "message": text })));
+                took.lines
+                    .push(number_of(&serde_json::json!({ "message": text })));
             } else if let Some(counter) = envelope.get("counter") {
                 assert_eq!(counter["name"], "requests");
                 assert_eq!(counter["delta"], "1", "uint64 as a string");
                 assert_eq!(envelope["instanceId"], "3");
-                took.totals.push(counter["total"].as_str().unwrap().parse().unwrap());
+                took.totals
+                    .push(counter["total"].as_str().unwrap().parse().unwrap());
             } else {
                 panic!("not selected: {envelope}");
             }
@@ -614,7 +623,11 @@ async fn loggregator_clients_read_the_rlp_gateway_and_log_cache_shapes() {
     }
     let mut lines: Vec<usize> = a.lines.iter().chain(&b.lines).copied().collect();
     lines.sort_unstable();
-    assert_eq!(lines, (0..200).collect::<Vec<_>>(), "the shard's readers: each line once");
+    assert_eq!(
+        lines,
+        (0..200).collect::<Vec<_>>(),
+        "the shard's readers: each line once"
+    );
     assert_eq!(a.totals.len() + b.totals.len(), 20);
     assert!(
         !a.lines.is_empty() && !b.lines.is_empty(),
@@ -656,22 +669,72 @@ async fn loggregator_clients_read_the_rlp_gateway_and_log_cache_shapes() {
         })
         .await;
     let mut logs = Took::default();
-    take(&read("envelope_types=LOG&limit=1000").await["envelopes"], &mut logs);
+    take(
+        &read("envelope_types=LOG&limit=1000").await["envelopes"],
+        &mut logs,
+    );
     assert_eq!(logs.lines, (0..200).collect::<Vec<_>>(), "oldest first");
     let mut newest = Took::default();
-    take(&read("envelope_types=LOG&limit=5&descending=true").await["envelopes"], &mut newest);
+    take(
+        &read("envelope_types=LOG&limit=5&descending=true").await["envelopes"],
+        &mut newest,
+    );
     assert_eq!(newest.lines, vec![199, 198, 197, 196, 195]);
     let mut counters = Took::default();
-    take(&read("envelope_types=COUNTER&limit=1000").await["envelopes"], &mut counters);
+    take(
+        &read("envelope_types=COUNTER&limit=1000").await["envelopes"],
+        &mut counters,
+    );
     assert_eq!(counters.totals, (1..=20).collect::<Vec<_>>());
     let gauges = read("envelope_types=GAUGE").await;
     let gauge = &gauges["envelopes"]["batch"][0];
-    assert_eq!(gauge["gauge"]["metrics"]["cpu"]["unit"], "percent", "{gauges}");
+    assert_eq!(
+        gauge["gauge"]["metrics"]["cpu"]["unit"], "percent",
+        "{gauges}"
+    );
     assert_eq!(gauge["gauge"]["metrics"]["cpu"]["value"], 1.5);
     let bad = http
-        .get(format!("{}/api/v1/read/egress?envelope_types=METRIC", sluice.api))
+        .get(format!(
+            "{}/api/v1/read/egress?envelope_types=METRIC",
+            sluice.api
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tails_past_the_limits_are_refused_with_the_limit_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start_with_config(
+        &dir.path().join("data"),
+        "[query_api.tail]\nmax_tails = 3\nmax_tails_per_client = 2\nmax_history = 100\nheartbeat = \"1s\"\n",
+    )
+    .await;
+    let (first, _) = open_tail(&sluice, &[("source_id", "limits")], &[], None).await;
+    let (second, _) = open_tail(&sluice, &[("source_id", "limits")], &[], None).await;
+    let third = SseClient::get(&sluice.api, "/api/v1/tail?source_id=limits", &[], None).await;
+    assert_eq!(third.status, 429);
+    assert!(third.body().await.contains("max_tails_per_client"));
+    let too_much = SseClient::get(&sluice.api, "/api/v1/tail?tail=101", &[], None).await;
+    assert_eq!(too_much.status, 400);
+    assert!(too_much.body().await.contains("max_history"));
+    // A tail that ends gives its place back (the server notices at its next write: a
+    // heartbeat at the latest).
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let again = SseClient::get(&sluice.api, "/api/v1/tail?source_id=limits", &[], None).await;
+        if again.status == 200 {
+            break;
+        }
+        assert_eq!(again.status, 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended tail's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(second);
 }

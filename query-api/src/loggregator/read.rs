@@ -289,3 +289,70 @@ pub async fn next(stream: &SharedStream, narrowing: &Narrowing) -> Option<ReadEv
 pub fn batch_data(batch: &[Envelope]) -> String {
     super::json::batch_json(batch).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::v2::{Counter, Gauge, GaugeValue};
+
+    fn pairs(query: &str) -> Vec<(String, String)> {
+        crate::routes::url_pairs(query).collect()
+    }
+
+    #[test]
+    fn the_gateways_selectors_are_read_and_its_refusals_kept() {
+        let searcher = sluice_indexer::Searcher::new(std::path::Path::new("/nonexistent-sluice"));
+        for (query, reason) in [
+            ("", "empty query"),
+            ("source_id=a", "at least one envelope type"),
+            ("source_id=a&log&bogus", "unknown parameter"),
+            ("source_id=a&counter.name=", "give a name"),
+        ] {
+            let error = ReadSelection::from_pairs(pairs(query), &searcher)
+                .err()
+                .unwrap_or_else(|| panic!("{query:?} was taken"));
+            assert!(
+                error.message().contains(reason),
+                "{query:?}: {}",
+                error.message()
+            );
+        }
+        let one = ReadSelection::from_pairs(pairs("source_id=a&log&shard_id=s"), &searcher)
+            .expect("taken");
+        let same = ReadSelection::from_pairs(pairs("log&shard_id=s&source_id=a"), &searcher)
+            .expect("taken");
+        let other = ReadSelection::from_pairs(pairs("source_id=a&event&shard_id=s"), &searcher)
+            .expect("taken");
+        assert_eq!(one.shard, same.shard, "one shard whatever the order");
+        assert_ne!(one.shard, other.shard, "other selectors, another stream");
+        let alone = ReadSelection::from_pairs(pairs("source_id=a&log"), &searcher).expect("taken");
+        assert!(alone.shard.is_empty());
+
+        let narrowed = ReadSelection::from_pairs(
+            pairs("source_id=a&counter.name=requests&gauge.name=cpu,memory"),
+            &searcher,
+        )
+        .expect("taken")
+        .narrowing();
+        let counter = |name: &str| Envelope {
+            message: Some(envelope::Message::Counter(Counter {
+                name: name.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let gauge = |names: &[&str]| Envelope {
+            message: Some(envelope::Message::Gauge(Gauge {
+                metrics: names
+                    .iter()
+                    .map(|name| ((*name).to_owned(), GaugeValue::default()))
+                    .collect(),
+            })),
+            ..Default::default()
+        };
+        assert!(narrowed.passes(&counter("requests")));
+        assert!(!narrowed.passes(&counter("errors")));
+        assert!(narrowed.passes(&gauge(&["cpu", "memory", "disk"])));
+        assert!(!narrowed.passes(&gauge(&["cpu"])));
+    }
+}

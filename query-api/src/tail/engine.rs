@@ -36,7 +36,9 @@ use tracing::warn;
 
 use super::cursor::Cursor;
 use super::filter::TailFilter;
+use super::hub::{Hub, HubItem};
 use super::metrics::TailMetrics;
+use tokio::sync::broadcast;
 
 /// Envelopes a page of index history holds (whole records; see [`HistoryOrder`]).
 const HISTORY_PAGE: usize = 2_000;
@@ -58,6 +60,8 @@ pub struct TailLimits {
     pub heartbeat: Duration,
     /// Events queued between a tail's bus reader and its client.
     pub queue_events: usize,
+    /// Records the shared live reader keeps for tails that are a little behind.
+    pub hub_records: usize,
 }
 
 /// Where a tail starts.
@@ -175,6 +179,8 @@ struct Inner {
     /// Whether `searcher` holds the index (false when the query API searches remote
     /// indexers, whose history it cannot read yet).
     local_index: bool,
+    /// The shared reader of the live edge.
+    hub: Option<Hub>,
 }
 
 /// A tail's events; the tail's slot is freed when this is dropped.
@@ -229,8 +235,12 @@ impl Tails {
         metrics: TailMetrics,
         shutdown: Shutdown,
     ) -> Tails {
+        let hub = bus
+            .as_ref()
+            .map(|bus| Hub::new(Arc::clone(bus), limits.hub_records, shutdown.clone()));
         Tails {
             inner: Arc::new(Inner {
+                hub,
                 bus,
                 searcher,
                 limits,
@@ -519,49 +529,183 @@ impl TailTask {
         self.live(reader, later).await
     }
 
-    /// The live part: every record from the reader's position on.
+    /// The live part: every record from the cursor on, from a reader of the tail's own until
+    /// it has caught up, then from the hub while it keeps up (see `hub.rs`).
     async fn live(
         &mut self,
-        mut reader: Box<dyn Reader>,
+        reader: Box<dyn Reader>,
         mut pending: VecDeque<ReadEvent>,
     ) -> Result<(), Gone> {
+        let mut reader = Some(reader);
+        // A receiver of the hub, and the bus's end after subscribing: once the own reader is
+        // there, the hub has everything that follows.
+        let mut joining: Option<(broadcast::Receiver<Arc<HubItem>>, Positions)> = None;
         loop {
             while let Some(event) = pending.pop_front() {
-                match event {
-                    ReadEvent::Record(record) => {
-                        for delivered in self.matching(&record) {
-                            self.deliver(delivered).await?;
+                self.take_read_event(event).await?;
+            }
+            // Even while records flow that this tail does not select, its client hears from
+            // it (and its cursor moves) every heartbeat interval.
+            self.heartbeat_if_due().await?;
+            if let Some((_, end)) = &joining
+                && end
+                    .0
+                    .iter()
+                    .all(|(partition, end)| self.cursor.get(*partition).offset >= *end)
+                && let Some((receiver, _)) = joining.take()
+            {
+                // The own reader is not needed while the hub serves (a Kafka reader would
+                // go on fetching into its buffer).
+                drop(reader.take());
+                self.follow_hub(receiver).await?;
+                // Fell behind the hub's ring: on its own again, from the cursor.
+                reader = Some(self.open_reader(&self.cursor_offsets()).await?);
+                continue;
+            }
+            let Some(own) = reader.as_mut() else {
+                reader = Some(self.open_reader(&self.cursor_offsets()).await?);
+                continue;
+            };
+            let events = self.poll(own.as_mut()).await?;
+            let caught_up = events.len() < POLL_RECORDS;
+            pending.extend(events);
+            if caught_up
+                && joining.is_none()
+                && let Some(hub) = self.inner.hub.clone()
+            {
+                match hub.subscribe().await {
+                    Ok(receiver) => match self.bus.end_positions().await {
+                        Ok(end) => joining = Some((receiver, end)),
+                        Err(error) => warn!(%error, "a tail could not read the bus's end"),
+                    },
+                    Err(error) => warn!(%error, "a tail could not join the live hub"),
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_if_due(&mut self) -> Result<(), Gone> {
+        if self.last_sent.elapsed() < self.inner.limits.heartbeat {
+            return Ok(());
+        }
+        let event = TailEvent::Heartbeat {
+            cursor: self.cursor.clone(),
+        };
+        self.send(event).await
+    }
+
+    /// Delivers what the hub broadcasts until the tail falls behind its ring (returns) or
+    /// ends (`Gone`).
+    async fn follow_hub(
+        &mut self,
+        mut receiver: broadcast::Receiver<Arc<HubItem>>,
+    ) -> Result<(), Gone> {
+        let mut shutdown = self.inner.shutdown.clone();
+        loop {
+            let wait = self.inner.limits.heartbeat;
+            let received = tokio::select! {
+                () = shutdown.wait() => {
+                    self.close("the query API is shutting down").await;
+                    return Err(Gone);
+                }
+                () = self.sender.closed() => return Err(Gone),
+                received = tokio::time::timeout(wait, receiver.recv()) => received,
+            };
+            match received {
+                Err(_) => {
+                    let event = TailEvent::Heartbeat {
+                        cursor: self.cursor.clone(),
+                    };
+                    self.send(event).await?;
+                }
+                Ok(Ok(item)) => match item.as_ref() {
+                    HubItem::Record {
+                        partition,
+                        offset,
+                        batch,
+                    } => {
+                        if *offset < self.cursor.get(*partition).offset {
+                            continue;
                         }
-                        self.skip_past(&record);
+                        if let Some(batch) = batch {
+                            for delivered in self.matching_batch(*partition, *offset, batch) {
+                                self.deliver(delivered).await?;
+                            }
+                        }
+                        self.skip_past_offset(*partition, *offset);
+                        self.heartbeat_if_due().await?;
                     }
-                    ReadEvent::Gap {
+                    HubItem::Gap {
                         partition,
                         from,
                         to,
                     } => {
-                        let (healed, dropped) = self.heal(partition, from, to)?;
-                        for delivered in healed {
-                            self.deliver(delivered).await?;
-                        }
-                        self.cursor.set(BusPosition {
-                            partition,
-                            offset: to,
-                            index: 0,
-                        });
-                        if let Some(dropped) = dropped {
-                            self.report_drop(dropped).await?;
+                        let event = ReadEvent::Gap {
+                            partition: *partition,
+                            from: (*from).max(self.cursor.get(*partition).offset),
+                            to: *to,
+                        };
+                        if *to > self.cursor.get(*partition).offset {
+                            self.take_read_event(event).await?;
                         }
                     }
+                },
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    self.inner.metrics.hub_lagged.inc();
+                    return Ok(());
                 }
-            }
-            pending.extend(self.poll(reader.as_mut()).await?);
-            if pending.is_empty() && self.last_sent.elapsed() >= self.inner.limits.heartbeat {
-                let event = TailEvent::Heartbeat {
-                    cursor: self.cursor.clone(),
-                };
-                self.send(event).await?;
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(()),
             }
         }
+    }
+
+    /// One event of the tail's own reader.
+    async fn take_read_event(&mut self, event: ReadEvent) -> Result<(), Gone> {
+        match event {
+            ReadEvent::Record(record) => {
+                for delivered in self.matching(&record) {
+                    self.deliver(delivered).await?;
+                }
+                self.skip_past_offset(record.partition, record.offset);
+            }
+            ReadEvent::Gap {
+                partition,
+                from,
+                to,
+            } => {
+                let (healed, dropped) = self.heal(partition, from, to)?;
+                for delivered in healed {
+                    self.deliver(delivered).await?;
+                }
+                self.cursor.set(BusPosition {
+                    partition,
+                    offset: to,
+                    index: 0,
+                });
+                if let Some(dropped) = dropped {
+                    self.report_drop(dropped).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The record offsets to read from: each partition's cursor (a reader starts at a record;
+    /// envelopes before the cursor's index are skipped as they come).
+    fn cursor_offsets(&self) -> Positions {
+        let mut positions = Positions::default();
+        for partition in self.cursor.partitions() {
+            positions
+                .0
+                .insert(partition, self.cursor.get(partition).offset);
+        }
+        for partition in self.end.0.keys() {
+            positions
+                .0
+                .entry(*partition)
+                .or_insert_with(|| self.cursor.get(*partition).offset);
+        }
+        positions
     }
 
     /// One poll of the reader; bus errors are retried (the tail says nothing is lost by them:
@@ -605,25 +749,39 @@ impl TailTask {
 
     /// The matching envelopes of `record` still ahead of the cursor.
     fn matching(&mut self, record: &BusRecord) -> Vec<Delivered> {
-        let batch = match AgentBatch::decode(record.payload.as_ref()) {
-            Ok(batch) => batch,
+        match AgentBatch::decode(record.payload.as_ref()) {
+            Ok(batch) => self.matching_batch(record.partition, record.offset, &batch),
             Err(error) => {
                 warn!(partition = record.partition, offset = record.offset, %error, "a tail skips an undecodable bus record");
-                return Vec::new();
+                Vec::new()
             }
+        }
+    }
+
+    /// The matching envelopes of the batch at `partition`/`offset` still ahead of the cursor.
+    fn matching_batch(
+        &mut self,
+        partition: Partition,
+        offset: u64,
+        batch: &AgentBatch,
+    ) -> Vec<Delivered> {
+        let place = BusRecord {
+            partition,
+            offset,
+            payload: bytes::Bytes::new(),
         };
         if !self
             .dedup
-            .first_time(&batch.agent_id, batch.sequence, record)
+            .first_time(&batch.agent_id, batch.sequence, &place)
         {
             return Vec::new();
         }
-        let before_end = record.offset < self.end.next_offset(record.partition);
+        let before_end = offset < self.end.next_offset(partition);
         let mut out = Vec::new();
-        for (index, envelope) in batch.envelopes.into_iter().enumerate() {
+        for (index, envelope) in batch.envelopes.iter().enumerate() {
             let position = BusPosition {
-                partition: record.partition,
-                offset: record.offset,
+                partition,
+                offset,
                 index: u32::try_from(index).unwrap_or(u32::MAX),
             };
             if !self.cursor.is_ahead(position) {
@@ -632,12 +790,12 @@ impl TailTask {
             if before_end && self.since.is_some_and(|since| envelope.timestamp < since) {
                 continue;
             }
-            if self.filter.matches(&envelope) {
+            if self.filter.matches(envelope) {
                 out.push(Delivered {
                     position,
                     agent_id: batch.agent_id.clone(),
                     sequence: batch.sequence,
-                    envelope,
+                    envelope: envelope.clone(),
                 });
             }
         }
@@ -855,12 +1013,12 @@ impl TailTask {
         }
     }
 
-    fn skip_past(&mut self, record: &BusRecord) {
-        let current = self.cursor.get(record.partition);
-        if current.offset <= record.offset {
+    fn skip_past_offset(&mut self, partition: Partition, offset: u64) {
+        let current = self.cursor.get(partition);
+        if current.offset <= offset {
             self.cursor.set(BusPosition {
-                partition: record.partition,
-                offset: record.offset + 1,
+                partition,
+                offset: offset + 1,
                 index: 0,
             });
         }

@@ -26,6 +26,8 @@ pub struct TailMetrics {
     unknown_records_per_tail: Family<TailLabels, Counter>,
     /// Tails refused, by `limit` (total, client).
     refused: Family<TailLabels, Counter>,
+    /// Times a tail fell behind the live hub's ring and went back to a reader of its own.
+    pub hub_lagged: Counter,
 }
 
 impl TailMetrics {
@@ -67,6 +69,11 @@ impl TailMetrics {
                 "sluice_tail_refused",
                 "Tails refused because a limit was reached, by limit (total, client)",
                 Family::default(),
+            ),
+            hub_lagged: telemetry.register(
+                "sluice_tail_hub_lagged",
+                "Times a tail fell behind the shared live reader's ring and read the bus on its own until it caught up (nothing is lost)",
+                Counter::default(),
             ),
         }
     }

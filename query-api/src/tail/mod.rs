@@ -1,9 +1,11 @@
 //! Live tail: history from the index, then the bus, with a cursor across both
-//! (`engine.rs`); what a tail selects (`filter.rs`); its cursor (`cursor.rs`); its metrics.
+//! (`engine.rs`); the shared reader of the live edge (`hub.rs`); what a tail selects
+//! (`filter.rs`); its cursor (`cursor.rs`); its metrics.
 
 pub mod cursor;
 pub mod engine;
 mod filter;
+pub mod hub;
 pub mod metrics;
 
 pub use cursor::Cursor;
