@@ -363,8 +363,8 @@ async fn a_tail_resumed_at_its_cursor_gets_exactly_what_it_missed() {
     };
     let (mut numbers, cursor) = read_lines(&mut first, 2_500).await;
     drop(first);
-    // Away long enough that what it missed is indexed and checkpointed: the resume reads it
-    // back from the index, then the bus.
+    // Away until all of it was sent and indexed: the resume reads what it missed from the
+    // bus (a range the bus forgot would come from the index: see the slow reader's test).
     sender.await.unwrap();
     sluice
         .wait_for("lines indexed", 10_000, Duration::from_secs(60), || {

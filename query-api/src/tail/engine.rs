@@ -2,11 +2,12 @@
 //!
 //! A tail reads the bus with a [`Reader`] of its own, outside every consumer group, so it sees
 //! every accepted envelope of every doppler, in bus order, and its cursor is a bus position.
-//! What lies below the positions the indexer has checkpointed (`R`) comes from the index
-//! instead, selected by the same filter: everything below `R` is committed there, and
-//! everything from `R` on is still on the bus (the bus forgets a record only once every group
-//! has checkpointed it). So the switch from history to live is a position, not a time, and
-//! neither skips nor repeats an envelope.
+//! History (`since=`, `tail=N`) below the positions the indexer has checkpointed (`R`) comes
+//! from the index instead, selected by the same filter: everything below `R` is committed
+//! there, and everything from `R` on is still on the bus (the bus forgets a record only once
+//! every group has checkpointed it). So the switch from history to live is a position, not a
+//! time, and neither skips nor repeats an envelope. A resumed tail reads the bus from its
+//! cursor, and what the bus has forgotten since comes back from the index as a healed gap.
 //!
 //! The tail's task reads the bus only as fast as its client takes events (a bounded queue in
 //! between), so a slow client costs the ingest path nothing: the reader simply falls behind.
@@ -411,18 +412,8 @@ impl TailTask {
                     self.cursor.set(position);
                 }
                 self.opened().await?;
-                for partition in &partitions {
-                    let below = self.indexed.next_offset(*partition);
-                    let from = self.cursor.get(*partition);
-                    if from.offset < below {
-                        self.send_index_range(from, below).await?;
-                        self.cursor.set(BusPosition {
-                            partition: *partition,
-                            offset: below,
-                            index: 0,
-                        });
-                    }
-                }
+                // The bus first, for everything it still holds (metrics too); what it forgot
+                // comes back as a gap, healed from the index.
                 Positions(
                     partitions
                         .iter()
@@ -937,46 +928,6 @@ impl TailTask {
                 warn!(tail = %self.tail_id, %error, "a tail failed to read history");
                 // The tail goes on without it; the client is told.
                 Ok(sluice_indexer::history::History::default())
-            }
-        }
-    }
-
-    /// Sends one partition's indexed envelopes `from..below` in bus order, page by page.
-    async fn send_index_range(&mut self, from: BusPosition, below: u64) -> Result<(), Gone> {
-        let mut position = from;
-        loop {
-            let searcher = Arc::clone(&self.inner.searcher);
-            let page = blocking(|| {
-                searcher.history(&HistoryRequest {
-                    query: self.index_query.as_ref(),
-                    start_ns: None,
-                    ranges: [(
-                        from.partition,
-                        PartitionRange {
-                            from: position,
-                            to: below,
-                        },
-                    )]
-                    .into_iter()
-                    .collect(),
-                    limit: HISTORY_PAGE,
-                    order: HistoryOrder::OldestByPosition,
-                })
-            });
-            let page = match page {
-                Ok(page) => page,
-                Err(error) => {
-                    self.close(&format!("history could not be read: {error}"))
-                        .await;
-                    return Err(Gone);
-                }
-            };
-            for entry in page.entries {
-                self.deliver(delivered_of(entry)).await?;
-            }
-            match page.next {
-                Some(next) => position = next,
-                None => return Ok(()),
             }
         }
     }
