@@ -310,6 +310,9 @@ kind = "{bus}"
 flush_interval = "5s"
 [query_api]
 listen = "127.0.0.1:{ports['http']}"
+[query_api.tail]
+# The tail-cost phase opens 100 tails from this one host.
+max_tails_per_client = 128
 {self.source_sections(ports)}
 {extra}
 """

@@ -486,15 +486,21 @@ impl TailTask {
                         from,
                         to,
                     } if from < self.end.next_offset(partition) => {
-                        let (healed, dropped) = self.heal(partition, from, to)?;
-                        let list = lists.entry(partition).or_default();
-                        for delivered in healed {
-                            list.push_back(delivered);
-                            if list.len() > count {
-                                list.pop_front();
+                        let (mut position, mut window, mut healed) =
+                            (Some(self.heal_start(partition, from)), 64, 0_u64);
+                        while let Some(at) = position {
+                            let (page, next) = self.heal_page(at, to, &mut window);
+                            healed += page.len() as u64;
+                            let list = lists.entry(partition).or_default();
+                            for delivered in page {
+                                list.push_back(delivered);
+                                if list.len() > count {
+                                    list.pop_front();
+                                }
                             }
+                            position = next;
                         }
-                        drops.extend(dropped);
+                        drops.extend(self.gap_census(partition, from, to, healed));
                         reached.0.insert(partition, to);
                     }
                     other => later.push_back(other),
@@ -664,16 +670,23 @@ impl TailTask {
                 from,
                 to,
             } => {
-                let (healed, dropped) = self.heal(partition, from, to)?;
-                for delivered in healed {
-                    self.deliver(delivered).await?;
+                // Page by page, so a long gap holds one page in memory at a time.
+                let (mut position, mut window, mut healed) =
+                    (Some(self.heal_start(partition, from)), 64, 0_u64);
+                while let Some(at) = position {
+                    let (page, next) = self.heal_page(at, to, &mut window);
+                    healed += page.len() as u64;
+                    for delivered in page {
+                        self.deliver(delivered).await?;
+                    }
+                    position = next;
                 }
                 self.cursor.set(BusPosition {
                     partition,
                     offset: to,
                     index: 0,
                 });
-                if let Some(dropped) = dropped {
+                if let Some(dropped) = self.gap_census(partition, from, to, healed) {
                     self.report_drop(dropped).await?;
                 }
             }
@@ -793,52 +806,83 @@ impl TailTask {
         out
     }
 
-    /// Envelopes of `partition`'s records `from..to`, which the bus forgot, from the index;
-    /// and what of them is lost, if anything.
-    fn heal(
-        &mut self,
-        partition: Partition,
-        from: u64,
-        to: u64,
-    ) -> Result<(Vec<Delivered>, Option<Dropped>), Gone> {
-        let searcher = Arc::clone(&self.inner.searcher);
-        let mut healed = Vec::new();
-        let mut position = self.cursor.get(partition);
+    /// Where healing the gap `from..to` of `partition` starts: the cursor, or the gap's start.
+    fn heal_start(&self, partition: Partition, from: u64) -> BusPosition {
+        let position = self.cursor.get(partition);
         if position.offset < from {
-            position = BusPosition {
+            BusPosition {
                 partition,
                 offset: from,
                 index: 0,
-            };
+            }
+        } else {
+            position
         }
+    }
+
+    /// One page of healing a gap the bus forgot, from the index: the matching envelopes of a
+    /// window of records from `position` (before `to`), and where the next page starts. The
+    /// window adapts so that a page holds about [`HISTORY_PAGE`] envelopes and each search
+    /// touches only its own window (a long gap costs its length once, not once per page).
+    fn heal_page(
+        &self,
+        position: BusPosition,
+        to: u64,
+        window: &mut u64,
+    ) -> (Vec<Delivered>, Option<BusPosition>) {
+        let partition = position.partition;
+        let end = position.offset.saturating_add(*window).min(to);
         let since = self
             .since
-            .filter(|_| from < self.end.next_offset(partition));
-        loop {
-            let page = blocking(|| {
-                searcher.history(&HistoryRequest {
-                    query: self.index_query.as_ref(),
-                    start_ns: since,
-                    ranges: [(partition, PartitionRange { from: position, to })]
-                        .into_iter()
-                        .collect(),
-                    limit: HISTORY_PAGE,
-                    order: HistoryOrder::OldestByPosition,
-                })
-            });
-            let page = match page {
-                Ok(page) => page,
-                Err(error) => {
-                    warn!(tail = %self.tail_id, %error, "a tail failed to read history to heal a gap");
-                    break;
-                }
-            };
-            healed.extend(page.entries.into_iter().map(delivered_of));
-            match page.next {
-                Some(next) => position = next,
-                None => break,
+            .filter(|_| position.offset < self.end.next_offset(partition));
+        let searcher = Arc::clone(&self.inner.searcher);
+        let page = blocking(|| {
+            searcher.history(&HistoryRequest {
+                query: self.index_query.as_ref(),
+                start_ns: since,
+                ranges: [(
+                    partition,
+                    PartitionRange {
+                        from: position,
+                        to: end,
+                    },
+                )]
+                .into_iter()
+                .collect(),
+                limit: HISTORY_PAGE * 4,
+                order: HistoryOrder::OldestByPosition,
+            })
+        });
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
+                warn!(tail = %self.tail_id, %error, "a tail failed to read history to heal a gap");
+                return (Vec::new(), None);
             }
+        };
+        let next = match page.next {
+            Some(next) => {
+                *window = (*window / 2).max(1);
+                Some(next)
+            }
+            None if end < to => Some(BusPosition {
+                partition,
+                offset: end,
+                index: 0,
+            }),
+            None => None,
+        };
+        if page.entries.len() < HISTORY_PAGE / 2 {
+            *window = window.saturating_mul(2).min(1 << 20);
         }
+        self.inner.metrics.healed.inc_by(page.entries.len() as u64);
+        (page.entries.into_iter().map(delivered_of).collect(), next)
+    }
+
+    /// What of the gap `from..to` of `partition` the index could not give back (after
+    /// `healed` envelopes were), if anything.
+    fn gap_census(&self, partition: Partition, from: u64, to: u64, healed: u64) -> Option<Dropped> {
+        let searcher = Arc::clone(&self.inner.searcher);
         let census = match blocking(|| searcher.census(partition, from, to)) {
             Ok(census) => census,
             Err(error) => {
@@ -860,17 +904,15 @@ impl TailTask {
             .filter(|record| record.envelopes > record.indexed)
             .map(|record| record.time_range)
             .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
-        self.inner.metrics.healed.inc_by(healed.len() as u64);
-        let dropped = (lost > 0 || unknown_records > 0).then_some(Dropped {
+        (lost > 0 || unknown_records > 0).then_some(Dropped {
             partition,
             from,
             to,
-            healed: healed.len() as u64,
+            healed,
             envelopes: lost,
             unknown_records,
             time_range,
-        });
-        Ok((healed, dropped))
+        })
     }
 
     async fn report_drop(&mut self, dropped: Dropped) -> Result<(), Gone> {
