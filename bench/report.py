@@ -273,8 +273,8 @@ def markdown(report, made, bottlenecks):
         w("")
     if "catch_up" in f:
         c = f["catch_up"]
-        w(f"A tail resuming from the start of the bus (history from the index below the indexer's checkpoint, "
-          f"then the bus) caught up at {fmt(c['per_s'])} envelopes/s ({fmt(c['envelopes'])} in {fmt(c['seconds'], 1)} s).")
+        w(f"A tail resuming from the start of the bus (the bus where it still holds the records, the index "
+          f"for the segments it released) caught up at {fmt(c['per_s'])} envelopes/s ({fmt(c['envelopes'])} in {fmt(c['seconds'], 1)} s).")
         w("")
 
     if "archive" in f:
