@@ -321,9 +321,11 @@ async fn two_by_two_by_two_counts_100k_exactly_across_indexer_crash_and_handover
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut rounds = 0;
     'rounds: loop {
+        // Each round's lines differ (the round is in them), so two rounds are 6,400 distinct.
+        let token = format!("warmup r{rounds}");
         tokio::join!(
-            send_lines(&topology, 0, "warmup", 16, 100),
-            send_lines(&topology, 1, "warmup", 16, 100)
+            send_lines(&topology, 0, &token, 16, 100),
+            send_lines(&topology, 1, &token, 16, 100)
         );
         rounds += 1;
         let round_ends = Instant::now() + Duration::from_secs(10);
