@@ -146,10 +146,7 @@ async fn tail(
     let result = async {
         // Selectors repeat (`source_id`, `type`), which the typed extractor does not allow:
         // read pairs directly.
-        let mut pairs: Vec<(String, String)> = raw
-            .as_deref()
-            .map(|query| url_pairs(query).collect())
-            .unwrap_or_default();
+        let mut pairs: Vec<(String, String)> = query_pairs(raw.as_deref());
         let take = |pairs: &mut Vec<(String, String)>, name: &str| {
             let value = pairs
                 .iter()
@@ -292,6 +289,12 @@ fn sse_event(event: &crate::tail::TailEvent) -> Event {
     }
 }
 
+/// The decoded pairs of a request's query (none when it has no query).
+pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.map(|query| url_pairs(query).collect())
+        .unwrap_or_default()
+}
+
 /// Decodes `application/x-www-form-urlencoded` pairs.
 pub(crate) fn url_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query
@@ -375,10 +378,7 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
 /// `GET /api/v1/audit?source_id=…&start=…&end=…`: `source_id` may repeat; the range defaults
 /// to the last hour.
 async fn audit(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let pairs: Vec<(String, String)> = raw
-        .as_deref()
-        .map(|query| url_pairs(query).collect())
-        .unwrap_or_default();
+    let pairs: Vec<(String, String)> = query_pairs(raw.as_deref());
     let value = |name: &str| {
         pairs
             .iter()

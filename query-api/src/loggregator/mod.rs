@@ -16,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
-use crate::routes::{ApiError, url_pairs};
+use crate::routes::ApiError;
 
 /// `GET /v2/read`.
 pub async fn v2_read(
@@ -25,10 +25,7 @@ pub async fn v2_read(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let pairs: Vec<(String, String)> = raw
-        .as_deref()
-        .map(|query| url_pairs(query).collect())
-        .unwrap_or_default();
+    let pairs: Vec<(String, String)> = crate::routes::query_pairs(raw.as_deref());
     let opened = async {
         let mut selection = read::ReadSelection::from_pairs(pairs, &state.query_language)?;
         selection.cursor = headers
@@ -106,10 +103,7 @@ pub async fn log_cache_read(
     Path(source_id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let pairs: Vec<(String, String)> = raw
-        .as_deref()
-        .map(|query| url_pairs(query).collect())
-        .unwrap_or_default();
+    let pairs: Vec<(String, String)> = crate::routes::query_pairs(raw.as_deref());
     let result = async {
         let request = log_cache::LogCacheRead::from_pairs(source_id, &pairs)?;
         log_cache::read(&state, request).await
