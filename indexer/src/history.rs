@@ -437,14 +437,8 @@ impl Searcher {
                 .search(query.as_ref(), &DocSetCollector)
                 .map_err(|error| history_failed(hour, &error))?;
             for address in addresses {
+                let column = |name: &str| fast_u64(&searcher, address, name);
                 let segment = searcher.segment_reader(address.segment_ord);
-                let column = |name: &str| {
-                    segment
-                        .fast_fields()
-                        .u64(name)
-                        .ok()
-                        .and_then(|column| column.first(address.doc_id))
-                };
                 let Some(offset) = column("bus_offset") else {
                     continue;
                 };
@@ -477,14 +471,7 @@ impl Searcher {
         searcher: &tantivy::Searcher,
         address: DocAddress,
     ) -> Result<HistoryEntry, SluiceError> {
-        let segment = searcher.segment_reader(address.segment_ord);
-        let column = |name: &str| {
-            segment
-                .fast_fields()
-                .u64(name)
-                .ok()
-                .and_then(|column| column.first(address.doc_id))
-        };
+        let column = |name: &str| fast_u64(searcher, address, name);
         let position = BusPosition {
             partition: column("bus_partition")
                 .and_then(|partition| u32::try_from(partition).ok())
@@ -554,6 +541,16 @@ impl Searcher {
             ..Default::default()
         }
     }
+}
+
+/// The u64 fast field `name` of the document at `address`.
+fn fast_u64(searcher: &tantivy::Searcher, address: DocAddress, name: &str) -> Option<u64> {
+    searcher
+        .segment_reader(address.segment_ord)
+        .fast_fields()
+        .u64(name)
+        .ok()
+        .and_then(|column| column.first(address.doc_id))
 }
 
 fn history_failed(hour: Hour, error: &tantivy::TantivyError) -> SluiceError {
