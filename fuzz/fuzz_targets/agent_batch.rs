@@ -15,12 +15,15 @@ fuzz_target!(|data: &[u8]| {
     let again = AgentBatch::decode(batch.encode_to_vec().as_slice()).expect("re-encoded batch");
     assert_eq!(again, batch);
     let fields = Fields::new();
-    for envelope in &batch.envelopes {
+    let batch_envelopes = u32::try_from(batch.envelopes.len()).unwrap_or(u32::MAX);
+    for (index, envelope) in batch.envelopes.iter().enumerate() {
         let origin = Origin {
             agent_id: &batch.agent_id,
             sequence: batch.sequence,
             partition: 0,
             offset: 0,
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            batch_envelopes,
         };
         let _ = fields.document(envelope, origin);
         let _ = sluice_common::time::Hour::of_nanos(envelope.timestamp).partition_name();

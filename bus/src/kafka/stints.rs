@@ -384,8 +384,8 @@ mod tests {
             for stint in &log[..cut] {
                 state.apply(stint);
             }
-            let text = serde_json::to_vec(&state).unwrap();
-            let mut state: StintState = serde_json::from_slice(&text).unwrap();
+            let text = serde_json::to_vec(&state).expect("a state serialises");
+            let mut state: StintState = serde_json::from_slice(&text).expect("a serialised state parses");
             for stint in &log[cut..] {
                 state.apply(stint);
             }
@@ -406,13 +406,13 @@ mod tests {
         let stint = br#"{"group":"g","partition":1,"member":"a","start":5}"#;
         assert!(matches!(Record::parse(stint), Some(Record::Stint(_))));
         let mut state = StintState::default();
-        state.apply(&serde_json::from_slice(stint).unwrap());
+        state.apply(&serde_json::from_slice(stint).expect("a stint parses"));
         let snapshot = serde_json::to_vec(&Snapshot {
             group: "g".to_owned(),
             covers: 9,
             state: state.clone(),
         })
-        .unwrap();
+        .expect("a snapshot serialises");
         match Record::parse(&snapshot) {
             Some(Record::Snapshot(parsed)) => assert_eq!(parsed.state, state),
             other => panic!("{other:?}"),
