@@ -12,6 +12,7 @@ import concurrent.futures
 import datetime
 import glob
 import json
+import math
 import os
 import platform
 import re
@@ -223,6 +224,16 @@ def scrape(url):
             if labels:
                 values[name + labels] = value
     return values
+
+
+def wal_write_buckets(values):
+    """The cumulative buckets of `sluice_bus_wal_write_seconds`: {upper bound s: count}."""
+    buckets = {}
+    for key, value in values.items():
+        match = re.match(r'^sluice_bus_wal_write_seconds_bucket\{le="([^"]+)"\}$', key)
+        if match:
+            buckets[math.inf if match.group(1) == "+Inf" else float(match.group(1))] = value
+    return buckets
 
 
 def write_toml(path, text):
@@ -497,7 +508,7 @@ max_tails_per_client = 128
             # Archive size against zstd -3 of the very lines archived.
             self.archive(data_dir, report)
             # Freshness at a steady rate below saturation.
-            self.freshness(agent, tls_dir, api)
+            self.freshness(agent, tls_dir, api, metrics)
             # What 100 open tails cost ingest, and how fast a tail far behind catches up.
             self.tail_cost(agent, tls_dir, metrics)
             self.catch_up(api)
@@ -819,10 +830,11 @@ max_tails_per_client = 128
         })
         log(f"archive: {logs_bytes / raw_bytes:.3f} bytes per raw byte (zstd -3: {zstd_bytes / raw_bytes:.3f})")
 
-    def freshness(self, agent, tls_dir, api):
+    def freshness(self, agent, tls_dir, api, metrics):
         runs = []
         rate = self.mode["fresh_rate"]
         seconds = self.mode["fresh_seconds"]
+        wal_before = wal_write_buckets(scrape(metrics))
         for run in range(self.args.runs):
             report = self.load(agent, tls_dir, rate * seconds, rate=rate, api=api)
             runs.append({
@@ -840,6 +852,14 @@ max_tails_per_client = 128
                 f"search p50 {runs[-1]['search_p50_ms']} ms at {rate} envelopes/s")
         summary = summarize([{k: v for k, v in run.items() if not k.endswith("_ms") or "_p" in k} for run in runs])
         summary["rate"] = rate
+        # What the WAL's writes (each with its fdatasync) took meanwhile: every line waits on one.
+        wal_after = wal_write_buckets(scrape(metrics))
+        wal = {le: wal_after.get(le, 0) - wal_before.get(le, 0) for le in wal_after}
+        writes = wal.get(math.inf, 0)
+        summary["wal_writes"] = writes
+        summary["wal_writes_over_51ms"] = writes - wal.get(0.0512, 0)
+        summary["wal_write_p99_ms_at_most"] = next(
+            (le * 1000 for le in sorted(wal) if writes and wal[le] >= 0.99 * writes), None)
         summary["tail_ms_all"] = sorted(v for run in runs for v in run["tail_ms"])
         summary["search_ms_all"] = sorted(v for run in runs for v in run["search_ms"])
         self.figure("freshness", summary)

@@ -257,6 +257,12 @@ def markdown(report, made, bottlenecks):
         w("The target for emit → live tail is a p99 of 50 ms at 10,000 envelopes/s; before tails read the "
           "bus (a doppler's fan-out, the agent's fixed 100 ms batching window) it was 267 ms.")
         w("")
+        if x.get("wal_writes"):
+            w(f"Meanwhile the WAL wrote {fmt(x['wal_writes'])} groups of records, each with its `fdatasync` "
+              f"(`sluice_bus_wal_write_seconds`): {fmt(x.get('wal_writes_over_51ms'))} took more than 51 ms, "
+              f"and 99% took at most {fmt(x.get('wal_write_p99_ms_at_most'), 1)} ms (the bucket bound). A line "
+              "reaches a tail only once its group is synced.")
+            w("")
     if "tail_cost" in f:
         t = f["tail_cost"]
         w("### Live tails")

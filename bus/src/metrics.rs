@@ -3,6 +3,7 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use sluice_common::telemetry::Telemetry;
 
 /// Label set naming a consumer group (a small fixed set: `indexer`, `retention`).
@@ -27,6 +28,9 @@ pub struct BusMetrics {
     pub wal_recovered_cut_bytes: Counter,
     /// Records appended but not yet checkpointed, per consumer group.
     pub consumer_lag_records: Family<GroupLabels, Gauge>,
+    /// Time of each WAL write of a group of records with its sync, seconds: what every
+    /// append (and so every live line) waits on the disk.
+    pub wal_write_seconds: Histogram,
 }
 
 impl BusMetrics {
@@ -72,6 +76,12 @@ impl BusMetrics {
                 "sluice_bus_consumer_lag_records",
                 "Records appended but not yet checkpointed by a consumer group",
                 Family::default(),
+            ),
+            wal_write_seconds: telemetry.register(
+                "sluice_bus_wal_write_seconds",
+                "Time to write a group of records to the WAL, with its fdatasync in fsync durability (every append waits on it)",
+                // 100 µs to 6.5 s.
+                Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             ),
         }
     }

@@ -134,6 +134,7 @@ impl Writer {
             return;
         }
         let before = self.segment_bytes;
+        let started = Instant::now();
         let written = self.file.write_all(&buffer).and_then(|()| {
             if self.settings.durability == Durability::Fsync {
                 self.file.sync_data()
@@ -141,6 +142,9 @@ impl Writer {
                 Ok(())
             }
         });
+        metrics
+            .wal_write_seconds
+            .observe(started.elapsed().as_secs_f64());
         if let Err(io_error) = written {
             // Cut the group off again so the segment ends on a whole record; the group is
             // refused, and the next one tries afresh (space may have come back).

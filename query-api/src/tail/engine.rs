@@ -616,20 +616,20 @@ impl TailTask {
                     self.send(event).await?;
                 }
                 Ok(Ok(item)) => match item.as_ref() {
-                    HubItem::Record {
-                        partition,
-                        offset,
-                        batch,
-                    } => {
-                        if *offset < self.cursor.get(*partition).offset {
+                    HubItem::Record(record) => {
+                        let (partition, offset) = (record.partition, record.offset);
+                        if offset < self.cursor.get(partition).offset {
                             continue;
                         }
-                        if let Some(batch) = batch {
-                            for delivered in self.matching_batch(*partition, *offset, batch) {
+                        // A batch without the selected sources is skipped undecoded.
+                        if record.may_carry(&self.filter.source_ids)
+                            && let Some(batch) = record.batch()
+                        {
+                            for delivered in self.matching_batch(partition, offset, batch) {
                                 self.deliver(delivered).await?;
                             }
                         }
-                        self.skip_past_offset(*partition, *offset);
+                        self.skip_past_offset(partition, offset);
                         self.heartbeat_if_due().await?;
                     }
                     HubItem::Gap {
