@@ -3,10 +3,10 @@
 //! Sources call [`Forwarder::submit`] with envelopes and a [`Ticket`]. The batcher task cuts
 //! the stream into batches of at most `flush_envelopes` envelopes and `flush_bytes` encoded
 //! bytes (so every batch fits the doppler's receive limit, which the configuration checks at
-//! start). A partial batch leaves at once when no batch is in flight (an idle pipeline adds
-//! no batching delay) and otherwise when the batches in flight are all settled or
-//! `flush_interval` after its first envelope, whichever is first: batches grow only while
-//! the dopplers are busy. Each batch gets
+//! start). A partial batch leaves at once when nothing more is queued and fewer than
+//! `max_in_flight_batches` are in flight (a pipeline with room adds no batching delay), and
+//! otherwise when a batch in flight is settled or `flush_interval` after its first envelope,
+//! whichever is first: batches grow only while every slot is busy. Each batch gets
 //! the next sequence number and is sent by its own task (at most `max_in_flight_batches` at
 //! once) to the dopplers in turn until one acknowledges it. Transport failures and a doppler
 //! that is away or full are retried with backoff, on the next doppler, for as long as it takes
@@ -642,17 +642,19 @@ struct Batcher {
     in_flight: Arc<Semaphore>,
     max_in_flight: u32,
     /// Notified each time a batch in flight is settled, so a partial batch can leave as soon
-    /// as nothing is in flight.
+    /// as a slot is free.
     settled: Arc<tokio::sync::Notify>,
     senders: Arc<DopplerSet>,
     metrics: AgentMetrics,
 }
 
 impl Batcher {
-    /// Nothing is in flight: the dopplers are idle, so a partial batch leaves now instead of
-    /// waiting out `flush_interval` (batches grow only while the dopplers are busy).
-    fn idle(&self) -> bool {
-        self.in_flight.available_permits() == self.max_in_flight as usize
+    /// A slot for a batch in flight is free, so a partial batch leaves now instead of waiting
+    /// out `flush_interval` (batches grow only while every slot is busy). Waiting for every
+    /// batch in flight to settle instead kept a line of a busy agent waiting for up to
+    /// `flush_interval` (the live tail's p99 was 150 ms at 10,000 envelopes/s).
+    fn has_room(&self) -> bool {
+        self.in_flight.available_permits() > 0
     }
 
     async fn run(mut self, mut submissions: mpsc::Receiver<Submission>) {
@@ -690,15 +692,15 @@ impl Batcher {
                             deadline = None;
                         }
                     }
-                    // With nothing more queued and nothing in flight, waiting would only add
+                    // With nothing more queued and a slot free, waiting would only add
                     // latency.
-                    if !batch.envelopes.is_empty() && submissions.is_empty() && self.idle() {
+                    if !batch.envelopes.is_empty() && submissions.is_empty() && self.has_room() {
                         deadline = None;
                         self.dispatch(std::mem::replace(&mut batch, PendingBatch::new())).await;
                     }
                 }
                 () = self.settled.notified(), if !batch.envelopes.is_empty() => {
-                    if self.idle() {
+                    if self.has_room() {
                         deadline = None;
                         self.dispatch(std::mem::replace(&mut batch, PendingBatch::new())).await;
                     }
@@ -948,6 +950,58 @@ mod tests {
                 .expect("acknowledged");
             assert_eq!(doppler.line_count(), round);
         }
+    }
+
+    /// A partial batch leaves while another is in flight when a slot is free: waiting until
+    /// every batch in flight had settled kept lines of a busy agent for up to `flush_interval`
+    /// (the live tail's p99 was 150 ms at 10,000 envelopes/s).
+    #[tokio::test]
+    async fn a_partial_batch_leaves_while_another_is_in_flight_when_a_slot_is_free() {
+        let doppler = crate::test_support::TestDoppler::start(0).await;
+        let (forwarder, _metrics, _dir) = forwarder(
+            &format!(
+                "dopplers = [\"{}\"]\nflush_interval = \"1h\"\nmax_in_flight_batches = 2\n",
+                doppler.address
+            ),
+            Some(&doppler.tls),
+        );
+        let line = |text: &str| {
+            let mut envelope = envelopes(1).remove(0);
+            envelope.message = Some(envelope::Message::Log(sluice_proto::v2::Log {
+                payload: text.as_bytes().to_vec(),
+                r#type: 0,
+            }));
+            vec![envelope]
+        };
+        let (held, held_done) = Ticket::new("loggregator");
+        forwarder.submit(line("hold"), &held).await.expect("taken");
+        drop(held);
+        // Once the held batch is in flight (a line queued before would join it).
+        while doppler.state.received.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (ticket, done) = Ticket::new("loggregator");
+        forwarder
+            .submit(line("after"), &ticket)
+            .await
+            .expect("taken");
+        drop(ticket);
+        tokio::time::timeout(Duration::from_secs(30), done)
+            .await
+            .expect("acknowledged while the held batch is still in flight")
+            .expect("answered")
+            .expect("acknowledged");
+        assert_eq!(
+            doppler.line_count(),
+            1,
+            "only the second batch is answered yet"
+        );
+        doppler.release();
+        tokio::time::timeout(Duration::from_secs(30), held_done)
+            .await
+            .expect("the held batch is answered once released")
+            .expect("answered")
+            .expect("acknowledged");
     }
 
     /// Requests waiting for room used to be bounded by nothing: 4,096 waiting requests of 500

@@ -1,5 +1,6 @@
 //! A doppler for the agent's own tests: serves `DopplerIngress` over mutual TLS on loopback,
-//! refuses the first batches it is told to, and keeps the lines of the rest.
+//! refuses the first batches it is told to, holds batches with a line `hold` until released,
+//! and keeps the lines of the rest.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,10 @@ pub struct DopplerState {
     refuse: AtomicU32,
     /// The log lines of the batches it acknowledged, in order.
     pub lines: Mutex<Vec<String>>,
+    /// Whether batches with a line `hold` may be answered.
+    released: tokio::sync::watch::Sender<bool>,
+    /// Batches received (answered or not).
+    pub received: AtomicU32,
 }
 
 impl TestDoppler {
@@ -47,6 +52,8 @@ impl TestDoppler {
         let state = Arc::new(DopplerState {
             refuse: AtomicU32::new(refuse),
             lines: Mutex::new(Vec::new()),
+            released: tokio::sync::watch::Sender::new(false),
+            received: AtomicU32::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -67,6 +74,11 @@ impl TestDoppler {
         }
     }
 
+    /// Answers the batches held (and every later one with a line `hold`) from now on.
+    pub fn release(&self) {
+        self.state.released.send_replace(true);
+    }
+
     /// Lines acknowledged so far.
     pub fn line_count(&self) -> usize {
         self.state.lines.lock().expect("lock").len()
@@ -80,6 +92,14 @@ impl DopplerIngress for DopplerState {
         request: tonic::Request<AgentBatch>,
     ) -> Result<tonic::Response<AgentBatchAck>, tonic::Status> {
         let batch = request.into_inner();
+        self.received.fetch_add(1, Ordering::SeqCst);
+        let held = batch.envelopes.iter().any(|envelope| {
+            matches!(&envelope.message, Some(envelope::Message::Log(log)) if log.payload == b"hold")
+        });
+        if held {
+            let mut released = self.released.subscribe();
+            let _ = released.wait_for(|released| *released).await;
+        }
         let refused = self
             .refuse
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
