@@ -385,7 +385,8 @@ mod tests {
                 state.apply(stint);
             }
             let text = serde_json::to_vec(&state).expect("a state serialises");
-            let mut state: StintState = serde_json::from_slice(&text).expect("a serialised state parses");
+            let mut state: StintState =
+                serde_json::from_slice(&text).expect("a serialised state parses");
             for stint in &log[cut..] {
                 state.apply(stint);
             }

@@ -240,12 +240,21 @@ mod tests {
             record.sources.as_deref(),
             Some(&[Bytes::from_static(b"api"), Bytes::from_static(b"web")][..])
         );
-        assert!(record.batch.get().is_none(), "nothing decoded the batch yet");
+        assert!(
+            record.batch.get().is_none(),
+            "nothing decoded the batch yet"
+        );
         assert!(record.may_carry(&["web".to_owned()]));
         assert!(record.may_carry(&["worker".to_owned(), "api".to_owned()]));
         assert!(!record.may_carry(&["worker".to_owned()]));
-        assert!(!record.may_carry(&["we".to_owned()]), "a prefix is not a source");
-        assert!(record.may_carry(&[]), "no source selector selects every source");
+        assert!(
+            !record.may_carry(&["we".to_owned()]),
+            "a prefix is not a source"
+        );
+        assert!(
+            record.may_carry(&[]),
+            "no source selector selects every source"
+        );
         assert_eq!(record.batch(), Some(&batch));
     }
 
