@@ -4,6 +4,8 @@
 //!   original Loghub lines they are shaped after.
 //! - `load` drives an agent's Loggregator ingress and prints what it measured as JSON.
 //! - `overload` offers it a fixed rate whatever it answers, and counts every outcome.
+//! - `patterns` runs the pattern miner alone on the labelled Loghub samples: grouping
+//!   accuracy per system and lines per second.
 //! - `tails` holds many live tails open (their cost on ingest); `catch-up` times one tail
 //!   resuming from a cursor far behind.
 
@@ -11,6 +13,7 @@ mod generator;
 mod load;
 mod loghub;
 mod overload;
+mod patterns;
 mod tails;
 
 use std::io::{BufWriter, Write};
@@ -43,6 +46,18 @@ enum Command {
     Tails(TailsArgs),
     /// Time one tail resuming from a cursor; print a JSON report.
     CatchUp(CatchUpArgs),
+    /// Mine the labelled Loghub samples' patterns; print accuracy and speed as JSON.
+    Patterns(PatternsArgs),
+}
+
+#[derive(Args)]
+struct PatternsArgs {
+    /// The directory of `<System>/<System>_2k.log_structured.csv` samples.
+    #[arg(long)]
+    loghub: PathBuf,
+    /// Rounds over every sample for the speed figures.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
 }
 
 #[derive(Args)]
@@ -221,6 +236,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        Command::Patterns(args) => patterns::run(&args.loghub, args.rounds),
         Command::Tails(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

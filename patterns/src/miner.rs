@@ -1,0 +1,412 @@
+//! The miner of one source: lines in, the id of each line's pattern out.
+//!
+//! Each line is masked ([`crate::tokens`]); lines that mask alike are one *leaf*, and leaves
+//! are grouped into *patterns* (a union-find over the leaves, the oldest leaf the root). Two
+//! rules group them, both checked when a leaf or a pattern's template changes:
+//!
+//! - **A place that varies.** Templates of one length that differ in one token only are one
+//!   pattern when that place has taken [`MinerConfig::distinct_values`] different words, or
+//!   when one of them already holds a value there (`rhost=<*>` takes `rhost=zummit.com`).
+//!   The place needs context: at least two other constant tokens, so `generating <*>` does
+//!   not swallow every two-word line. This is what finds user and host names without digits,
+//!   and keeps apart what a program says in a few fixed ways (`startup` and `shutdown`).
+//! - **Values of varying width.** Templates whose constant tokens are the same, in the same
+//!   order, are one pattern however many values sit between them (`bytes sent` and
+//!   `bytes (<*>) sent`); at least two constant tokens are needed.
+//!
+//! A pattern's id is a hash of the source and its template, so every indexer that sees the
+//! same lines gives them the same ids, and a restart that replays them does too. When a
+//! pattern generalises (two merge, or a place becomes a value), its template and so its id
+//! change; the ids it answered to before are kept in [`PatternInfo::merged`], so the lines
+//! already stored with them still belong to it.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use crate::tokens;
+
+/// Settings of the miner (one configuration for every kind of log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinerConfig {
+    /// Different words seen in one place of a template that make the place a value.
+    pub distinct_values: usize,
+    /// Leaves (distinct masked lines) one source keeps at most; past it the least recently
+    /// seen quarter is evicted (and counted).
+    pub max_leaves: usize,
+}
+
+impl Default for MinerConfig {
+    fn default() -> MinerConfig {
+        MinerConfig {
+            distinct_values: 5,
+            max_leaves: 10_000,
+        }
+    }
+}
+
+/// A pattern as the miner knows it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternInfo {
+    /// Its id.
+    pub id: u64,
+    /// Its template, `<*>` for each value.
+    pub template: String,
+    /// Lines mined into it.
+    pub count: u64,
+    /// Timestamp (ns) of its first and last line.
+    pub first_seen: i64,
+    /// See `first_seen`.
+    pub last_seen: i64,
+    /// Ids it had before it generalised, and ids of patterns merged into it.
+    pub merged: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct Node {
+    tokens: Vec<Box<str>>,
+    parent: u32,
+    id: u64,
+    count: u64,
+    first_seen: i64,
+    last_seen: i64,
+    merged: Vec<u64>,
+    /// The masked line of a leaf (what `exact` maps from).
+    key: Box<str>,
+}
+
+/// The patterns of one source.
+#[derive(Debug)]
+pub struct SourceMiner {
+    source: String,
+    config: MinerConfig,
+    nodes: Vec<Node>,
+    exact: HashMap<Box<str>, u32>,
+    /// A template with one place left out → the words seen there, with the node holding each.
+    slots: HashMap<u64, Vec<(Box<str>, u32)>>,
+    /// The constant tokens of a template → a node with them.
+    skeletons: HashMap<u64, u32>,
+    evicted: u64,
+    scratch: Vec<String>,
+    line: String,
+}
+
+impl SourceMiner {
+    /// An empty miner for `source`.
+    pub fn new(source: &str, config: MinerConfig) -> SourceMiner {
+        SourceMiner {
+            source: source.to_owned(),
+            config,
+            nodes: Vec::new(),
+            exact: HashMap::new(),
+            slots: HashMap::new(),
+            skeletons: HashMap::new(),
+            evicted: 0,
+            scratch: Vec::new(),
+            line: String::new(),
+        }
+    }
+
+    /// Mines one line stamped `timestamp` (ns): the id of its pattern.
+    pub fn mine(&mut self, message: &str, timestamp: i64) -> u64 {
+        self.scratch.clear();
+        tokens::mask(message, &mut self.scratch);
+        self.line.clear();
+        for (index, token) in self.scratch.iter().enumerate() {
+            if index > 0 {
+                self.line.push(' ');
+            }
+            self.line.push_str(token);
+        }
+        let leaf = match self.exact.get(self.line.as_str()) {
+            Some(&leaf) => leaf,
+            None => {
+                if self.exact.len() >= self.config.max_leaves.max(4) {
+                    self.evict();
+                }
+                self.add_leaf(timestamp)
+            }
+        };
+        self.touch(leaf, timestamp);
+        let root = self.find(leaf);
+        let node = &mut self.nodes[root as usize];
+        node.count += 1;
+        node.first_seen = node.first_seen.min(timestamp);
+        node.last_seen = node.last_seen.max(timestamp);
+        node.id
+    }
+
+    /// Patterns now (roots only), largest first.
+    pub fn patterns(&self) -> Vec<PatternInfo> {
+        let mut out: Vec<PatternInfo> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(index, node)| node.parent as usize == *index)
+            .map(|(_, node)| PatternInfo {
+                id: node.id,
+                template: tokens::display(&node.tokens),
+                count: node.count,
+                first_seen: node.first_seen,
+                last_seen: node.last_seen,
+                merged: node.merged.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| b.count.cmp(&a.count).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Leaves evicted so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Distinct masked lines held.
+    pub fn leaves(&self) -> usize {
+        self.exact.len()
+    }
+
+    fn add_leaf(&mut self, timestamp: i64) -> u32 {
+        let index = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        let tokens: Vec<Box<str>> = self
+            .scratch
+            .iter()
+            .map(|token| token.as_str().into())
+            .collect();
+        let key: Box<str> = self.line.as_str().into();
+        self.nodes.push(Node {
+            id: pattern_id(&self.source, &tokens),
+            tokens,
+            parent: index,
+            count: 0,
+            first_seen: timestamp,
+            last_seen: timestamp,
+            merged: Vec::new(),
+            key: key.clone(),
+        });
+        self.exact.insert(key, index);
+        self.settle(index);
+        index
+    }
+
+    fn touch(&mut self, leaf: u32, timestamp: i64) {
+        let node = &mut self.nodes[leaf as usize];
+        node.last_seen = node.last_seen.max(timestamp);
+    }
+
+    fn find(&mut self, mut node: u32) -> u32 {
+        let mut root = node;
+        while self.nodes[root as usize].parent != root {
+            root = self.nodes[root as usize].parent;
+        }
+        while self.nodes[node as usize].parent != root {
+            let next = self.nodes[node as usize].parent;
+            self.nodes[node as usize].parent = root;
+            node = next;
+        }
+        root
+    }
+
+    /// Registers `node`'s template and applies the grouping rules until nothing merges.
+    fn settle(&mut self, mut node: u32) {
+        while let Some(group) = self.mergeable(node) {
+            node = self.merge(group);
+        }
+    }
+
+    /// Registers the template of root `node`; the roots to merge with it, if a rule says so.
+    fn mergeable(&mut self, node: u32) -> Option<Vec<u32>> {
+        let template = self.nodes[node as usize].tokens.clone();
+        let skeleton: Vec<&str> = template
+            .iter()
+            .filter_map(|token| skeleton_part(token))
+            .collect();
+        if skeleton.len() >= 2 {
+            let key = hash_of(&skeleton);
+            match self.skeletons.get(&key).copied() {
+                Some(other) => {
+                    let other = self.find(other);
+                    if other != node {
+                        return Some(vec![other, node]);
+                    }
+                }
+                None => {
+                    self.skeletons.insert(key, node);
+                }
+            }
+        }
+        let constants = template
+            .iter()
+            .filter(|token| !tokens::has_value(token))
+            .count();
+        for (place, token) in template.iter().enumerate() {
+            let others = constants - usize::from(!tokens::has_value(token));
+            if others < 2 {
+                continue;
+            }
+            let key = slot_key(&template, place);
+            let values = self.slots.entry(key).or_default();
+            match values.iter_mut().find(|(value, _)| value == token) {
+                Some(entry) => entry.1 = node,
+                None => values.push((token.clone(), node)),
+            }
+            let any_value = values.iter().any(|(value, _)| tokens::has_value(value));
+            let distinct = values.len();
+            let holders: Vec<u32> = values.iter().map(|(_, holder)| *holder).collect();
+            let mut roots: Vec<u32> = holders
+                .into_iter()
+                .map(|holder| self.find(holder))
+                .collect();
+            roots.sort_unstable();
+            roots.dedup();
+            if roots.len() > 1 && (any_value || distinct >= self.config.distinct_values) {
+                return Some(roots);
+            }
+        }
+        None
+    }
+
+    /// Merges `roots` into the oldest; its template generalises. Returns it.
+    fn merge(&mut self, roots: Vec<u32>) -> u32 {
+        let root = roots.iter().copied().min().unwrap_or(roots[0]);
+        let mut template = self.nodes[root as usize].tokens.clone();
+        let mut merged = std::mem::take(&mut self.nodes[root as usize].merged);
+        merged.push(self.nodes[root as usize].id);
+        let (mut count, mut first, mut last) = {
+            let node = &self.nodes[root as usize];
+            (node.count, node.first_seen, node.last_seen)
+        };
+        for &other in roots.iter().filter(|&&other| other != root) {
+            let node = &mut self.nodes[other as usize];
+            node.parent = root;
+            if node.tokens.len() == template.len() {
+                template = template
+                    .iter()
+                    .zip(&node.tokens)
+                    .map(|(a, b)| tokens::generalise(a, b).into())
+                    .collect();
+            } else if node.tokens.len() > template.len() {
+                template = node.tokens.clone();
+            }
+            merged.push(node.id);
+            merged.append(&mut node.merged);
+            count += node.count;
+            first = first.min(node.first_seen);
+            last = last.max(node.last_seen);
+        }
+        let id = pattern_id(&self.source, &template);
+        merged.retain(|&old| old != id);
+        merged.sort_unstable();
+        merged.dedup();
+        let node = &mut self.nodes[root as usize];
+        node.tokens = template;
+        node.id = id;
+        node.merged = merged;
+        node.count = count;
+        node.first_seen = first;
+        node.last_seen = last;
+        root
+    }
+
+    /// Keeps the most recently seen three quarters of the leaves (and the patterns they
+    /// belong to), and rebuilds the indexes from them.
+    fn evict(&mut self) {
+        let mut leaves: Vec<(i64, u32)> = self
+            .exact
+            .values()
+            .map(|&leaf| (self.nodes[leaf as usize].last_seen, leaf))
+            .collect();
+        leaves.sort_unstable_by(|a, b| b.cmp(a));
+        let keep = self.exact.len() * 3 / 4;
+        let kept: Vec<u32> = leaves.iter().take(keep).map(|&(_, leaf)| leaf).collect();
+        self.evicted += (leaves.len() - kept.len()) as u64;
+        // Survivors: each kept leaf and its root, renumbered in their old order.
+        let mut survivors: Vec<u32> = Vec::with_capacity(kept.len() * 2);
+        for &leaf in &kept {
+            survivors.push(leaf);
+            survivors.push(self.find(leaf));
+        }
+        survivors.sort_unstable();
+        survivors.dedup();
+        let renumber: HashMap<u32, u32> = survivors
+            .iter()
+            .enumerate()
+            .map(|(new, &old)| (old, u32::try_from(new).unwrap_or(u32::MAX)))
+            .collect();
+        let mut old_nodes: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let kept_leaves: std::collections::HashSet<u32> = kept.iter().copied().collect();
+        self.exact.clear();
+        self.slots.clear();
+        self.skeletons.clear();
+        for &old in &survivors {
+            let Some(mut node) = old_nodes[old as usize].take() else {
+                continue;
+            };
+            // find() above pointed every kept leaf at its root, which survives too.
+            node.parent = renumber
+                .get(&node.parent)
+                .copied()
+                .unwrap_or(renumber[&old]);
+            if kept_leaves.contains(&old) {
+                self.exact.insert(node.key.clone(), renumber[&old]);
+            }
+            self.nodes.push(node);
+        }
+        for index in 0..self.nodes.len() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            if self.nodes[index as usize].parent == index {
+                self.settle(index);
+            }
+        }
+    }
+}
+
+/// A template's id: FNV-1a (64 bits) over the source and the template's tokens, stable across
+/// processes and versions.
+fn pattern_id(source: &str, tokens: &[Box<str>]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    let mut feed = |bytes: &[u8]| {
+        for &byte in bytes {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    feed(source.as_bytes());
+    for token in tokens {
+        feed(&[0xff]);
+        feed(token.as_bytes());
+    }
+    hash
+}
+
+/// What a token adds to a template's skeleton: a constant token itself, a keyed value its key.
+fn skeleton_part(token: &str) -> Option<&str> {
+    if !tokens::has_value(token) {
+        return Some(token);
+    }
+    let (prefix, core, _) = tokens::split_affix(token);
+    tokens::key_len(core).map(|key| &token[..prefix.len() + key])
+}
+
+fn hash_of(parts: &[&str]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn slot_key(template: &[Box<str>], place: usize) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    template.len().hash(&mut hasher);
+    place.hash(&mut hasher);
+    for (index, token) in template.iter().enumerate() {
+        if index != place {
+            token.hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}

@@ -1,0 +1,408 @@
+//! Splitting a message into tokens and masking the values whose type says they vary.
+//!
+//! A message is split at whitespace (and at dot leaders, `depth..........12`), except that a
+//! quoted value after a key (`tag="View Lock"`) stays one token. Each token is then one of:
+//!
+//! - a **value**, masked as [`VAR`] with the punctuation around it kept (`(<*>)`, `<*>,`):
+//!   numbers, and anything that starts with a digit; identifiers that mix digits with
+//!   separators (`blk_-1608`, `10.251.31.5:50010`, `/var/log/2`, `core.1287`); hexadecimal
+//!   runs of eight or more; day and month names (a timestamp's words); a number followed by its
+//!   unit (`12 ms`, `(1.2 KB)`) is one value, and adjacent bare values are one;
+//! - a **keyed value** (`uid=0`, `rhost=10.0.0.1`, `time:42`): the key stays, the value is
+//!   masked when it is a value by the rules above (`uid=<*>`); an empty pair of brackets is an
+//!   empty value (`()` becomes `(<*>)`);
+//! - a **word**, kept as it is: everything else, including words with a one-digit suffix
+//!   (`ssh2`, `SOCKS5`, `PSR0`), which name things more often than they count them.
+//!
+//! Words that vary (user names, host names without digits) are not recognised here: the
+//! miner generalises them when it has seen enough different ones in the same place.
+
+/// The placeholder of a masked value inside tokens (shown as `<*>`).
+pub const VAR: char = '\u{1}';
+
+/// Punctuation that may surround a value and stays when the value is masked.
+fn is_affix(character: char) -> bool {
+    matches!(
+        character,
+        '(' | ')' | '[' | ']' | '{' | '}' | '<' | '>' | ',' | ';' | ':' | '\'' | '"'
+    )
+}
+
+/// Day and month names, as timestamps spell them.
+const TIME_WORDS: [&str; 31] = [
+    "mon",
+    "tue",
+    "wed",
+    "thu",
+    "fri",
+    "sat",
+    "sun",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "may",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+    "january",
+    "february",
+    "march",
+    "april",
+];
+const MORE_MONTHS: [&str; 7] = [
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
+
+/// Units a number may be followed by; the pair is one value.
+const UNITS: [&str; 29] = [
+    "s", "sec", "secs", "second", "seconds", "ms", "msec", "us", "ns", "min", "mins", "minute",
+    "minutes", "h", "hr", "hrs", "hour", "hours", "day", "days", "b", "kb", "mb", "gb", "tb",
+    "kib", "mib", "gib", "tib",
+];
+
+fn eq_any(word: &str, list: &[&str]) -> bool {
+    list.iter()
+        .any(|candidate| word.eq_ignore_ascii_case(candidate))
+}
+
+/// Splits `token` into leading punctuation, core and trailing punctuation.
+pub fn split_affix(token: &str) -> (&str, &str, &str) {
+    let start = token
+        .char_indices()
+        .find(|(_, character)| !is_affix(*character))
+        .map_or(token.len(), |(index, _)| index);
+    let end = token[start..]
+        .char_indices()
+        .rev()
+        .find(|(_, character)| !is_affix(*character))
+        .map_or(start, |(index, character)| {
+            start + index + character.len_utf8()
+        });
+    (&token[..start], &token[start..end], &token[end..])
+}
+
+/// Whether a token's core is a value by its type alone.
+pub fn is_value(core: &str) -> bool {
+    let Some(first) = core.chars().next() else {
+        return false;
+    };
+    if eq_any(core, &TIME_WORDS) || eq_any(core, &MORE_MONTHS) {
+        return true;
+    }
+    if !core.bytes().any(|byte| byte.is_ascii_digit()) {
+        return false;
+    }
+    if first.is_ascii_digit() || matches!(first, '-' | '+' | '#') {
+        return true;
+    }
+    if core
+        .bytes()
+        .any(|byte| matches!(byte, b'.' | b':' | b'/' | b'-' | b'_' | b'=' | b'@' | b'#'))
+    {
+        return true;
+    }
+    if core.len() >= 8 && core.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return true;
+    }
+    // Letters and one digit (ssh2, SOCKS5) name a thing; longer digit runs are ids.
+    let letters = core.bytes().take_while(u8::is_ascii_alphabetic).count();
+    !(letters > 0 && letters + 1 == core.len())
+}
+
+/// The length of a key at the start of `core` with its separator (`uid=`, `time:`), if any:
+/// `=` after a name of letters, digits, `_`, `.` and `-`; `:` after a plain word (so that
+/// `host.example.com:80` is not a key).
+pub fn key_len(core: &str) -> Option<usize> {
+    let bytes = core.as_bytes();
+    let first = *bytes.first()?;
+    if !(first.is_ascii_alphabetic() || first == b'_') {
+        return None;
+    }
+    let mut plain = true;
+    for (index, &byte) in bytes.iter().enumerate().skip(1) {
+        match byte {
+            b'=' => return Some(index + 1),
+            b':' if plain => return Some(index + 1),
+            b'.' | b'-' => plain = false,
+            byte if byte.is_ascii_alphanumeric() || byte == b'_' => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Splits `message` into raw tokens: at whitespace and dot leaders (three dots or more), a
+/// quoted value after a key kept whole.
+pub fn raw_tokens(message: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let bytes = message.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        while index < bytes.len() && (bytes[index].is_ascii_whitespace() || leader_at(bytes, index))
+        {
+            index += if bytes[index] == b'.' {
+                leader_len(bytes, index)
+            } else {
+                1
+            };
+        }
+        if index >= bytes.len() {
+            break;
+        }
+        let start = index;
+        let mut quoted = false;
+        while index < bytes.len() {
+            let byte = bytes[index];
+            if quoted {
+                if byte == b'"' {
+                    quoted = false;
+                }
+            } else if byte.is_ascii_whitespace() || leader_at(bytes, index) {
+                break;
+            } else if byte == b'"'
+                && index > start
+                && bytes[index - 1] == b'='
+                && key_len(&message[start..index]) == Some(index - start)
+                && bytes[index + 1..].contains(&b'"')
+            {
+                quoted = true;
+            }
+            index += 1;
+        }
+        tokens.push(&message[start..index]);
+    }
+    tokens
+}
+
+fn leader_at(bytes: &[u8], index: usize) -> bool {
+    leader_len(bytes, index) >= 3
+}
+
+fn leader_len(bytes: &[u8], index: usize) -> usize {
+    bytes[index..]
+        .iter()
+        .take_while(|&&byte| byte == b'.')
+        .count()
+}
+
+/// The masked tokens of `message`, appended to `out`.
+pub fn mask(message: &str, out: &mut Vec<String>) {
+    // The placeholder cannot come from the text itself.
+    let cleaned;
+    let message = if message.contains(VAR) {
+        cleaned = message.replace(VAR, "\u{fffd}");
+        cleaned.as_str()
+    } else {
+        message
+    };
+    let raw = raw_tokens(message);
+    let mut index = 0;
+    while index < raw.len() {
+        let token = raw[index];
+        index += 1;
+        let (prefix, core, suffix) = split_affix(token);
+        if let Some(key) = key_len(core) {
+            let (value_prefix, value, value_suffix) = split_affix(&core[key..]);
+            if is_value(value) {
+                out.push(format!(
+                    "{prefix}{}{value_prefix}{VAR}{value_suffix}{suffix}",
+                    &core[..key]
+                ));
+            } else {
+                out.push(token.to_owned());
+            }
+            continue;
+        }
+        if core.is_empty() && matches!(token, "()" | "[]" | "{}" | "<>" | "''" | "\"\"") {
+            let mut characters = token.chars();
+            let (open, close) = (characters.next(), characters.next());
+            out.push(format!(
+                "{}{VAR}{}",
+                open.unwrap_or_default(),
+                close.unwrap_or_default()
+            ));
+            continue;
+        }
+        if is_value(core) {
+            let mut suffix = suffix;
+            if let Some(next) = raw.get(index) {
+                let (unit_prefix, unit, unit_suffix) = split_affix(next);
+                if unit_prefix.is_empty() && !unit.is_empty() && eq_any(unit, &UNITS) {
+                    if suffix.is_empty() {
+                        suffix = unit_suffix;
+                    }
+                    index += 1;
+                }
+            }
+            let bare = prefix.is_empty() && suffix.is_empty();
+            if bare
+                && out
+                    .last()
+                    .is_some_and(|last| last.len() == 1 && last.starts_with(VAR))
+            {
+                continue;
+            }
+            out.push(format!("{prefix}{VAR}{suffix}"));
+            continue;
+        }
+        out.push(token.to_owned());
+    }
+}
+
+/// Whether `token` holds a masked value.
+pub fn has_value(token: &str) -> bool {
+    token.contains(VAR)
+}
+
+/// What a token keeps when its value varies: the key (`rhost=`) and the punctuation around.
+pub fn head(token: &str) -> (&str, &str) {
+    let (prefix, core, suffix) = split_affix(token);
+    match key_len(core) {
+        Some(key) => (&token[..prefix.len() + key], suffix),
+        None => (prefix, suffix),
+    }
+}
+
+/// The token two differing tokens generalise to.
+pub fn generalise(a: &str, b: &str) -> String {
+    if a == b {
+        return a.to_owned();
+    }
+    let (head_a, head_b) = (head(a), head(b));
+    if head_a == head_b && head_a != ("", "") {
+        return format!("{}{VAR}{}", head_a.0, head_a.1);
+    }
+    VAR.to_string()
+}
+
+/// The template's tokens as a person reads them (`<*>` for each value).
+pub fn display(tokens: &[Box<str>]) -> String {
+    let mut text = String::new();
+    for (index, token) in tokens.iter().enumerate() {
+        if index > 0 {
+            text.push(' ');
+        }
+        for character in token.chars() {
+            if character == VAR {
+                text.push_str("<*>");
+            } else {
+                text.push(character);
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(message: &str) -> String {
+        let mut out = Vec::new();
+        mask(message, &mut out);
+        out.join(" ").replace(VAR, "<*>")
+    }
+
+    #[test]
+    fn values_are_masked_by_type_and_words_stay() {
+        assert_eq!(
+            masked(
+                "Receiving block blk_-1608999687919862906 src: /10.250.19.102:54106 dest: /10.250.19.102:50010"
+            ),
+            "Receiving block <*> src: <*> dest: <*>"
+        );
+        assert_eq!(
+            masked("Accepted password for root from 10.0.0.1 port 22 ssh2"),
+            "Accepted password for root from <*> port <*> ssh2"
+        );
+        assert_eq!(
+            masked("connection from 1.2.3.4 () at Sun Jul 10 03:55:22 2005"),
+            "connection from <*> (<*>) at <*>"
+        );
+        assert_eq!(
+            masked(
+                "authentication failure; logname= uid=0 euid=0 tty=NODEVssh ruser= rhost=10.0.0.1"
+            ),
+            "authentication failure; logname= uid=<*> euid=<*> tty=NODEVssh ruser= rhost=<*>"
+        );
+        assert_eq!(
+            masked("close, 403 bytes (1.2 KB) sent, lifetime <1 sec"),
+            "close, <*> bytes (<*>) sent, lifetime <<*>"
+        );
+        assert_eq!(
+            masked("icache prefetch depth..........12"),
+            "icache prefetch depth <*>"
+        );
+        assert_eq!(
+            masked(r#"acquire lock=123, tag="View Lock", name=android"#),
+            r#"acquire lock=<*>, tag="View Lock", name=android"#
+        );
+        assert_eq!(
+            masked("open through proxy host.example.com:5070 SOCKS5"),
+            "open through proxy <*> SOCKS5"
+        );
+        assert_eq!(masked("session e6200003ab started"), "session <*> started");
+    }
+
+    #[test]
+    fn affixes_keys_and_generalisation() {
+        assert_eq!(split_affix("(uid=0)"), ("(", "uid=0", ")"));
+        assert_eq!(split_affix("()"), ("()", "", ""));
+        assert_eq!(key_len("uid=0"), Some(4));
+        assert_eq!(key_len("state.clip:3"), None);
+        assert_eq!(key_len("time:3"), Some(5));
+        assert_eq!(key_len("host.example.com:80"), None);
+        assert_eq!(
+            generalise("rhost=a.org", "rhost=b.org").replace(VAR, "*"),
+            "rhost=*"
+        );
+        assert_eq!(generalise("(alice)", "(bob)").replace(VAR, "*"), "(*)");
+        assert_eq!(generalise("alice", "bob").replace(VAR, "*"), "*");
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics() {
+        let samples = [
+            "",
+            " ",
+            "...",
+            "....x",
+            "=",
+            "a=\"",
+            "a=\"b",
+            "\"\"",
+            "()",
+            "é=ü",
+            "a:",
+            "0",
+            "\u{1}",
+            "a=\"x\" y",
+        ];
+        for sample in samples {
+            let mut out = Vec::new();
+            mask(sample, &mut out);
+            for token in &out {
+                let _ = head(token);
+            }
+        }
+    }
+}
