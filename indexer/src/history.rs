@@ -244,8 +244,13 @@ impl Searcher {
         // `limit`-th smallest offset overall.
         let mut candidates: Vec<(u64, Hour, DocAddress)> = Vec::new();
         let mut matched = 0_u64;
+        // A document address holds only in the searcher that found it: the entries are read
+        // with the same ones (a fresh searcher after a commit or merge has other segments).
+        let mut searchers: BTreeMap<Hour, tantivy::Searcher> = BTreeMap::new();
         for hour in hours {
-            let searcher = self.fresh_searcher(*hour)?;
+            let searcher = searchers
+                .entry(*hour)
+                .or_insert(self.fresh_searcher(*hour)?);
             let (count, top) = searcher
                 .search(
                     query,
@@ -316,13 +321,9 @@ impl Searcher {
             matched,
             next,
         };
-        let mut searchers: BTreeMap<Hour, tantivy::Searcher> = BTreeMap::new();
         for (_, hour, address) in candidates {
-            let searcher = match searchers.entry(hour) {
-                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-                std::collections::btree_map::Entry::Vacant(entry) => {
-                    entry.insert(self.fresh_searcher(hour)?)
-                }
+            let Some(searcher) = searchers.get(&hour) else {
+                continue;
             };
             history.entries.push(self.entry(searcher, address)?);
         }
@@ -806,5 +807,106 @@ mod tests {
             .collect();
         assert_eq!(census, expected);
         assert!(searcher.census(1, 0, 4).expect("census").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod concurrent {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::schema::Origin;
+    use crate::store::IndexStore;
+    use tantivy::query::AllQuery;
+
+    /// A page in bus order used to find documents with one searcher and read them with a
+    /// fresh one: after a commit or a merge in between, the addresses pointed into other
+    /// segments (a panic in Tantivy's `segment_reader`, seen in the slow-reader tail test).
+    #[test]
+    fn pages_read_while_the_index_commits_and_merges_are_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = IndexStore::new(dir.path());
+        let timestamp = 5 * 3_600_000_000_000_i64;
+        let index = store
+            .open_or_create(Hour::of_nanos(timestamp))
+            .expect("partition");
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let stop = Arc::clone(&stop);
+            let fields = store.fields().clone();
+            std::thread::spawn(move || {
+                let mut writer: tantivy::IndexWriter = index
+                    .writer_with_num_threads(1, 15_000_000)
+                    .expect("writer");
+                let mut offset = 0_u64;
+                while !stop.load(Ordering::Acquire) && offset < 2_000 {
+                    let envelope = Envelope {
+                        timestamp: timestamp + i64::try_from(offset).unwrap_or(0),
+                        source_id: "a".into(),
+                        message: Some(envelope::Message::Log(Log {
+                            payload: format!("line {offset}").into_bytes(),
+                            r#type: 0,
+                        })),
+                        ..Default::default()
+                    };
+                    let origin = Origin {
+                        agent_id: "agent",
+                        sequence: offset,
+                        partition: 0,
+                        offset,
+                        index: 0,
+                        batch_envelopes: 1,
+                    };
+                    writer
+                        .add_document(fields.document(&envelope, origin).expect("indexed"))
+                        .expect("add");
+                    writer.commit().expect("commit");
+                    if offset % 8 == 7 {
+                        let segments = index.searchable_segment_ids().expect("segments");
+                        if segments.len() > 1 {
+                            let _ = writer.merge(&segments).wait();
+                        }
+                    }
+                    offset += 1;
+                }
+            })
+        };
+        let searcher = Searcher::new(dir.path());
+        for _ in 0..2_000 {
+            let page = searcher
+                .history(&HistoryRequest {
+                    query: &AllQuery,
+                    start_ns: None,
+                    ranges: [(
+                        0,
+                        PartitionRange {
+                            from: BusPosition {
+                                partition: 0,
+                                offset: 0,
+                                index: 0,
+                            },
+                            to: u64::MAX,
+                        },
+                    )]
+                    .into_iter()
+                    .collect(),
+                    limit: 50,
+                    order: HistoryOrder::OldestByPosition,
+                })
+                .expect("page");
+            for (expected, entry) in page.entries.iter().enumerate() {
+                assert_eq!(
+                    entry.position.offset, expected as u64,
+                    "the page from 0, in order"
+                );
+                let Some(envelope::Message::Log(log)) = &entry.envelope.message else {
+                    panic!("{entry:?}");
+                };
+                assert_eq!(log.payload, format!("line {expected}").into_bytes());
+            }
+        }
+        stop.store(true, Ordering::Release);
+        writer.join().expect("writer");
     }
 }
