@@ -37,9 +37,8 @@ use tracing::warn;
 
 use super::cursor::Cursor;
 use super::filter::TailFilter;
-use super::hub::{Hub, HubItem};
+use super::hub::{Hub, HubItem, HubReceiver, Left};
 use super::metrics::TailMetrics;
-use tokio::sync::broadcast;
 
 /// Envelopes a page of index history holds (whole records; see [`HistoryOrder`]).
 const HISTORY_PAGE: usize = 2_000;
@@ -536,7 +535,7 @@ impl TailTask {
         let mut reader = Some(reader);
         // A receiver of the hub, and the bus's end after subscribing: once the own reader is
         // there, the hub has everything that follows.
-        let mut joining: Option<(broadcast::Receiver<Arc<HubItem>>, Positions)> = None;
+        let mut joining: Option<(HubReceiver, Positions)> = None;
         loop {
             while let Some(event) = pending.pop_front() {
                 self.take_read_event(event).await?;
@@ -570,7 +569,7 @@ impl TailTask {
                 && joining.is_none()
                 && let Some(hub) = self.inner.hub.clone()
             {
-                match hub.subscribe().await {
+                match hub.subscribe(&self.filter.source_ids).await {
                     Ok(receiver) => match self.bus.end_positions().await {
                         Ok(end) => joining = Some((receiver, end)),
                         Err(error) => warn!(%error, "a tail could not read the bus's end"),
@@ -591,31 +590,24 @@ impl TailTask {
         self.send(event).await
     }
 
-    /// Delivers what the hub broadcasts until the tail falls behind its ring (returns) or
-    /// ends (`Gone`).
-    async fn follow_hub(
-        &mut self,
-        mut receiver: broadcast::Receiver<Arc<HubItem>>,
-    ) -> Result<(), Gone> {
+    /// Delivers what the hub shares until the tail falls behind its ring (returns) or ends
+    /// (`Gone`). Woken only for what it selects (or to keep up with the ring), it takes
+    /// everything waiting at once.
+    async fn follow_hub(&mut self, mut receiver: HubReceiver) -> Result<(), Gone> {
         let mut shutdown = self.inner.shutdown.clone();
         loop {
-            let wait = self.inner.limits.heartbeat;
-            let received = tokio::select! {
-                () = shutdown.wait() => {
-                    self.close("the query API is shutting down").await;
-                    return Err(Gone);
-                }
-                () = self.sender.closed() => return Err(Gone),
-                received = tokio::time::timeout(wait, receiver.recv()) => received,
-            };
-            match received {
-                Err(_) => {
-                    let event = TailEvent::Heartbeat {
-                        cursor: self.cursor.clone(),
-                    };
-                    self.send(event).await?;
-                }
-                Ok(Ok(item)) => match item.as_ref() {
+            loop {
+                let shared = match receiver.try_next() {
+                    Ok(Some(shared)) => shared,
+                    Ok(None) => break,
+                    Err(left) => {
+                        if left == Left::Lagged {
+                            self.inner.metrics.hub_lagged.inc();
+                        }
+                        return Ok(());
+                    }
+                };
+                match &shared.item {
                     HubItem::Record(record) => {
                         let (partition, offset) = (record.partition, record.offset);
                         if offset < self.cursor.get(partition).offset {
@@ -630,7 +622,6 @@ impl TailTask {
                             }
                         }
                         self.skip_past_offset(partition, offset);
-                        self.heartbeat_if_due().await?;
                     }
                     HubItem::Gap {
                         partition,
@@ -646,12 +637,22 @@ impl TailTask {
                             self.take_read_event(event).await?;
                         }
                     }
-                },
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    self.inner.metrics.hub_lagged.inc();
-                    return Ok(());
                 }
-                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(()),
+            }
+            self.heartbeat_if_due().await?;
+            let due = self
+                .inner
+                .limits
+                .heartbeat
+                .saturating_sub(self.last_sent.elapsed());
+            tokio::select! {
+                () = shutdown.wait() => {
+                    self.close("the query API is shutting down").await;
+                    return Err(Gone);
+                }
+                () = self.sender.closed() => return Err(Gone),
+                () = receiver.woken() => {}
+                () = tokio::time::sleep(due) => {}
             }
         }
     }

@@ -1,19 +1,23 @@
 //! One reader of the live edge of the bus for every tail that keeps up.
 //!
-//! A tail at the live edge does not need a reader of its own: the hub reads the bus once,
-//! decodes each record once and broadcasts it (a bounded ring, `capacity` records). A tail
-//! that falls further behind than the ring is told so (it lagged) and goes back to a reader
-//! of its own from its cursor, which loses nothing; once that reader has caught up with the
-//! bus's end as it was after the tail subscribed again, it switches back. So a hundred tails
-//! of a busy bus cost one read per record, plus each tail's selection.
+//! A tail at the live edge does not need a reader of its own: the hub reads the bus once and
+//! shares each record through a bounded ring (`capacity` records). A tail that falls further
+//! behind than the ring is told so (it lagged) and goes back to a reader of its own from its
+//! cursor, which loses nothing; once that reader has caught up with the bus's end as it was
+//! after the tail subscribed again, it switches back.
 //!
 //! Most tails select a few sources, and most records carry none of them. So the hub reads
 //! only each record's source ids first (a partial decode that skips every other field and
-//! copies nothing) and decodes the whole batch once, lazily, for the first tail whose
-//! sources it carries; a tail whose sources a record lacks skips it without decoding it.
+//! copies nothing), decodes the whole batch once, lazily, for the first tail that selects
+//! one of its sources, and wakes a tail only for what it selects (and for gaps). A tail that
+//! selects nothing for a while is woken once the ring has moved half its length past what it
+//! took last, takes everything waiting at once (skipping it is moving its cursor), and so
+//! never lags for want of being woken. A hundred idle tails of a busy bus thus cost one read
+//! per record, a lookup per record and tail, and a wakeup per half ring.
 //!
 //! The hub runs while any tail listens and stops when the last one leaves.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -22,8 +26,18 @@ use prost::Message;
 use sluice_bus::{Bus, BusError, Partition, ReadEvent};
 use sluice_common::shutdown::Shutdown;
 use sluice_proto::v1::AgentBatch;
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::{Mutex, Notify, broadcast};
 use tracing::warn;
+
+/// What the hub shares, numbered in the order it read them.
+#[derive(Debug)]
+pub struct Shared {
+    /// The hub's own count of what it shared (1 for the first).
+    pub seq: u64,
+    /// The record or gap.
+    pub item: HubItem,
+}
 
 /// What the hub broadcasts.
 #[derive(Debug)]
@@ -118,13 +132,80 @@ struct EnvelopeSource {
     source_id: Bytes,
 }
 
+/// One tail listening to the hub: what it selects, how to wake it, what it took last.
+#[derive(Debug)]
+struct Listener {
+    /// Sources selected; every source when empty.
+    sources: Vec<String>,
+    wake: Notify,
+    /// `seq` of the last item the tail took.
+    taken: AtomicU64,
+}
+
+/// The tails listening, for the hub to wake.
+type Listeners = Arc<std::sync::Mutex<Vec<Arc<Listener>>>>;
+
+struct Running {
+    sender: broadcast::Sender<Arc<Shared>>,
+    listeners: Listeners,
+    /// `seq` of the last item sent.
+    sent: Arc<AtomicU64>,
+}
+
 /// The shared live reader.
 #[derive(Clone)]
 pub struct Hub {
     bus: Arc<dyn Bus>,
     capacity: usize,
-    sender: Arc<Mutex<Option<broadcast::Sender<Arc<HubItem>>>>>,
+    running: Arc<Mutex<Option<Running>>>,
     shutdown: Shutdown,
+}
+
+/// Why a tail stopped taking from the hub.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Left {
+    /// It fell further behind than the ring holds.
+    Lagged,
+    /// The hub stopped.
+    Stopped,
+}
+
+/// A tail's subscription to the hub.
+pub struct HubReceiver {
+    receiver: broadcast::Receiver<Arc<Shared>>,
+    listener: Arc<Listener>,
+    listeners: Listeners,
+}
+
+impl HubReceiver {
+    /// Waits until the hub has something this tail selects, or enough it does not select
+    /// that the tail should take it before the ring moves past it.
+    pub async fn woken(&self) {
+        self.listener.wake.notified().await;
+    }
+
+    /// The next item waiting, if any.
+    pub fn try_next(&mut self) -> Result<Option<Arc<Shared>>, Left> {
+        match self.receiver.try_recv() {
+            Ok(shared) => {
+                self.listener.taken.store(shared.seq, Ordering::Release);
+                Ok(Some(shared))
+            }
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Lagged(_)) => Err(Left::Lagged),
+            Err(TryRecvError::Closed) => Err(Left::Stopped),
+        }
+    }
+}
+
+impl Drop for HubReceiver {
+    fn drop(&mut self) {
+        let mut listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        listeners.retain(|listener| !Arc::ptr_eq(listener, &self.listener));
+    }
 }
 
 impl Hub {
@@ -133,39 +214,71 @@ impl Hub {
         Hub {
             bus,
             capacity: capacity.max(16),
-            sender: Arc::new(Mutex::new(None)),
+            running: Arc::new(Mutex::new(None)),
             shutdown,
         }
     }
 
-    /// Listens from now on (the hub starts if it is not running). What it broadcast before
-    /// is not seen: a tail subscribes, then reads on its own until it has reached the bus's
-    /// end as it was after subscribing, and only then switches.
-    pub async fn subscribe(&self) -> Result<broadcast::Receiver<Arc<HubItem>>, BusError> {
-        let mut slot = self.sender.lock().await;
-        if let Some(sender) = slot.as_ref() {
-            return Ok(sender.subscribe());
+    /// Listens from now on for a tail selecting `sources` (every source when empty); the hub
+    /// starts if it is not running. What it shared before is not seen: a tail subscribes,
+    /// then reads on its own until it has reached the bus's end as it was after subscribing,
+    /// and only then switches.
+    pub async fn subscribe(&self, sources: &[String]) -> Result<HubReceiver, BusError> {
+        let mut slot = self.running.lock().await;
+        if slot.is_none() {
+            let end = self.bus.end_positions().await?;
+            let reader = self.bus.reader(&end).await?;
+            let (sender, _) = broadcast::channel(self.capacity);
+            let running = Running {
+                sender,
+                listeners: Arc::new(std::sync::Mutex::new(Vec::new())),
+                sent: Arc::new(AtomicU64::new(0)),
+            };
+            tokio::spawn(run(
+                reader,
+                running.sender.clone(),
+                Arc::clone(&running.listeners),
+                Arc::clone(&running.sent),
+                self.capacity as u64,
+                Arc::clone(&self.running),
+                self.shutdown.clone(),
+            ));
+            *slot = Some(running);
         }
-        let end = self.bus.end_positions().await?;
-        let reader = self.bus.reader(&end).await?;
-        let (sender, receiver) = broadcast::channel(self.capacity);
-        *slot = Some(sender.clone());
-        tokio::spawn(run(
-            reader,
-            sender,
-            Arc::clone(&self.sender),
-            self.shutdown.clone(),
-        ));
-        Ok(receiver)
+        let Some(running) = slot.as_ref() else {
+            return Err(BusError::Storage(
+                "the live tail hub did not start".to_owned(),
+            ));
+        };
+        let listener = Arc::new(Listener {
+            sources: sources.to_vec(),
+            wake: Notify::new(),
+            taken: AtomicU64::new(running.sent.load(Ordering::Acquire)),
+        });
+        let receiver = running.sender.subscribe();
+        running
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::clone(&listener));
+        Ok(HubReceiver {
+            receiver,
+            listener,
+            listeners: Arc::clone(&running.listeners),
+        })
     }
 }
 
 async fn run(
     mut reader: Box<dyn sluice_bus::Reader>,
-    sender: broadcast::Sender<Arc<HubItem>>,
-    slot: Arc<Mutex<Option<broadcast::Sender<Arc<HubItem>>>>>,
+    sender: broadcast::Sender<Arc<Shared>>,
+    listeners: Listeners,
+    sent: Arc<AtomicU64>,
+    capacity: u64,
+    slot: Arc<Mutex<Option<Running>>>,
     mut shutdown: Shutdown,
 ) {
+    let mut seq = 0_u64;
     loop {
         let polled = tokio::select! {
             () = shutdown.wait() => break,
@@ -190,8 +303,12 @@ async fn run(
                             to,
                         },
                     };
+                    seq += 1;
+                    let shared = Arc::new(Shared { seq, item });
                     // No receiver: the check below stops the hub.
-                    let _ = sender.send(Arc::new(item));
+                    let _ = sender.send(Arc::clone(&shared));
+                    sent.store(seq, Ordering::Release);
+                    wake(&listeners, &shared, capacity);
                 }
             }
             Err(error) => {
@@ -210,8 +327,28 @@ async fn run(
     *slot.lock().await = None;
 }
 
+/// Wakes the listeners that select what was just shared, and those the ring is about to
+/// leave behind.
+fn wake(listeners: &Listeners, shared: &Shared, capacity: u64) {
+    let listeners = listeners
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for listener in listeners.iter() {
+        let selected = match &shared.item {
+            HubItem::Record(record) => record.may_carry(&listener.sources),
+            HubItem::Gap { .. } => true,
+        };
+        let behind = shared.seq - listener.taken.load(Ordering::Acquire).min(shared.seq);
+        if selected || behind >= capacity / 2 {
+            listener.wake.notify_one();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::future::Future as _;
+
     use sluice_proto::v2::Envelope;
 
     use super::*;
@@ -256,6 +393,56 @@ mod tests {
             "no source selector selects every source"
         );
         assert_eq!(record.batch(), Some(&batch));
+    }
+
+    fn woken(listener: &Listener) -> bool {
+        let notified = listener.wake.notified();
+        tokio::pin!(notified);
+        // A stored wakeup completes the first poll.
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        notified.as_mut().poll(&mut context).is_ready()
+    }
+
+    #[test]
+    fn a_tail_is_woken_for_what_it_selects_and_before_the_ring_leaves_it_behind() {
+        let listener = Arc::new(Listener {
+            sources: vec!["web".to_owned()],
+            wake: Notify::new(),
+            taken: AtomicU64::new(0),
+        });
+        let listeners: Listeners = Arc::new(std::sync::Mutex::new(vec![Arc::clone(&listener)]));
+        let record = |seq: u64, source: &str| Shared {
+            seq,
+            item: HubItem::Record(HubRecord::new(
+                0,
+                seq,
+                Bytes::from(batch_of(&[source]).encode_to_vec()),
+            )),
+        };
+        // Records of other sources do not wake it while the ring is far from leaving it.
+        for seq in 1..32 {
+            wake(&listeners, &record(seq, "api"), 64);
+        }
+        assert!(!woken(&listener), "not woken for what it does not select");
+        // Half a ring past what it took last: woken, so it skips them before they are gone.
+        wake(&listeners, &record(32, "api"), 64);
+        assert!(woken(&listener), "woken half a ring behind");
+        listener.taken.store(32, Ordering::Release);
+        wake(&listeners, &record(33, "api"), 64);
+        assert!(!woken(&listener));
+        // What it selects wakes it at once, and so does a gap.
+        wake(&listeners, &record(34, "web"), 64);
+        assert!(woken(&listener), "woken for its source");
+        let gap = Shared {
+            seq: 35,
+            item: HubItem::Gap {
+                partition: 0,
+                from: 1,
+                to: 2,
+            },
+        };
+        wake(&listeners, &gap, 64);
+        assert!(woken(&listener), "woken for a gap");
     }
 
     #[test]
