@@ -64,7 +64,7 @@ impl TestDoppler {
                 .tls_config(tls.server_config())
                 .expect("tls")
                 .add_service(DopplerIngressServer::from_arc(Arc::clone(&state)))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(sluice_common::grpc_incoming(listener)),
         );
         TestDoppler {
             address,

@@ -37,3 +37,28 @@ pub async fn listen(
     tracing::info!(listen = %address, "{what} listening");
     Ok(listener)
 }
+
+/// The connections `listener` accepts, for a gRPC server, with Nagle's algorithm off.
+///
+/// Tonic turns it off only for the listeners it binds itself. Left on, a small write after
+/// another (an answer's trailers after its headers, the next live envelope of a tail) waits
+/// for the peer's delayed acknowledgement, up to 40 ms on Linux: that was most of the live
+/// tail's p99 (120 ms at 10,000 envelopes/s, against a p50 of 7 ms).
+pub fn grpc_incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// `listener` for an HTTP server, every accepted connection with Nagle's algorithm off (see
+/// [`grpc_incoming`]: axum leaves it on too, and an SSE stream writes one small event after
+/// another).
+pub fn http_nodelay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt as _;
+    fn no_delay(stream: &mut tokio::net::TcpStream) {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not turn Nagle's algorithm off on a connection");
+        }
+    }
+    listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream))
+}

@@ -56,10 +56,9 @@ pub async fn run(
                 .max_encoding_message_size(config.max_message_bytes),
         )
         .add_service(EgressServer::new(egress).max_encoding_message_size(config.max_message_bytes))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move { shutdown.wait().await },
-        )
+        .serve_with_incoming_shutdown(sluice_common::grpc_incoming(listener), async move {
+            shutdown.wait().await
+        })
         .await
         .map_err(|error| SluiceError::internal(format!("doppler failed: {error}")))
 }

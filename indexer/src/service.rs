@@ -115,10 +115,9 @@ pub async fn serve(
             IndexSearchServer::new(SearchService::new(searcher))
                 .max_encoding_message_size(256 * 1024 * 1024),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move { shutdown.wait().await },
-        )
+        .serve_with_incoming_shutdown(sluice_common::grpc_incoming(listener), async move {
+            shutdown.wait().await
+        })
         .await
         .map_err(|error| SluiceError::internal(format!("index search service failed: {error}")))
 }

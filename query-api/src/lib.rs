@@ -107,7 +107,7 @@ pub async fn run(
     };
     let listener = sluice_common::listen(config.listen, "query api").await?;
     axum::serve(
-        listener,
+        sluice_common::http_nodelay(listener),
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.wait().await })
@@ -141,7 +141,7 @@ pub async fn serve_telemetry(
         )
         .route("/healthz", get(|| async { "ok\n" }));
     let listener = sluice_common::listen(listen, "metrics endpoint").await?;
-    axum::serve(listener, app)
+    axum::serve(sluice_common::http_nodelay(listener), app)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
         .map_err(|error| SluiceError::internal(format!("metrics endpoint failed: {error}")))

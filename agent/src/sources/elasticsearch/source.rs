@@ -71,7 +71,7 @@ impl ElasticsearchSource {
     pub async fn serve(self, mut shutdown: Shutdown) -> Result<(), SluiceError> {
         let listener =
             sluice_common::listen(self.config.listen, "elasticsearch bulk source").await?;
-        axum::serve(listener, router(self.shared))
+        axum::serve(sluice_common::http_nodelay(listener), router(self.shared))
             .with_graceful_shutdown(async move { shutdown.wait().await })
             .await
             .map_err(|error| {

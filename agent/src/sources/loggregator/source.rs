@@ -78,10 +78,9 @@ impl LoggregatorIngress {
             .tls_config(tls.server_config())
             .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?
             .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move { shutdown.wait().await },
-            )
+            .serve_with_incoming_shutdown(sluice_common::grpc_incoming(listener), async move {
+                shutdown.wait().await
+            })
             .await
             .map_err(|error| SluiceError::internal(format!("agent ingress failed: {error}")))
     }

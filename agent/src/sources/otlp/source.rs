@@ -105,10 +105,9 @@ async fn serve_grpc(
                 .max_decoding_message_size(limit)
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move { shutdown.wait().await },
-        )
+        .serve_with_incoming_shutdown(sluice_common::grpc_incoming(listener), async move {
+            shutdown.wait().await
+        })
         .await
         .map_err(|error| SluiceError::internal(format!("otlp grpc source failed: {error}")))
 }
@@ -123,7 +122,7 @@ async fn serve_http(
         .route("/v1/logs", post(http_logs))
         .route("/v1/metrics", post(http_metrics))
         .with_state(shared);
-    axum::serve(listener, router)
+    axum::serve(sluice_common::http_nodelay(listener), router)
         .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
         .map_err(|error| SluiceError::internal(format!("otlp http source failed: {error}")))
