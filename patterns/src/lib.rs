@@ -14,7 +14,7 @@ pub mod tokens;
 
 use std::collections::HashMap;
 
-pub use miner::{MinerConfig, PatternInfo, SourceMiner};
+pub use miner::{Mined, MinerConfig, PatternInfo, Snapshot, SourceMiner};
 
 /// The miners of every source.
 #[derive(Debug, Default)]
@@ -42,6 +42,50 @@ impl Miner {
             .entry(source.to_owned())
             .or_insert_with(|| SourceMiner::new(source, config))
             .mine(message, timestamp)
+    }
+
+    /// Mines one line of `source`: where it went, for [`Miner::describe`].
+    pub fn mine_line(&mut self, source: &str, message: &str, timestamp: i64) -> Mined {
+        if let Some(miner) = self.sources.get_mut(source) {
+            return miner.mine_line(message, timestamp);
+        }
+        let config = self.config;
+        self.sources
+            .entry(source.to_owned())
+            .or_insert_with(|| SourceMiner::new(source, config))
+            .mine_line(message, timestamp)
+    }
+
+    /// The pattern `mined` (the last line mined of `source`) went to.
+    pub fn describe(&self, source: &str, mined: Mined) -> Option<PatternInfo> {
+        self.sources.get(source)?.describe(mined)
+    }
+
+    /// The state of every source.
+    pub fn snapshot(&self) -> Vec<Snapshot> {
+        self.sources.values().map(SourceMiner::snapshot).collect()
+    }
+
+    /// Miners with `config` and the state of `snapshots`.
+    pub fn restore(config: MinerConfig, snapshots: Vec<Snapshot>) -> Miner {
+        let sources = snapshots
+            .into_iter()
+            .map(|snapshot| {
+                let source = snapshot.source().to_owned();
+                (source, SourceMiner::restore(snapshot, config))
+            })
+            .collect();
+        Miner { config, sources }
+    }
+
+    /// Patterns held over every source.
+    pub fn patterns(&self) -> usize {
+        self.sources.values().map(SourceMiner::pattern_count).sum()
+    }
+
+    /// Leaves (distinct masked lines) held over every source.
+    pub fn leaves(&self) -> usize {
+        self.sources.values().map(SourceMiner::leaves).sum()
     }
 
     /// The miner of `source`, if it has seen a line.

@@ -24,6 +24,8 @@ use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
+use serde::{Deserialize, Serialize};
+
 use crate::tokens;
 
 /// Settings of the miner (one configuration for every kind of log).
@@ -62,7 +64,7 @@ pub struct PatternInfo {
     pub merged: Vec<u64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Node {
     tokens: Vec<Box<str>>,
     parent: u32,
@@ -73,6 +75,32 @@ struct Node {
     merged: Vec<u64>,
     /// The masked line of a leaf (what `exact` maps from).
     key: Box<str>,
+}
+
+/// A source miner's state as it is saved and restored ([`SourceMiner::snapshot`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    source: String,
+    nodes: Vec<Node>,
+    /// Indexes of the nodes that are leaves (held in `exact`).
+    leaves: Vec<u32>,
+    evicted: u64,
+}
+
+impl Snapshot {
+    /// The source the snapshot is of.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// Where the last mined line went: its pattern's id, and the node that describes it (valid
+/// until the miner mines again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mined {
+    /// The pattern's id.
+    pub id: u64,
+    node: u32,
 }
 
 /// The patterns of one source.
@@ -109,6 +137,11 @@ impl SourceMiner {
 
     /// Mines one line stamped `timestamp` (ns): the id of its pattern.
     pub fn mine(&mut self, message: &str, timestamp: i64) -> u64 {
+        self.mine_line(message, timestamp).id
+    }
+
+    /// Mines one line: where it went, which [`SourceMiner::describe`] turns into the pattern.
+    pub fn mine_line(&mut self, message: &str, timestamp: i64) -> Mined {
         self.scratch.clear();
         tokens::mask(message, &mut self.scratch);
         self.line.clear();
@@ -133,7 +166,60 @@ impl SourceMiner {
         node.count += 1;
         node.first_seen = node.first_seen.min(timestamp);
         node.last_seen = node.last_seen.max(timestamp);
-        node.id
+        Mined {
+            id: node.id,
+            node: root,
+        }
+    }
+
+    /// The pattern the line of `mined` went to, as it is now; `None` when the miner has mined
+    /// since (`mined` no longer names it).
+    pub fn describe(&self, mined: Mined) -> Option<PatternInfo> {
+        let node = self.nodes.get(mined.node as usize)?;
+        (node.id == mined.id && node.parent == mined.node).then(|| PatternInfo {
+            id: node.id,
+            template: tokens::display(&node.tokens),
+            count: node.count,
+            first_seen: node.first_seen,
+            last_seen: node.last_seen,
+            merged: node.merged.clone(),
+        })
+    }
+
+    /// The state, to restore with [`SourceMiner::restore`] (after a restart, say).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut leaves: Vec<u32> = self.exact.values().copied().collect();
+        leaves.sort_unstable();
+        Snapshot {
+            source: self.source.clone(),
+            nodes: self.nodes.clone(),
+            leaves,
+            evicted: self.evicted,
+        }
+    }
+
+    /// A miner with `snapshot`'s state: lines of the shapes it knew get the ids they had.
+    /// A snapshot that does not hold together (a parent or leaf out of range) restores as an
+    /// empty miner, which learns the shapes again.
+    pub fn restore(snapshot: Snapshot, config: MinerConfig) -> SourceMiner {
+        let mut miner = SourceMiner::new(&snapshot.source, config);
+        let count = snapshot.nodes.len();
+        // A parent is never younger than its child (merges keep the oldest root), so a
+        // snapshot that says otherwise could hold a cycle.
+        let sound = snapshot
+            .nodes
+            .iter()
+            .enumerate()
+            .all(|(index, node)| node.parent as usize <= index)
+            && snapshot.leaves.iter().all(|&leaf| (leaf as usize) < count);
+        if !sound {
+            return miner;
+        }
+        miner.evicted = snapshot.evicted;
+        miner.nodes = snapshot.nodes;
+        let leaves: std::collections::HashSet<u32> = snapshot.leaves.into_iter().collect();
+        miner.rebuild(&leaves);
+        miner
     }
 
     /// Patterns now (roots only), largest first.
@@ -159,6 +245,15 @@ impl SourceMiner {
     /// Leaves evicted so far.
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// Patterns held (roots).
+    pub fn pattern_count(&self) -> usize {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(index, node)| node.parent as usize == *index)
+            .count()
     }
 
     /// Distinct masked lines held.
@@ -338,9 +433,7 @@ impl SourceMiner {
             .map(Some)
             .collect();
         let kept_leaves: std::collections::HashSet<u32> = kept.iter().copied().collect();
-        self.exact.clear();
-        self.slots.clear();
-        self.skeletons.clear();
+        let mut leaves = std::collections::HashSet::with_capacity(kept_leaves.len());
         for &old in &survivors {
             let Some(mut node) = old_nodes[old as usize].take() else {
                 continue;
@@ -351,13 +444,25 @@ impl SourceMiner {
                 .copied()
                 .unwrap_or(renumber[&old]);
             if kept_leaves.contains(&old) {
-                self.exact.insert(node.key.clone(), renumber[&old]);
+                leaves.insert(renumber[&old]);
             }
             self.nodes.push(node);
         }
+        self.rebuild(&leaves);
+    }
+
+    /// Rebuilds the indexes from the nodes, `leaves` being those that are leaves.
+    fn rebuild(&mut self, leaves: &std::collections::HashSet<u32>) {
+        self.exact.clear();
+        self.slots.clear();
+        self.skeletons.clear();
+        for &leaf in leaves {
+            let key = self.nodes[leaf as usize].key.clone();
+            self.exact.insert(key, leaf);
+        }
         for index in 0..self.nodes.len() {
             let index = u32::try_from(index).unwrap_or(u32::MAX);
-            if self.nodes[index as usize].parent == index {
+            if self.find(index) == index {
                 self.settle(index);
             }
         }

@@ -265,3 +265,60 @@ fn arbitrary_lines_never_panic() {
         miner.mine("fuzz", &line, time);
     }
 }
+
+#[test]
+fn a_restored_miner_gives_the_lines_it_knew_the_ids_they_had() {
+    let mut random = Random(0xabc);
+    let mut miner = Miner::default();
+    for time in 0..3_000_i64 {
+        let shape = random.below(10);
+        let (line, _) = ten_templates(&mut random, shape);
+        miner.mine("app", &line, time);
+    }
+    let text = serde_json_roundtrip(&miner.snapshot());
+    let mut restored = Miner::restore(MinerConfig::default(), text);
+    let mut probe = random.0;
+    let mut again = Random(probe);
+    for time in 3_000..4_000_i64 {
+        let shape = again.below(10);
+        let (line, _) = ten_templates(&mut again, shape);
+        let expected = miner.mine("app", &line, time);
+        assert_eq!(restored.mine("app", &line, time), expected, "{line}");
+        probe = again.0;
+    }
+    assert_eq!(probe, again.0);
+    let before = miner.source("app").map(SourceMiner::patterns);
+    let after = restored.source("app").map(SourceMiner::patterns);
+    assert_eq!(before, after);
+}
+
+/// What a snapshot goes through on its way to disk and back.
+fn serde_json_roundtrip(snapshots: &[Snapshot]) -> Vec<Snapshot> {
+    let text = serde_json::to_string(snapshots).expect("encode");
+    serde_json::from_str(&text).expect("decode")
+}
+
+#[test]
+fn a_snapshot_that_does_not_hold_together_restores_empty() {
+    let mut miner = Miner::default();
+    miner.mine("app", "one two three", 1);
+    miner.mine("app", "one two four", 2);
+    let text = serde_json::to_string(&miner.snapshot()).expect("encode");
+    let broken = text.replace("\"parent\":0", "\"parent\":7");
+    assert_ne!(broken, text);
+    let restored = Miner::restore(
+        MinerConfig::default(),
+        serde_json::from_str(&broken).expect("decode"),
+    );
+    assert_eq!(restored.patterns(), 0);
+}
+
+#[test]
+fn the_last_line_describes_its_pattern_until_the_next_line() {
+    let mut miner = Miner::default();
+    let mined = miner.mine_line("app", "GET /a returned 200 in 5 ms", 7);
+    let pattern = miner.describe("app", mined).expect("described");
+    assert_eq!(pattern.id, mined.id);
+    assert_eq!(pattern.template, "GET /a returned <*> in <*>");
+    assert_eq!((pattern.count, pattern.first_seen), (1, 7));
+}
