@@ -252,6 +252,13 @@ impl Sluice {
         self.status_bytes("VmRSS")
     }
 
+    /// The process's resident anonymous memory now, in bytes (`RssAnon`): its heap and
+    /// stacks, without the file pages it maps (the index's segments, which the kernel may
+    /// drop at any time and which count in `VmRSS`).
+    pub fn anon_rss_bytes(&self) -> u64 {
+        self.status_bytes("RssAnon")
+    }
+
     /// The most resident memory the process has had, in bytes (`VmHWM`).
     pub fn peak_rss_bytes(&self) -> u64 {
         self.status_bytes("VmHWM")

@@ -49,7 +49,7 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
     let mut s3 = PrivateServer::s3(&dir.path().join("s3")).await;
     let config = format!(
         "[agent]\nflush_bytes = 2097152\nmax_pending_bytes = 16777216\npending_wait = \"2s\"\n\
-         [doppler]\nmax_message_bytes = 4194304\n\
+         [doppler]\nmax_message_bytes = 4000000\n\
          [bus]\nwal_dir = {:?}\nmax_record_bytes = 4194304\n\
          [bus.wal]\nmax_disk_bytes = 1073741824\nsegment_bytes = 4194304\n\
          [indexer]\nwriter_memory_bytes = 15000000\n\
@@ -83,7 +83,7 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
             || sluice.sql_number("SELECT count(*) AS n FROM logs WHERE source_id = 'outage'"),
         )
         .await;
-    let baseline = sluice.rss_bytes();
+    let baseline = sluice.anon_rss_bytes();
 
     s3.stop();
     let mut peak = baseline;
@@ -116,7 +116,7 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
                 break;
             }
         }
-        peak = peak.max(sluice.rss_bytes());
+        peak = peak.max(sluice.anon_rss_bytes());
         assert!(
             started.elapsed() < Duration::from_secs(240),
             "still no refusal after {acknowledged} lines"
@@ -143,18 +143,21 @@ async fn regression_an_s3_outage_fills_the_wal_disk_not_memory_and_loses_nothing
     );
     let growth = peak.saturating_sub(baseline);
     eprintln!(
-        "outage: {acknowledged} lines acknowledged, {held_back} held back by the agent, the wal held {:.0} MiB on its disk; RSS {:.0} MiB before, peak {:.0} MiB",
+        "outage: {acknowledged} lines acknowledged, {held_back} held back by the agent, the wal held {:.0} MiB on its disk; anonymous RSS {:.0} MiB before, peak {:.0} MiB",
         held / 1_048_576.0,
         baseline as f64 / 1_048_576.0,
         peak as f64 / 1_048_576.0
     );
-    // The records on disk are not in memory too: an in-memory log grows by at least what it
-    // holds. What does grow (83 MiB when measured, with 128 MiB on disk) is the agent's
+    // The records on disk are not in memory too: an in-memory log grows its anonymous memory
+    // by at least what it holds. (Resident memory as a whole also counts the index's mapped
+    // segment files, which grow with what is indexed during the outage and are page cache
+    // the kernel reclaims: 129 MiB of VmRSS growth once, with 128 MiB on disk.) What does
+    // grow (83 MiB of VmRSS when measured, with 128 MiB on disk) is the agent's
     // pending budget (16 MiB), the index writer's (15 MB), the batches in flight and
     // allocator slack, none of which scales with the outage.
     assert!(
         (growth as f64) < held,
-        "RSS grew by {} MiB while the wal held {:.0} MiB",
+        "anonymous RSS grew by {} MiB while the wal held {:.0} MiB",
         growth / 1_048_576,
         held / 1_048_576.0
     );
@@ -275,7 +278,7 @@ async fn regression_a_full_data_disk_refuses_new_data_loses_nothing_and_recovers
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&dir.path().join("data-disk"), "160m");
     let config = "[agent]\nflush_bytes = 2097152\nmax_pending_bytes = 16777216\npending_wait = \"2s\"\n\
-         [doppler]\nmax_message_bytes = 4194304\n\
+         [doppler]\nmax_message_bytes = 4000000\n\
          [bus]\nmax_record_bytes = 4194304\n\
          [bus.wal]\nsegment_bytes = 4194304\n\
          [indexer]\nwriter_memory_bytes = 15000000\n\
