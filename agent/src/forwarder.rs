@@ -733,6 +733,7 @@ impl Batcher {
             agent_id: self.agent_id.clone(),
             sequence,
             envelopes: batch.envelopes,
+            patterns: None,
         };
         let senders = Arc::clone(&self.senders);
         let metrics = self.metrics.clone();

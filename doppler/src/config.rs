@@ -3,6 +3,7 @@
 //! checked where the file is composed, in the `sluice` binary.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -33,6 +34,49 @@ pub struct RawDopplerConfig {
     /// How long a batch may wait for room under `max_pending_bytes`.
     #[serde(default = "default_pending_wait")]
     pub pending_wait: String,
+    /// Most envelopes in one batch (a larger one is refused as invalid, counted). At least
+    /// `agent.flush_envelopes`; bounds what the batch's patterns add to its bus record.
+    #[serde(default = "default_max_batch_envelopes")]
+    pub max_batch_envelopes: usize,
+    /// `[doppler.patterns]`: mining each log line's pattern at ingest.
+    #[serde(default)]
+    pub patterns: RawPatternsConfig,
+}
+
+/// `[doppler.patterns]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPatternsConfig {
+    /// Mine a pattern id for every log line (stored beside it in the index and the archive).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Distinct masked lines kept per source; past it the least recently seen quarter is
+    /// evicted (counted in `sluice_doppler_pattern_evictions`).
+    #[serde(default = "default_max_leaves_per_source")]
+    pub max_leaves_per_source: usize,
+    /// How often what the miners learned is saved (to `<data_dir>/doppler/patterns.json`).
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval: String,
+    /// Bytes of pattern templates one batch's record may carry; the rest wait for a later
+    /// batch of their pattern.
+    #[serde(default = "default_max_template_bytes_per_batch")]
+    pub max_template_bytes_per_batch: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_leaves_per_source() -> usize {
+    10_000
+}
+fn default_snapshot_interval() -> String {
+    "5s".to_owned()
+}
+fn default_max_template_bytes_per_batch() -> usize {
+    64 * 1024
+}
+fn default_max_batch_envelopes() -> usize {
+    10_000
 }
 
 fn default_max_pending_bytes() -> usize {
@@ -43,7 +87,7 @@ fn default_pending_wait() -> String {
 }
 
 fn default_doppler_max_message_bytes() -> usize {
-    16 * 1024 * 1024
+    15 * 1024 * 1024
 }
 
 fn default_doppler_listen() -> SocketAddr {
@@ -66,22 +110,58 @@ pub struct DopplerConfig {
     pub max_pending_bytes: usize,
     /// Longest wait for room under `max_pending_bytes`.
     pub pending_wait: Duration,
+    /// Most envelopes in one batch.
+    pub max_batch_envelopes: usize,
+    /// Pattern mining.
+    pub patterns: PatternsConfig,
+}
+
+/// Validated `[doppler.patterns]`.
+#[derive(Debug, Clone)]
+pub struct PatternsConfig {
+    /// Mining on.
+    pub enabled: bool,
+    /// Masked lines kept per source.
+    pub max_leaves_per_source: usize,
+    /// How often the miners are saved.
+    pub snapshot_interval: Duration,
+    /// Template bytes per batch.
+    pub max_template_bytes_per_batch: usize,
+    /// Where `patterns.json` lives.
+    pub state_dir: PathBuf,
 }
 impl RawDopplerConfig {
-    /// Checks every field.
-    pub fn validate(self) -> Result<DopplerConfig, SluiceError> {
+    /// Checks every field; the doppler keeps its state under `data_dir`.
+    pub fn validate(self, data_dir: &Path) -> Result<DopplerConfig, SluiceError> {
         positive(
             "doppler.subscriber_buffer_batches",
             self.subscriber_buffer_batches,
         )?;
+        positive("doppler.max_batch_envelopes", self.max_batch_envelopes)?;
+        positive(
+            "doppler.patterns.max_leaves_per_source",
+            self.patterns.max_leaves_per_source,
+        )?;
+        let patterns = PatternsConfig {
+            enabled: self.patterns.enabled,
+            max_leaves_per_source: self.patterns.max_leaves_per_source,
+            snapshot_interval: parse_duration(
+                "doppler.patterns.snapshot_interval",
+                &self.patterns.snapshot_interval,
+            )?,
+            max_template_bytes_per_batch: self.patterns.max_template_bytes_per_batch,
+            state_dir: data_dir.join("doppler"),
+        };
         Ok(DopplerConfig {
             listen: self.listen,
             subscriber_buffer_batches: self.subscriber_buffer_batches,
             max_message_bytes: self.max_message_bytes,
             max_pending_bytes: self.max_pending_bytes,
             pending_wait: parse_duration("doppler.pending_wait", &self.pending_wait)?,
+            max_batch_envelopes: self.max_batch_envelopes,
+            patterns,
         })
     }
 }
 
-sluice_common::default_from_empty_table!(RawDopplerConfig);
+sluice_common::default_from_empty_table!(RawDopplerConfig, RawPatternsConfig);

@@ -22,6 +22,7 @@ use tracing::warn;
 
 use crate::egress::Hub;
 use crate::metrics::DopplerMetrics;
+use crate::patterns::Patterns;
 
 /// The agent-facing service of a doppler.
 pub struct DopplerIngressService {
@@ -32,6 +33,8 @@ pub struct DopplerIngressService {
     pending: Arc<Semaphore>,
     pending_kib: u32,
     pending_wait: Duration,
+    patterns: Option<Arc<Patterns>>,
+    max_batch_envelopes: usize,
 }
 
 impl DopplerIngressService {
@@ -53,9 +56,27 @@ impl DopplerIngressService {
             pending: Arc::new(Semaphore::new(pending_kib as usize)),
             pending_kib,
             pending_wait,
+            patterns: None,
+            max_batch_envelopes: usize::MAX,
         }
     }
+
+    /// Mines the pattern of every log line into its batch ([`Patterns::annotate`]), and
+    /// refuses batches of more than `max_batch_envelopes` (which bounds what that adds).
+    pub fn with_patterns(
+        mut self,
+        patterns: Arc<Patterns>,
+        max_batch_envelopes: usize,
+    ) -> DopplerIngressService {
+        self.patterns = Some(patterns);
+        self.max_batch_envelopes = max_batch_envelopes;
+        self
+    }
 }
+
+/// Batches with at least this many envelopes are mined on a blocking thread (a few
+/// milliseconds of work), smaller ones where they arrive (well under one).
+const MINE_INLINE_BELOW: usize = 2_000;
 
 /// The agent id a batch is stored under: `<first 16 bytes of the SHA-256 of the sender's
 /// certificate, hex>/<the id the agent claimed>`, or `unauthenticated/<id>` for a sender
@@ -112,7 +133,30 @@ impl DopplerIngress for DopplerIngressService {
             self.metrics.rejected("invalid");
             return Err(status);
         }
+        if batch.envelopes.len() > self.max_batch_envelopes {
+            self.metrics.rejected("too_many_envelopes");
+            return Err(Status::invalid_argument(format!(
+                "batch holds {} envelopes; this doppler takes at most {} (doppler.max_batch_envelopes)",
+                batch.envelopes.len(),
+                self.max_batch_envelopes
+            )));
+        }
         batch.agent_id = bound_agent_id(peer.as_deref(), &batch.agent_id);
+        if let Some(patterns) = &self.patterns {
+            if batch.envelopes.len() < MINE_INLINE_BELOW {
+                patterns.annotate(&mut batch);
+            } else {
+                let patterns = Arc::clone(patterns);
+                batch = tokio::task::spawn_blocking(move || {
+                    patterns.annotate(&mut batch);
+                    batch
+                })
+                .await
+                .map_err(|error| Status::internal(format!("pattern mining failed: {error}")))?;
+            }
+        } else {
+            batch.patterns = None;
+        }
         let key = batch
             .envelopes
             .first()
@@ -296,6 +340,7 @@ mod tests {
                 })),
                 ..Default::default()
             }],
+            patterns: None,
         }
     }
 

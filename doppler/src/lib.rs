@@ -7,12 +7,15 @@
 //! - [`egress`]: `loggregator.v2.Egress`: subscribers with selectors and shard groups. Each
 //!   subscriber has a bounded queue; when it is full the subscriber's envelopes are dropped and
 //!   counted, so a slow reader never slows ingestion.
+//! - [`patterns`]: the pattern of every log line, mined as its batch arrives and carried in
+//!   the bus record, so the index and the archive store the same id.
 //! - [`metrics`]: the doppler's counters.
 
 pub mod config;
 pub mod egress;
 pub mod ingress;
 pub mod metrics;
+pub mod patterns;
 
 use std::sync::Arc;
 
@@ -38,16 +41,19 @@ pub async fn run(
         config.subscriber_buffer_batches,
         metrics.clone(),
     ));
+    let patterns = Arc::new(patterns::Patterns::open(config.patterns.clone(), &telemetry));
+    let saver = tokio::spawn(Arc::clone(&patterns).run_saver(shutdown.clone()));
     let ingress = ingress::DopplerIngressService::new(
         bus,
         Arc::clone(&hub),
         metrics,
         config.max_pending_bytes,
         config.pending_wait,
-    );
+    )
+    .with_patterns(patterns, config.max_batch_envelopes);
     let egress = egress::EgressService::new(hub);
     let listener = sluice_common::listen(config.listen, "doppler").await?;
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .tls_config(tls.server_config())
         .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?
         .add_service(
@@ -60,5 +66,8 @@ pub async fn run(
             shutdown.wait().await
         })
         .await
-        .map_err(|error| SluiceError::internal(format!("doppler failed: {error}")))
+        .map_err(|error| SluiceError::internal(format!("doppler failed: {error}")));
+    // What the miners learned last is saved before the doppler is done.
+    let _ = saver.await;
+    served
 }

@@ -68,3 +68,19 @@ pub mod opentelemetry {
 
 pub use loggregator::v2;
 pub use sluice::v1;
+
+impl v1::BatchPatterns {
+    /// The pattern id of the batch's envelope at `index`, if it has one.
+    pub fn of(&self, index: usize) -> Option<u64> {
+        let position = *self.of_envelope.get(index)?;
+        let position = usize::try_from(position).ok()?.checked_sub(1)?;
+        self.ids.get(position).copied()
+    }
+}
+
+impl v1::AgentBatch {
+    /// The pattern id the doppler gave the envelope at `index`, if any.
+    pub fn pattern_of(&self, index: usize) -> Option<u64> {
+        self.patterns.as_ref()?.of(index)
+    }
+}

@@ -144,7 +144,7 @@ impl RawConfig {
             tls,
             tls_server_name: self.tls.server_name,
             agent: self.agent.validate(&data_dir)?,
-            doppler: self.doppler.validate()?,
+            doppler: self.doppler.validate(&data_dir)?,
             bus: self.bus.validate(&data_dir)?,
             indexer: self.indexer.validate(&data_dir)?,
             retention: self.retention.validate(&data_dir)?,
@@ -167,6 +167,15 @@ fn check_size_limits(
     positive("agent.flush_bytes", agent.flush_bytes)?;
     positive("bus.max_record_bytes", max_record_bytes)?;
     let framed_envelope = agent.max_envelope_bytes.saturating_add(16);
+    // The doppler writes each line's pattern into the record it appends.
+    let patterns_overhead = if doppler.patterns.enabled {
+        sluice_doppler::patterns::overhead_bytes(
+            doppler.max_batch_envelopes,
+            doppler.patterns.max_template_bytes_per_batch,
+        )
+    } else {
+        0
+    };
     let nested = [
         (
             "agent.max_message_bytes",
@@ -189,8 +198,14 @@ fn check_size_limits(
         (
             "bus.max_record_bytes",
             max_record_bytes,
-            "doppler.max_message_bytes",
-            doppler.max_message_bytes,
+            "doppler.max_message_bytes + what a batch's patterns add (10 bytes per envelope up to doppler.max_batch_envelopes, doppler.patterns.max_template_bytes_per_batch, 1024)",
+            doppler.max_message_bytes.saturating_add(patterns_overhead),
+        ),
+        (
+            "doppler.max_batch_envelopes",
+            doppler.max_batch_envelopes,
+            "agent.flush_envelopes",
+            agent.flush_envelopes,
         ),
         (
             "agent.max_pending_bytes",
@@ -239,6 +254,14 @@ mod tests {
             (
                 "[doppler]\nmax_message_bytes = 33554432\n",
                 ["bus.max_record_bytes", "doppler.max_message_bytes"],
+            ),
+            (
+                "[doppler]\nmax_message_bytes = 16777216\n",
+                ["bus.max_record_bytes", "doppler.max_batch_envelopes"],
+            ),
+            (
+                "[agent]\nflush_envelopes = 20000\n",
+                ["doppler.max_batch_envelopes", "agent.flush_envelopes"],
             ),
             (
                 "[agent]\nmax_pending_bytes = 1048576\n",

@@ -179,6 +179,7 @@ async fn the_audit_finds_a_missing_batch_and_nothing_else() {
                 agent_id: "lossy-agent".to_owned(),
                 sequence,
                 envelopes: vec![log_envelope("gappy", format!("gappy batch {sequence}"))],
+                patterns: None,
             })
             .await
             .unwrap();

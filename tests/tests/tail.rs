@@ -398,7 +398,9 @@ async fn a_reader_that_stops_loses_no_indexed_line_and_is_told_the_exact_count_i
     // tail is not reading; a small tail queue, and a small ring in the shared live reader, so
     // the tail falls behind it and reads the bus on its own again.
     let config = "[agent]\nmax_envelope_bytes = 65536\nflush_bytes = 131072\n\
-                  [doppler]\nmax_message_bytes = 262144\nmax_pending_bytes = 4194304\n\
+                  [doppler]\nmax_message_bytes = 200000\nmax_pending_bytes = 4194304\n\
+                  max_batch_envelopes = 1000\n\
+                  [doppler.patterns]\nmax_template_bytes_per_batch = 16384\n\
                   [bus]\nmax_record_bytes = 262144\n\
                   [bus.wal]\nsegment_bytes = 262144\nmax_disk_bytes = 67108864\n\
                   [query_api.tail]\nqueue_events = 16\nheartbeat = \"1s\"\nhub_records = 16\n";

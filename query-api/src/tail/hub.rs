@@ -366,6 +366,7 @@ mod tests {
                     ..Envelope::default()
                 })
                 .collect(),
+            patterns: None,
         }
     }
 
