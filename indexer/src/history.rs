@@ -635,6 +635,7 @@ mod tests {
                 offset: position.offset,
                 index: position.index,
                 batch_envelopes: 3,
+                pattern_id: None,
             };
             writer
                 .add_document(store.fields().document(envelope, origin).expect("indexed"))
@@ -857,6 +858,7 @@ mod concurrent {
                         offset,
                         index: 0,
                         batch_envelopes: 1,
+                        pattern_id: None,
                     };
                     writer
                         .add_document(fields.document(&envelope, origin).expect("indexed"))

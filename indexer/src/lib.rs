@@ -8,6 +8,8 @@
 //!   between the async consumer and the indexing thread.
 //! - [`search`]: query parsing and newest-first search over the partitions of a time range.
 //! - [`history`]: the indexed envelopes of a range of bus positions, for live tails.
+//! - [`patterns`]: the pattern templates the dopplers described, and matches counted by
+//!   pattern.
 //! - [`service`]: `sluice.v1.IndexSearch`, the search service for query APIs elsewhere.
 //! - [`metrics`]: the indexer's counters.
 //!
@@ -24,6 +26,7 @@ pub mod config;
 pub mod histogram;
 pub mod history;
 pub mod metrics;
+pub mod patterns;
 pub mod pipeline;
 pub mod schema;
 pub mod search;

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::metrics::IndexerMetrics;
+use crate::patterns::{Templates, templates_path};
 use crate::schema::Origin;
 use crate::store::IndexStore;
 
@@ -124,6 +125,8 @@ async fn run_once(
         metrics,
         committed: committed_sender,
         dedup: Deduplicator::new(DEDUP_CAPACITY),
+        templates: Templates::load(&templates_path(&config.dir))?,
+        templates_path: templates_path(&config.dir),
     };
     let thread = std::thread::Builder::new()
         .name("sluice-indexer".to_owned())
@@ -253,7 +256,7 @@ fn write_checkpoint(path: &Path, positions: &Positions) -> Result<(), SluiceErro
 }
 
 /// Writes a small file atomically: temporary file, fsync, rename.
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), SluiceError> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), SluiceError> {
     use std::io::Write;
     let temporary = path.with_extension("tmp");
     let result = (|| {
@@ -343,6 +346,9 @@ struct IndexingStage {
     metrics: IndexerMetrics,
     committed: watch::Sender<Positions>,
     dedup: Deduplicator,
+    /// The pattern templates seen, saved at each commit before the checkpoint.
+    templates: Templates,
+    templates_path: PathBuf,
 }
 
 impl IndexingStage {
@@ -416,6 +422,9 @@ impl IndexingStage {
             self.consumed.advance_past(record);
             return Ok(());
         }
+        if let Some(patterns) = &batch.patterns {
+            self.templates.learn(&patterns.templates);
+        }
         let fields = self.store.fields().clone();
         let writer_memory_bytes = self.writer_memory_bytes;
         let (mut indexed, mut already, mut skipped) = (0_u64, 0_u64, 0_u64);
@@ -430,6 +439,7 @@ impl IndexingStage {
                 offset: record.offset,
                 index: u32::try_from(index).unwrap_or(u32::MAX),
                 batch_envelopes: u32::try_from(batch.envelopes.len()).unwrap_or(u32::MAX),
+                pattern_id: batch.pattern_of(index),
             };
             let Some(document) = fields.document(envelope, origin) else {
                 skipped += 1;
@@ -588,6 +598,8 @@ impl IndexingStage {
             commit_hour(*hour, state, &payload, &self.consumed)?;
             self.metrics.commits.inc();
         }
+        // Templates before the checkpoint: every line the index holds has its template on disk.
+        self.templates.save(&self.templates_path)?;
         if self.consumed != self.checkpointed {
             write_checkpoint(&self.checkpoint_path, &self.consumed)?;
             self.checkpointed = self.consumed.clone();
@@ -665,6 +677,7 @@ mod tests {
                 agent_id: "agent".into(),
                 sequence,
                 envelopes,
+                patterns: None,
             }
             .encode_to_vec(),
         )
@@ -851,6 +864,7 @@ mod tests {
                 message: Some(envelope::Message::Counter(Default::default())),
                 ..Default::default()
             }],
+            patterns: None,
         };
         bus.append("app", Bytes::from(counter.encode_to_vec()))
             .await

@@ -11,6 +11,7 @@
 //! | `agent_id`, `sequence` | raw string / u64, indexed, stored | the batch the envelope came in |
 //! | `bus_partition`, `bus_offset` | u64, indexed, fast | the bus record the envelope came in |
 //! | `bus_index` | u64, indexed, fast | the envelope's position in its batch (with the two above, its identity: live tails resume by it) |
+//! | `pattern_id` | raw string, stored, fast | the log line's pattern, as its doppler mined it (16 hex digits) |
 //!
 //! Only log and event envelopes are indexed; counters, gauges and timers go to the archive.
 
@@ -57,6 +58,8 @@ pub struct Fields {
     /// that a tail which lost the record can tell how many of them the index cannot give back
     /// (metrics are not indexed).
     pub bus_batch_envelopes: Field,
+    /// `pattern_id`.
+    pub pattern_id: Field,
 }
 
 /// Where a document came from on the bus.
@@ -74,6 +77,8 @@ pub struct Origin<'a> {
     pub index: u32,
     /// How many envelopes the batch holds.
     pub batch_envelopes: u32,
+    /// The envelope's pattern, if its doppler gave it one.
+    pub pattern_id: Option<u64>,
 }
 
 impl Fields {
@@ -100,6 +105,7 @@ impl Fields {
         let bus_offset = builder.add_u64_field("bus_offset", INDEXED | FAST);
         let bus_index = builder.add_u64_field("bus_index", INDEXED | FAST);
         let bus_batch_envelopes = builder.add_u64_field("bus_batch_envelopes", FAST);
+        let pattern_id = builder.add_text_field("pattern_id", STRING | STORED | FAST);
         Fields {
             schema: builder.build(),
             timestamp,
@@ -115,6 +121,7 @@ impl Fields {
             bus_offset,
             bus_index,
             bus_batch_envelopes,
+            pattern_id,
         }
     }
 
@@ -153,6 +160,9 @@ impl Fields {
         document.add_u64(self.bus_offset, origin.offset);
         document.add_u64(self.bus_index, u64::from(origin.index));
         document.add_u64(self.bus_batch_envelopes, u64::from(origin.batch_envelopes));
+        if let Some(id) = origin.pattern_id {
+            document.add_text(self.pattern_id, sluice_patterns::format_id(id));
+        }
         Some(document)
     }
 }

@@ -53,6 +53,9 @@ pub struct SearchHit {
     pub invalid_utf8: bool,
     /// Envelope tags.
     pub tags: BTreeMap<String, String>,
+    /// The line's pattern (16 hex digits; empty for events and lines indexed without one).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pattern_id: String,
 }
 
 /// The answer to a search.
@@ -129,6 +132,7 @@ pub struct Searcher {
     store: IndexStore,
     parser: QueryParser,
     readers: Mutex<HashMap<Hour, IndexReader>>,
+    templates: crate::patterns::TemplateCache,
 }
 
 impl Searcher {
@@ -146,6 +150,7 @@ impl Searcher {
             store,
             parser,
             readers: Mutex::new(HashMap::new()),
+            templates: crate::patterns::TemplateCache::default(),
         }
     }
 
@@ -181,6 +186,10 @@ impl Searcher {
         self.parser
             .parse_query(trimmed)
             .map_err(|error| SluiceError::invalid(format!("invalid query {trimmed:?}: {error}")))
+    }
+
+    pub(crate) fn template_cache(&self) -> &crate::patterns::TemplateCache {
+        &self.templates
     }
 
     /// The partition directories searched.
@@ -296,7 +305,7 @@ impl Searcher {
                     searcher.search(&bounded, &collector).map_err(failed)?;
                 total += count as u64;
                 for (_, address) in top {
-                    hits.push(self.hit(&searcher, address)?);
+                    hits.push(self.hit_at(&searcher, address)?);
                 }
                 partition_counts
             };
@@ -319,7 +328,8 @@ impl Searcher {
         })
     }
 
-    fn hit(
+    /// The hit of the document at `address`.
+    pub(crate) fn hit_at(
         &self,
         searcher: &tantivy::Searcher,
         address: DocAddress,
@@ -354,6 +364,7 @@ impl Searcher {
                 .and_then(|value| value.as_bool())
                 .unwrap_or(false),
             tags,
+            pattern_id: text(fields.pattern_id),
         })
     }
 }
@@ -461,6 +472,7 @@ mod tests {
                     offset: offset as u64,
                     index: 0,
                     batch_envelopes: 1,
+                    pattern_id: None,
                 };
                 writer
                     .add_document(store.fields().document(&envelope, origin).expect("log"))

@@ -11,6 +11,7 @@ use sluice_proto::v1 as wire;
 use sluice_proto::v1::index_search_server::{IndexSearch, IndexSearchServer};
 use tonic::{Request, Response, Status};
 
+use crate::patterns::{PatternCount, PatternsRequest, PatternsResponse, Template};
 use crate::search::{SearchHit, SearchRequest, SearchResponse, Searcher};
 
 /// Largest `limit` a remote search may ask for.
@@ -53,6 +54,24 @@ impl IndexSearch for SearchService {
             .map_err(|error| Status::internal(format!("search task failed: {error}")))??;
         Ok(Response::new(to_wire(response)))
     }
+
+    async fn patterns(
+        &self,
+        request: Request<wire::PatternsRequest>,
+    ) -> Result<Response<wire::PatternsResponse>, Status> {
+        let request = request.into_inner();
+        let request = PatternsRequest {
+            query: request.query,
+            start_ns: request.start_ns,
+            end_ns: request.end_ns,
+            step_ns: request.step_ns,
+        };
+        let searcher = Arc::clone(&self.searcher);
+        let response = tokio::task::spawn_blocking(move || searcher.patterns(&request))
+            .await
+            .map_err(|error| Status::internal(format!("pattern task failed: {error}")))??;
+        Ok(Response::new(patterns_to_wire(response)))
+    }
 }
 
 /// The wire form of a search answer.
@@ -70,6 +89,7 @@ pub fn to_wire(response: SearchResponse) -> wire::SearchResponse {
                 message: hit.message,
                 invalid_utf8: hit.invalid_utf8,
                 tags: hit.tags.into_iter().collect(),
+                pattern_id: hit.pattern_id,
             })
             .collect(),
         partitions_searched: u32::try_from(response.partitions_searched).unwrap_or(u32::MAX),
@@ -97,6 +117,93 @@ pub fn hit_from_wire(hit: wire::SearchHit) -> SearchHit {
         message: hit.message,
         invalid_utf8: hit.invalid_utf8,
         tags: hit.tags.into_iter().collect(),
+        pattern_id: hit.pattern_id,
+    }
+}
+
+/// The wire form of a hit.
+pub fn hit_to_wire(hit: SearchHit) -> wire::SearchHit {
+    wire::SearchHit {
+        timestamp: hit.timestamp,
+        source_id: hit.source_id,
+        instance_id: hit.instance_id,
+        log_type: hit.log_type,
+        message: hit.message,
+        invalid_utf8: hit.invalid_utf8,
+        tags: hit.tags.into_iter().collect(),
+        pattern_id: hit.pattern_id,
+    }
+}
+
+/// The wire form of a pattern count.
+pub fn patterns_to_wire(response: PatternsResponse) -> wire::PatternsResponse {
+    wire::PatternsResponse {
+        total: response.total,
+        unpatterned: response.unpatterned,
+        patterns: response
+            .patterns
+            .into_iter()
+            .map(|pattern| wire::PatternCount {
+                id: pattern.id,
+                count: pattern.count,
+                first_ns: pattern.first_ns,
+                steps: pattern
+                    .steps
+                    .into_iter()
+                    .map(|(start_ns, count)| wire::HistogramBucket { start_ns, count })
+                    .collect(),
+                example: pattern.example.map(hit_to_wire),
+            })
+            .collect(),
+        templates: response
+            .templates
+            .into_iter()
+            .map(|template| wire::PatternTemplateInfo {
+                id: template.id,
+                source_id: template.source_id,
+                template: template.template,
+                merged: template.merged,
+                first_seen: template.first_seen,
+            })
+            .collect(),
+        partitions_searched: u32::try_from(response.partitions_searched).unwrap_or(u32::MAX),
+        took_ms: response.took_ms,
+    }
+}
+
+/// A pattern count from its wire form.
+pub fn patterns_from_wire(response: wire::PatternsResponse) -> PatternsResponse {
+    PatternsResponse {
+        total: response.total,
+        unpatterned: response.unpatterned,
+        patterns: response
+            .patterns
+            .into_iter()
+            .map(|pattern| PatternCount {
+                id: pattern.id,
+                count: pattern.count,
+                first_ns: pattern.first_ns,
+                steps: pattern
+                    .steps
+                    .into_iter()
+                    .map(|bucket| (bucket.start_ns, bucket.count))
+                    .collect(),
+                example: pattern.example.map(hit_from_wire),
+            })
+            .collect(),
+        templates: response
+            .templates
+            .into_iter()
+            .map(|template| Template {
+                id: template.id,
+                source_id: template.source_id,
+                template: template.template,
+                merged: template.merged,
+                first_seen: template.first_seen,
+            })
+            .collect(),
+        partitions_searched: response.partitions_searched as usize,
+        took_ms: response.took_ms,
     }
 }
 

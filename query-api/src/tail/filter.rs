@@ -488,6 +488,7 @@ mod tests {
                 offset: position as u64,
                 index: 0,
                 batch_envelopes: 1,
+                pattern_id: None,
             };
             if let Some(document) = store.fields().document(envelope, origin) {
                 writer.add_document(document).expect("add");
