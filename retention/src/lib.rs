@@ -3,13 +3,15 @@
 //!
 //! # Layout
 //!
-//! - [`tables`]: the archive's tables (`logs`, `counters`, `gauges`, `timers`, `events`), their
-//!   Arrow schemas and the row buffers that turn envelopes into record batches.
+//! - [`tables`]: the archive's tables (`logs`, `counters`, `gauges`, `timers`, `events`,
+//!   `pattern_counts`), their Arrow schemas and the row buffers that turn envelopes into
+//!   record batches.
+//! - [`patterns`]: lines counted per pattern and hour as they are archived.
 //! - [`archive`]: paths, the commit log and checkpoint under `_sluice/retention/`, and recovery.
 //! - [`pipeline`]: consume → buffer → encode Parquet → upload → commit → checkpoint the bus.
 //! - [`store`]: opening the archive: a local directory or an S3 bucket under a prefix.
 //! - [`catalog`]: registers the tables with a DataFusion session (hive partitions
-//!   `date=YYYY-MM-DD/hour=HH`).
+//!   `date=YYYY-MM-DD/hour=HH`), and the `patterns` view.
 //! - [`metrics`]: retention's counters.
 //!
 //! # Exactly once
@@ -25,6 +27,7 @@ pub mod archive;
 pub mod catalog;
 pub mod config;
 pub mod metrics;
+pub mod patterns;
 pub mod pipeline;
 pub mod store;
 pub mod tables;

@@ -32,6 +32,7 @@ use tracing::{error, info, warn};
 use crate::archive::{self, Commit};
 use crate::metrics::RetentionMetrics;
 use crate::store::Archive;
+use crate::patterns::PatternCounter;
 use crate::tables::{BufferSet, Table, TableBuffer, push_envelope};
 
 /// The bus consumer group of retention.
@@ -47,6 +48,8 @@ struct Buffers {
     positions: Positions,
     /// Recent batches, to drop a second copy of one.
     dedup: Deduplicator,
+    /// Lines per pattern and hour, for `pattern_counts`.
+    patterns: PatternCounter,
 }
 
 /// The buffers of one hour, for [`push_envelope`].
@@ -110,6 +113,7 @@ pub async fn run(
         first_buffered_at: None,
         positions: checkpoint.positions,
         dedup: Deduplicator::new(100_000),
+        patterns: PatternCounter::default(),
     };
     loop {
         let due = buffers
@@ -197,15 +201,32 @@ fn buffer_record(
             metrics.batches_duplicate.inc();
         }
         Ok(batch) => {
-            for envelope in &batch.envelopes {
+            if let Some(patterns) = &batch.patterns {
+                buffers.patterns.learn(&patterns.templates);
+            }
+            for (index, envelope) in batch.envelopes.iter().enumerate() {
                 let hour = Hour::of_nanos(envelope.timestamp);
                 let mut target = HourBuffers {
                     tables: &mut buffers.tables,
                     hour,
                 };
-                push_envelope(envelope, &batch.agent_id, batch.sequence, &mut target).map_err(
-                    |error| SluiceError::internal(format!("failed to buffer an envelope: {error}")),
-                )?;
+                let pattern = batch.pattern_of(index);
+                let pattern_text = pattern.map(sluice_patterns::format_id);
+                push_envelope(
+                    envelope,
+                    &batch.agent_id,
+                    batch.sequence,
+                    pattern_text.as_deref(),
+                    &mut target,
+                )
+                .map_err(|error| {
+                    SluiceError::internal(format!("failed to buffer an envelope: {error}"))
+                })?;
+                if let Some(id) = pattern {
+                    buffers
+                        .patterns
+                        .count(id, &envelope.source_id, envelope.timestamp);
+                }
             }
         }
         Err(error) => {
@@ -232,6 +253,10 @@ async fn prepare(
     buffers.first_buffered_at = None;
     buffers.rows = 0;
     let positions = buffers.positions.clone();
+    buffers
+        .patterns
+        .drain_into(&mut buffers.tables)
+        .map_err(|error| SluiceError::internal(format!("failed to count patterns: {error}")))?;
     let mut batches: Vec<(Table, Hour, RecordBatch)> = Vec::new();
     for ((table, hour), mut buffer) in std::mem::take(&mut buffers.tables) {
         if buffer.rows() == 0 {

@@ -6,11 +6,16 @@
 //!
 //! | table | own columns | one row per |
 //! |---|---|---|
-//! | `logs` | `log_type` (`OUT`/`ERR`), `message` (lossy UTF-8), `invalid_utf8` | log envelope |
+//! | `logs` | `log_type` (`OUT`/`ERR`), `message` (lossy UTF-8), `invalid_utf8`, `pattern_id` (16 hex digits, null when the line has none) | log envelope |
 //! | `counters` | `name`, `delta`, `total` | counter envelope |
 //! | `gauges` | `name`, `value`, `unit` | metric in a gauge envelope |
 //! | `timers` | `name`, `start`, `stop` (timestamps), `duration_ns` | timer envelope |
 //! | `events` | `title`, `body` | event envelope |
+//!
+//! `pattern_counts` is the exception: one row per pattern, hour and flush (`pattern_id`,
+//! `source_id`, `template` (null when the flush did not see it described), `merged_into` (the
+//! pattern it became when it generalised), `first_seen`, `last_seen`, `count`); the SQL view
+//! `patterns` sums it up per pattern.
 //!
 //! The hive partition columns `date` and `hour` come from the file paths.
 
@@ -40,16 +45,19 @@ pub enum Table {
     Timers,
     /// Event envelopes.
     Events,
+    /// Lines per pattern, hour and flush.
+    PatternCounts,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Logs,
         Table::Counters,
         Table::Gauges,
         Table::Timers,
         Table::Events,
+        Table::PatternCounts,
     ];
 
     /// The table's name in SQL and in the archive's paths.
@@ -60,11 +68,23 @@ impl Table {
             Table::Gauges => "gauges",
             Table::Timers => "timers",
             Table::Events => "events",
+            Table::PatternCounts => "pattern_counts",
         }
     }
 
     /// The table's Arrow schema (without the partition columns).
     pub fn schema(self) -> SchemaRef {
+        if self == Table::PatternCounts {
+            return Arc::new(Schema::new(vec![
+                Field::new("pattern_id", DataType::Utf8, false),
+                Field::new("source_id", DataType::Utf8, false),
+                Field::new("template", DataType::Utf8, true),
+                Field::new("merged_into", DataType::Utf8, true),
+                Field::new("first_seen", timestamp_type(), false),
+                Field::new("last_seen", timestamp_type(), false),
+                Field::new("count", DataType::UInt64, false),
+            ]));
+        }
         let mut fields = vec![
             Field::new("timestamp", timestamp_type(), false),
             Field::new("source_id", DataType::Utf8, false),
@@ -75,6 +95,7 @@ impl Table {
                 Field::new("log_type", DataType::Utf8, false),
                 Field::new("message", DataType::Utf8, false),
                 Field::new("invalid_utf8", DataType::Boolean, false),
+                Field::new("pattern_id", DataType::Utf8, true),
             ],
             Table::Counters => vec![
                 Field::new("name", DataType::Utf8, false),
@@ -96,6 +117,7 @@ impl Table {
                 Field::new("title", DataType::Utf8, false),
                 Field::new("body", DataType::Utf8, false),
             ],
+            Table::PatternCounts => Vec::new(),
         };
         fields.extend(own);
         fields.push(Field::new("tags", tags_type(), false));
@@ -137,6 +159,8 @@ pub enum Cell<'a> {
     Timestamp(i64),
     /// Text.
     Text(&'a str),
+    /// Text or null.
+    MaybeText(Option<&'a str>),
     /// An unsigned integer.
     Unsigned(u64),
     /// A signed integer.
@@ -210,6 +234,7 @@ impl TableBuffer {
                     builder.append_value(*value)
                 }
                 (Column::Text(builder), Cell::Text(value)) => builder.append_value(value),
+                (Column::Text(builder), Cell::MaybeText(value)) => builder.append_option(*value),
                 (Column::Unsigned(builder), Cell::Unsigned(value)) => builder.append_value(*value),
                 (Column::Signed(builder), Cell::Signed(value)) => builder.append_value(*value),
                 (Column::Float(builder), Cell::Float(value)) => builder.append_value(*value),
@@ -270,6 +295,7 @@ pub fn push_envelope(
     envelope: &Envelope,
     agent_id: &str,
     sequence: u64,
+    pattern_id: Option<&str>,
     buffers: &mut impl BufferSet,
 ) -> Result<(), ArrowError> {
     let tags = merged_tags(envelope);
@@ -289,6 +315,7 @@ pub fn push_envelope(
                 Cell::Text(log_type),
                 Cell::Text(&message),
                 Cell::Boolean(invalid),
+                Cell::MaybeText(pattern_id),
                 Cell::Tags(&tags),
                 Cell::Text(agent_id),
                 Cell::Unsigned(sequence),
@@ -404,7 +431,7 @@ mod tests {
             ..Default::default()
         };
         for envelope in [&log_envelope, &gauge, &timer] {
-            push_envelope(envelope, "agent", 1, &mut buffers).expect("push");
+            push_envelope(envelope, "agent", 1, None, &mut buffers).expect("push");
         }
         let logs = buffers
             .get_mut(&Table::Logs)

@@ -129,7 +129,7 @@ pub async fn run_query(
     let started = Instant::now();
     let max_rows = limits.max_rows;
     let context = SessionContext::new();
-    sluice_retention::catalog::register_tables(&context, archive)?;
+    sluice_retention::catalog::register_tables(&context, archive).await?;
     let state = context.state();
     let recursion_limit = state.config().options().sql_parser.recursion_limit.get();
     let statement = parse(query, limits.max_bytes, recursion_limit)?;
