@@ -150,14 +150,15 @@ fn read_templates(path: &Path) -> Result<HashMap<u64, Template>, SluiceError> {
 /// The searcher's view of `patterns.json`, read again when the file changes.
 #[derive(Debug, Default)]
 pub(crate) struct TemplateCache {
-    loaded: Mutex<Option<(SystemTime, std::sync::Arc<HashMap<u64, Template>>)>>,
+    loaded: Mutex<Option<((SystemTime, u64), std::sync::Arc<HashMap<u64, Template>>)>>,
 }
 
 impl TemplateCache {
     fn get(&self, path: &Path) -> Result<std::sync::Arc<HashMap<u64, Template>>, SluiceError> {
+        // The file is replaced whole (renamed into place): a new one has a new time or size.
         let modified = std::fs::metadata(path)
-            .and_then(|metadata| metadata.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+            .and_then(|metadata| Ok((metadata.modified()?, metadata.len())))
+            .unwrap_or((SystemTime::UNIX_EPOCH, 0));
         let mut loaded = self
             .loaded
             .lock()
@@ -454,11 +455,128 @@ impl Searcher {
 
     /// Every template the index holds.
     pub fn templates(&self) -> Result<std::sync::Arc<HashMap<u64, Template>>, SluiceError> {
-        self.template_cache().get(&templates_path(self.store().dir()))
+        self.template_cache().get(&templates_path(self.dir()))
     }
 }
 
 /// Where the templates of the index in `dir` are kept.
 pub fn templates_path(dir: &Path) -> PathBuf {
     dir.join("patterns.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Origin;
+    use crate::store::IndexStore;
+    use sluice_proto::v2::{Envelope, Log, envelope};
+
+    const MINUTE: i64 = 60_000_000_000;
+
+    /// Lines of three patterns over two hours; the first pattern generalised into the second.
+    fn index(dir: &Path) {
+        let store = IndexStore::new(dir);
+        let hour = 1_800_000 * 60 * MINUTE;
+        let lines = [
+            (hour - MINUTE, 1_u64, "old shape"),
+            (hour + MINUTE, 2, "new shape a"),
+            (hour + 2 * MINUTE, 2, "new shape b"),
+            (hour + 3 * MINUTE, 3, "other"),
+        ];
+        for (timestamp, id, text) in lines {
+            let index = store
+                .open_or_create(Hour::of_nanos(timestamp))
+                .expect("partition");
+            let mut writer: tantivy::IndexWriter =
+                index.writer_with_num_threads(1, 15_000_000).expect("writer");
+            let envelope = Envelope {
+                timestamp,
+                source_id: "app".into(),
+                message: Some(envelope::Message::Log(Log {
+                    payload: text.as_bytes().to_vec(),
+                    r#type: 0,
+                })),
+                ..Default::default()
+            };
+            let origin = Origin {
+                agent_id: "agent",
+                sequence: 1,
+                partition: 0,
+                offset: 0,
+                index: 0,
+                batch_envelopes: 1,
+                pattern_id: Some(id),
+            };
+            writer
+                .add_document(store.fields().document(&envelope, origin).expect("log"))
+                .expect("add");
+            writer.commit().expect("commit");
+        }
+        let mut templates = Templates::default();
+        templates.learn(&[
+            PatternTemplate {
+                id: 2,
+                source_id: "app".into(),
+                template: "new shape <*>".into(),
+                merged: vec![1],
+                first_seen: hour - MINUTE,
+            },
+            PatternTemplate {
+                id: 3,
+                source_id: "app".into(),
+                template: "other".into(),
+                merged: Vec::new(),
+                first_seen: hour,
+            },
+        ]);
+        templates.save(&templates_path(dir)).expect("save");
+    }
+
+    #[test]
+    fn matches_are_counted_by_pattern_with_steps_examples_and_templates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let searcher = Searcher::new(dir.path());
+        // Asked before anything is indexed: nothing, and no stale view afterwards.
+        let empty = searcher
+            .patterns(&PatternsRequest {
+                query: "*".into(),
+                start_ns: None,
+                end_ns: None,
+                step_ns: None,
+            })
+            .expect("patterns");
+        assert_eq!(empty.total, 0);
+        index(dir.path());
+        let answer = searcher
+            .patterns(&PatternsRequest {
+                query: "*".into(),
+                start_ns: None,
+                end_ns: None,
+                step_ns: Some(MINUTE),
+            })
+            .expect("patterns");
+        assert_eq!(answer.total, 4);
+        let counts: Vec<(u64, u64)> = answer
+            .patterns
+            .iter()
+            .map(|pattern| (pattern.id, pattern.count))
+            .collect();
+        assert_eq!(counts, vec![(2, 2), (1, 1), (3, 1)]);
+        let newest = answer.patterns[0].example.as_ref().expect("example");
+        assert_eq!(newest.message, "new shape b");
+        assert_eq!(newest.pattern_id, sluice_patterns::format_id(2));
+        assert_eq!(answer.patterns[0].steps.len(), 2);
+        // The template of 2 answers for 1 too (it lists 1 as merged).
+        let ids: Vec<u64> = answer.templates.iter().map(|template| template.id).collect();
+        assert_eq!(ids, vec![2, 3]);
+        let only = searcher
+            .patterns(&PatternsRequest {
+                query: format!("pattern_id:{}", sluice_patterns::format_id(3)),
+                start_ns: None,
+                end_ns: None,
+                step_ns: None,
+            })
+            .expect("patterns");
+        assert_eq!(only.total, 1);
+    }
 }

@@ -129,6 +129,7 @@ fn query_nesting(query: &str) -> usize {
 
 /// Searches the partitions of one index directory; opened partitions are cached.
 pub struct Searcher {
+    dir: std::path::PathBuf,
     store: IndexStore,
     parser: QueryParser,
     readers: Mutex<HashMap<Hour, IndexReader>>,
@@ -147,6 +148,7 @@ impl Searcher {
         );
         parser.set_conjunction_by_default();
         Searcher {
+            dir: dir.to_path_buf(),
             store,
             parser,
             readers: Mutex::new(HashMap::new()),
@@ -186,6 +188,11 @@ impl Searcher {
         self.parser
             .parse_query(trimmed)
             .map_err(|error| SluiceError::invalid(format!("invalid query {trimmed:?}: {error}")))
+    }
+
+    /// The indexer's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub(crate) fn template_cache(&self) -> &crate::patterns::TemplateCache {

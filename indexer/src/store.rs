@@ -17,11 +17,6 @@ pub struct IndexStore {
 }
 
 impl IndexStore {
-    /// The indexer's directory.
-    pub fn dir(&self) -> &Path {
-        &self.root
-    }
-
     /// The store under `dir` (the indexer's configured directory).
     pub fn new(dir: &Path) -> IndexStore {
         IndexStore {

@@ -1,9 +1,10 @@
-//! The HTTP query API: search, live tail, SQL, health and metrics.
+//! The HTTP query API: search, live tail, patterns, SQL, health and metrics.
 //!
 //! | route | what |
 //! |---|---|
 //! | `GET /api/v1/search?query=&start=&end=&limit=` | full-text search, newest first, exact total (over every indexer; `partial` says when one did not answer) |
 //! | `GET /api/v1/tail?source_id=…&instance_id=…&type=…&log_type=…&tag.NAME=…&query=…&since=…&tail=N&cursor=…` | history, then live envelopes, as server-sent events selected on the server, each with a resumable cursor (`Last-Event-ID`) |
+//! | `GET /api/v1/patterns?query=&start=&end=&since=&step=&compare=&factor=&limit=` | the patterns of the matching lines with counts per step, an example and first-seen time, largest first; with `compare=<duration>` against the window before, new, risen and fallen ones marked, most surprising first |
 //! | `GET /v2/read?source_id=…&log&counter&gauge&timer&event&shard_id=…` | the Loggregator RLP Gateway's stream: SSE of JSON `EnvelopeBatch`es (protobuf JSON mapping), shared among readers of one `shard_id` |
 //! | `GET /api/v1/read/{source_id}?start_time=&end_time=&envelope_types=&limit=&descending=` | Log Cache's read: logs and events from the index, metrics from the archive |
 //! | `POST /api/v1/sql` | read-only DataFusion SQL over the archive (`{"query": "…"}` or plain text) |
@@ -17,6 +18,7 @@ pub mod config;
 pub mod loggregator;
 pub mod metrics;
 mod routes;
+pub mod patterns;
 pub mod search;
 pub mod sql;
 pub mod tail;

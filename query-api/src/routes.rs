@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/search", get(search))
         .route("/api/v1/tail", get(tail))
+        .route("/api/v1/patterns", get(patterns))
         .route("/v2/read", get(crate::loggregator::v2_read))
         .route(
             "/api/v1/read/{source_id}",
@@ -135,6 +136,73 @@ async fn search(State(state): State<AppState>, Query(params): Query<SearchParams
     }
     .await;
     respond(&state, "search", result)
+}
+
+#[derive(Debug, Deserialize)]
+struct PatternsParams {
+    query: Option<String>,
+    q: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    since: Option<String>,
+    step: Option<String>,
+    compare: Option<String>,
+    factor: Option<f64>,
+    limit: Option<usize>,
+}
+
+/// Steps a range is cut into when `step` is not given.
+const DEFAULT_STEPS: i64 = 60;
+
+async fn patterns(State(state): State<AppState>, Query(params): Query<PatternsParams>) -> Response {
+    let result = async {
+        let now = sluice_common::time::now_nanos();
+        let end = parse_time_param("end", params.end.as_ref())?.unwrap_or(now);
+        let start = match (&params.start, &params.since) {
+            (Some(_), Some(_)) => {
+                return Err(SluiceError::invalid("give start= or since=, not both"));
+            }
+            (Some(_), None) => parse_time_param("start", params.start.as_ref())?.unwrap_or(0),
+            (None, Some(since)) => {
+                end.saturating_sub(duration_nanos("since", since)?)
+            }
+            (None, None) => end.saturating_sub(3_600_000_000_000),
+        };
+        let step_ns = match &params.step {
+            Some(step) => duration_nanos("step", step)?,
+            None => {
+                let raw = (end.saturating_sub(start) / DEFAULT_STEPS).max(1_000_000_000);
+                // Whole seconds, so steps line up across queries.
+                (raw + 999_999_999) / 1_000_000_000 * 1_000_000_000
+            }
+        };
+        let query = crate::patterns::PatternsQuery {
+            query: params.query.or(params.q).unwrap_or_default(),
+            start_ns: start,
+            end_ns: end,
+            step_ns,
+            compare_ns: params
+                .compare
+                .as_deref()
+                .map(|compare| duration_nanos("compare", compare))
+                .transpose()?,
+            factor: params.factor.unwrap_or(2.0),
+            limit: params.limit.unwrap_or(100),
+        };
+        crate::patterns::answer(&state.search, query).await
+    }
+    .await;
+    respond(&state, "patterns", result)
+}
+
+/// A positive duration parameter (`15m`, `1h`, `30s`) in ns.
+fn duration_nanos(name: &str, text: &str) -> Result<i64, SluiceError> {
+    let duration = sluice_common::config::parse_duration(name, text)?;
+    if duration.is_zero() {
+        return Err(SluiceError::invalid(format!("{name}: must be longer than 0")));
+    }
+    i64::try_from(duration.as_nanos())
+        .map_err(|_| SluiceError::invalid(format!("{name}: {text:?} is too long")))
 }
 
 async fn tail(

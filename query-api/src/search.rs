@@ -142,15 +142,11 @@ async fn fan_out(
         limit: u32::try_from(request.limit).unwrap_or(u32::MAX),
         histogram_interval_ns: request.histogram_interval_ns,
     };
-    let asks = indexers.iter().map(|(address, client)| {
-        let mut client = client.clone();
+    let (answers, unavailable) = ask_indexers(indexers, timeout, "search", |mut client| {
         let wire_request = wire_request.clone();
-        async move {
-            let outcome = tokio::time::timeout(timeout, client.search(wire_request)).await;
-            (address.clone(), outcome)
-        }
-    });
-    let outcomes = futures::future::join_all(asks).await;
+        async move { client.search(wire_request).await }
+    })
+    .await?;
     let mut answer = SearchAnswer {
         total: 0,
         hits: Vec::new(),
@@ -161,53 +157,22 @@ async fn fan_out(
         indexers: None,
     };
     let mut counts = request.histogram_interval_ns.map(|_| Counts::new());
-    let mut unavailable = Vec::new();
-    for (indexer, outcome) in outcomes {
-        match outcome {
-            Ok(Ok(response)) => {
-                let response = response.into_inner();
-                answer.total += response.total;
-                answer.partitions_searched += response.partitions_searched as usize;
-                answer
-                    .hits
-                    .extend(response.hits.into_iter().map(hit_from_wire));
-                if let Some(counts) = &mut counts {
-                    histogram::merge_into(
-                        counts,
-                        response
-                            .histogram
-                            .into_iter()
-                            .map(|bucket| (bucket.start_ns, bucket.count))
-                            .collect(),
-                    );
-                }
-            }
-            // A query every indexer would refuse is the caller's mistake: say so.
-            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
-                return Err(SluiceError::new(
-                    ErrorKind::InvalidArgument,
-                    status.message().to_owned(),
-                ));
-            }
-            Ok(Err(status)) => unavailable.push(Unavailable {
-                indexer,
-                error: format!("{:?}: {}", status.code(), status.message()),
-            }),
-            Err(_elapsed) => unavailable.push(Unavailable {
-                indexer,
-                error: format!("did not answer within {} ms", timeout.as_millis()),
-            }),
+    for response in answers {
+        answer.total += response.total;
+        answer.partitions_searched += response.partitions_searched as usize;
+        answer
+            .hits
+            .extend(response.hits.into_iter().map(hit_from_wire));
+        if let Some(counts) = &mut counts {
+            histogram::merge_into(
+                counts,
+                response
+                    .histogram
+                    .into_iter()
+                    .map(|bucket| (bucket.start_ns, bucket.count))
+                    .collect(),
+            );
         }
-    }
-    if unavailable.len() == indexers.len() {
-        let reasons: Vec<String> = unavailable
-            .iter()
-            .map(|failure| format!("{}: {}", failure.indexer, failure.error))
-            .collect();
-        return Err(SluiceError::unavailable(format!(
-            "no indexer answered the search ({})",
-            reasons.join("; ")
-        )));
     }
     // Newest first across indexers; ties keep a stable order.
     answer
@@ -231,4 +196,56 @@ async fn fan_out(
     });
     answer.took_ms = started.elapsed().as_millis() as u64;
     Ok(answer)
+}
+
+/// Asks every indexer at once (`ask` makes the call on a client), each within `timeout`:
+/// the answers, and the indexers that did not give one. A request every indexer refuses as
+/// invalid is the caller's mistake and fails as such; so does no indexer answering at all.
+pub(crate) async fn ask_indexers<T, F, Fut>(
+    indexers: &[(String, IndexSearchClient<Channel>)],
+    timeout: Duration,
+    what: &str,
+    ask: F,
+) -> Result<(Vec<T>, Vec<Unavailable>), SluiceError>
+where
+    F: Fn(IndexSearchClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let asks = indexers.iter().map(|(address, client)| {
+        let call = ask(client.clone());
+        async move { (address.clone(), tokio::time::timeout(timeout, call).await) }
+    });
+    let outcomes = futures::future::join_all(asks).await;
+    let mut answers = Vec::new();
+    let mut unavailable = Vec::new();
+    for (indexer, outcome) in outcomes {
+        match outcome {
+            Ok(Ok(response)) => answers.push(response.into_inner()),
+            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                return Err(SluiceError::new(
+                    ErrorKind::InvalidArgument,
+                    status.message().to_owned(),
+                ));
+            }
+            Ok(Err(status)) => unavailable.push(Unavailable {
+                indexer,
+                error: format!("{:?}: {}", status.code(), status.message()),
+            }),
+            Err(_elapsed) => unavailable.push(Unavailable {
+                indexer,
+                error: format!("did not answer within {} ms", timeout.as_millis()),
+            }),
+        }
+    }
+    if unavailable.len() == indexers.len() {
+        let reasons: Vec<String> = unavailable
+            .iter()
+            .map(|failure| format!("{}: {}", failure.indexer, failure.error))
+            .collect();
+        return Err(SluiceError::unavailable(format!(
+            "no indexer answered the {what} ({})",
+            reasons.join("; ")
+        )));
+    }
+    Ok((answers, unavailable))
 }

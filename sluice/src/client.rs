@@ -104,7 +104,7 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
 }
 
 /// Sends `request` to the query API at `url` and returns its JSON answer, or its error.
-async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Value> {
+pub(crate) async fn call(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Value> {
     let response = request
         .send()
         .await
@@ -169,21 +169,26 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
                 cell(body.get("total")),
                 cell(body.get("took_ms"))
             );
-            let unavailable = body
-                .pointer("/indexers/unavailable")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            for failure in &unavailable {
-                eprintln!(
-                    "warning: indexer {} did not answer ({}); these results may miss lines",
-                    cell(failure.get("indexer")),
-                    cell(failure.get("error"))
-                );
-            }
+            warn_unavailable(&body);
         }
     }
     Ok(())
+}
+
+/// Warns on stderr of each indexer that did not answer a fanned-out request.
+pub(crate) fn warn_unavailable(body: &Value) {
+    let unavailable = body
+        .pointer("/indexers/unavailable")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for failure in &unavailable {
+        eprintln!(
+            "warning: indexer {} did not answer ({}); these results may miss lines",
+            cell(failure.get("indexer")),
+            cell(failure.get("error"))
+        );
+    }
 }
 
 /// `sluice sql`.

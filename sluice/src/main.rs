@@ -8,6 +8,7 @@
 mod client;
 mod config;
 mod output;
+mod patterns;
 mod server;
 mod tail;
 
@@ -47,6 +48,9 @@ enum Command {
     Tail(TailArgs),
     /// Full-text search, newest first.
     Search(SearchArgs),
+    /// The patterns of the lines a query matches, largest first; with `--compare`, what is
+    /// new, what rose and what fell against the window before.
+    Patterns(PatternsArgs),
     /// SQL over the archive.
     Sql(SqlArgs),
     /// The loss audit: what each agent's batches became, and every counted refusal or drop.
@@ -199,6 +203,35 @@ struct SearchArgs {
 }
 
 #[derive(Debug, Args)]
+struct PatternsArgs {
+    /// Query (the search syntax; `*` matches all).
+    query: String,
+    /// How far back the range starts from its end (`15m`, `1h`, `2d`); default an hour.
+    #[arg(long, conflicts_with = "start")]
+    since: Option<String>,
+    /// Start of the range (RFC 3339, or seconds/ms/ns since the epoch).
+    #[arg(long)]
+    start: Option<String>,
+    /// End of the range, exclusive; default now.
+    #[arg(long)]
+    end: Option<String>,
+    /// Step of the sparkline counts (default: the range in 60 steps).
+    #[arg(long)]
+    step: Option<String>,
+    /// Compare with the window of this length just before the range (`1h`).
+    #[arg(long)]
+    compare: Option<String>,
+    /// The factor a rate must change by to count as risen or fallen.
+    #[arg(long, default_value_t = 2.0)]
+    factor: f64,
+    /// Most patterns.
+    #[arg(long, default_value_t = 30)]
+    limit: usize,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
 struct AuditArgs {
     /// Only these sources (repeatable; all when absent).
     #[arg(long)]
@@ -257,6 +290,7 @@ fn main() -> std::process::ExitCode {
             Command::Emit(args) => client::emit(args).await,
             Command::Tail(args) => tail::tail(args).await,
             Command::Search(args) => client::search(args).await,
+            Command::Patterns(args) => patterns::patterns(args).await,
             Command::Sql(args) => client::sql(args).await,
             Command::Audit(args) => client::audit(args).await,
         }
