@@ -286,7 +286,14 @@ impl Sluice {
         }
     }
 
-    /// Restarts on the same data directory and ports.
+    /// `kill -TERM`, then waits for the orderly shutdown ([`Sluice::restart`] starts it again).
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            terminate(child, "sluice up");
+        }
+    }
+
+    /// Restarts on the same data directory and ports (killing the process first if it runs).
     pub async fn restart(&mut self) {
         self.kill_hard();
         let restarted = Sluice::start_with(
@@ -626,21 +633,8 @@ impl RoleProcess {
 
     /// `kill -TERM`, then waits up to 60 s for the process to finish its orderly shutdown.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{} did not stop within 60 s of SIGTERM", self.role);
+        if let Some(child) = self.child.take() {
+            terminate(child, &self.role);
         }
     }
 
@@ -654,6 +648,24 @@ impl RoleProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+}
+
+/// `kill -TERM`, then waits up to 60 s for `child` to finish its orderly shutdown.
+fn terminate(mut child: Child, what: &str) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what} did not stop within 60 s of SIGTERM");
 }
 
 impl Drop for RoleProcess {
