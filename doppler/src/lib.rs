@@ -41,7 +41,10 @@ pub async fn run(
         config.subscriber_buffer_batches,
         metrics.clone(),
     ));
-    let patterns = Arc::new(patterns::Patterns::open(config.patterns.clone(), &telemetry));
+    let patterns = Arc::new(patterns::Patterns::open(
+        config.patterns.clone(),
+        &telemetry,
+    ));
     let saver = tokio::spawn(Arc::clone(&patterns).run_saver(shutdown.clone()));
     let ingress = ingress::DopplerIngressService::new(
         bus,

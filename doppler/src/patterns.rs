@@ -223,12 +223,10 @@ impl Patterns {
                     index_of.insert(mined.id, position);
                     // Described now, while `mined` still names it.
                     if let Some(info) = shard.miner.describe(&envelope.source_id, mined) {
-                        let stale = shard.described.get(&mined.id).is_none_or(
-                            |(when, merged)| {
-                                *merged != info.merged.len()
-                                    || now.duration_since(*when) >= DESCRIBE_AGAIN
-                            },
-                        );
+                        let stale = shard.described.get(&mined.id).is_none_or(|(when, merged)| {
+                            *merged != info.merged.len()
+                                || now.duration_since(*when) >= DESCRIBE_AGAIN
+                        });
                         if stale {
                             let template = PatternTemplate {
                                 id: info.id,
@@ -481,7 +479,12 @@ mod tests {
         patterns.annotate(&mut second);
         assert_eq!(ids(&second)[0], first_ids[0]);
         assert!(
-            second.patterns.as_ref().expect("patterns").templates.is_empty(),
+            second
+                .patterns
+                .as_ref()
+                .expect("patterns")
+                .templates
+                .is_empty(),
             "described already"
         );
     }
@@ -525,7 +528,10 @@ mod tests {
             ("web", "a second and different sort"),
         ]);
         patterns.annotate(&mut first);
-        assert_eq!(first.patterns.as_ref().expect("patterns").templates.len(), 1);
+        assert_eq!(
+            first.patterns.as_ref().expect("patterns").templates.len(),
+            1
+        );
         assert_eq!(patterns.metrics.deferred.get(), 1);
         let mut second = batch(&[("web", "a second and different sort")]);
         patterns.annotate(&mut second);

@@ -351,8 +351,7 @@ impl Searcher {
                 return Err(SluiceError::invalid("step must be positive"));
             }
             let steps = (i128::from(end) - i128::from(start)) / i128::from(step);
-            if request.start_ns.is_some() && request.end_ns.is_some() && steps > MAX_STEPS as i128
-            {
+            if request.start_ns.is_some() && request.end_ns.is_some() && steps > MAX_STEPS as i128 {
                 return Err(SluiceError::invalid(format!(
                     "the range holds more than {MAX_STEPS} steps; use a longer step"
                 )));
@@ -395,8 +394,7 @@ impl Searcher {
             })?;
             for (id, group) in groups {
                 let slot = all.entry(id).or_insert_with(|| (Group::default(), *hour));
-                let newer =
-                    group.newest.map(|(ts, _)| ts) > slot.0.newest.map(|(ts, _)| ts);
+                let newer = group.newest.map(|(ts, _)| ts) > slot.0.newest.map(|(ts, _)| ts);
                 slot.0.absorb(group);
                 if newer {
                     slot.1 = *hour;
@@ -487,8 +485,9 @@ mod tests {
             let index = store
                 .open_or_create(Hour::of_nanos(timestamp))
                 .expect("partition");
-            let mut writer: tantivy::IndexWriter =
-                index.writer_with_num_threads(1, 15_000_000).expect("writer");
+            let mut writer: tantivy::IndexWriter = index
+                .writer_with_num_threads(1, 15_000_000)
+                .expect("writer");
             let envelope = Envelope {
                 timestamp,
                 source_id: "app".into(),
@@ -567,7 +566,11 @@ mod tests {
         assert_eq!(newest.pattern_id, sluice_patterns::format_id(2));
         assert_eq!(answer.patterns[0].steps.len(), 2);
         // The template of 2 answers for 1 too (it lists 1 as merged).
-        let ids: Vec<u64> = answer.templates.iter().map(|template| template.id).collect();
+        let ids: Vec<u64> = answer
+            .templates
+            .iter()
+            .map(|template| template.id)
+            .collect();
         assert_eq!(ids, vec![2, 3]);
         let only = searcher
             .patterns(&PatternsRequest {

@@ -428,11 +428,7 @@ pub async fn answer(
                 .then(a.pattern_id.cmp(&b.pattern_id))
         });
     } else {
-        rows.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
-                .then(a.pattern_id.cmp(&b.pattern_id))
-        });
+        rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.pattern_id.cmp(&b.pattern_id)));
     }
     let pattern_count = rows.len();
     rows.truncate(query.limit);
@@ -451,13 +447,13 @@ pub async fn answer(
         unpatterned,
         pattern_count,
         patterns: rows,
-        baseline: baseline_range.zip(baseline.as_ref()).map(
-            |((start, end), (response, _))| Baseline {
+        baseline: baseline_range
+            .zip(baseline.as_ref())
+            .map(|((start, end), (response, _))| Baseline {
                 start: sluice_common::time::format_rfc3339_nanos(start),
                 end: sluice_common::time::format_rfc3339_nanos(end),
                 total: response.total,
-            },
-        ),
+            }),
         partial,
         indexers,
         took_ms: started.elapsed().as_millis() as u64,

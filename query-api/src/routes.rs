@@ -163,9 +163,7 @@ async fn patterns(State(state): State<AppState>, Query(params): Query<PatternsPa
                 return Err(SluiceError::invalid("give start= or since=, not both"));
             }
             (Some(_), None) => parse_time_param("start", params.start.as_ref())?.unwrap_or(0),
-            (None, Some(since)) => {
-                end.saturating_sub(duration_nanos("since", since)?)
-            }
+            (None, Some(since)) => end.saturating_sub(duration_nanos("since", since)?),
             (None, None) => end.saturating_sub(3_600_000_000_000),
         };
         let step_ns = match &params.step {
@@ -199,7 +197,9 @@ async fn patterns(State(state): State<AppState>, Query(params): Query<PatternsPa
 fn duration_nanos(name: &str, text: &str) -> Result<i64, SluiceError> {
     let duration = sluice_common::config::parse_duration(name, text)?;
     if duration.is_zero() {
-        return Err(SluiceError::invalid(format!("{name}: must be longer than 0")));
+        return Err(SluiceError::invalid(format!(
+            "{name}: must be longer than 0"
+        )));
     }
     i64::try_from(duration.as_nanos())
         .map_err(|_| SluiceError::invalid(format!("{name}: {text:?} is too long")))

@@ -5,7 +5,8 @@
 //! the counts are exactly once like the lines. Templates come with the bus records (once
 //! per doppler start and hour, and when they change); a flush that saw the lines of a
 //! pattern but not its description writes a null template, which the view fills from the
-//! pattern's other rows.
+//! pattern's other rows. When a pattern generalises, the next flush writes a row of no lines
+//! for each id it took in, naming the pattern it became (`merged_into`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,8 +22,10 @@ const MAX_TEMPLATES: usize = 200_000;
 
 #[derive(Debug, Default)]
 struct Known {
+    source_id: String,
     template: Option<String>,
     merged_into: Option<u64>,
+    first_seen: i64,
 }
 
 #[derive(Debug)]
@@ -38,6 +41,9 @@ struct Row {
 pub struct PatternCounter {
     known: HashMap<u64, Known>,
     rows: BTreeMap<(Hour, u64), Row>,
+    /// Ids whose pattern generalised since the last flush: a row (of no lines) says what they
+    /// became, so `merged_into` is there even when no new line of them comes.
+    relinked: Vec<u64>,
 }
 
 impl PatternCounter {
@@ -47,11 +53,20 @@ impl PatternCounter {
             self.known.clear();
         }
         for template in templates {
-            self.known.entry(template.id).or_default().template =
-                Some(template.template.clone());
+            let known = self.known.entry(template.id).or_default();
+            known.template = Some(template.template.clone());
+            known.source_id.clone_from(&template.source_id);
+            known.first_seen = template.first_seen;
             for &old in &template.merged {
-                if old != template.id {
-                    self.known.entry(old).or_default().merged_into = Some(template.id);
+                if old == template.id {
+                    continue;
+                }
+                let known = self.known.entry(old).or_default();
+                if known.merged_into != Some(template.id) {
+                    known.merged_into = Some(template.id);
+                    known.source_id.clone_from(&template.source_id);
+                    known.first_seen = template.first_seen;
+                    self.relinked.push(old);
                 }
             }
         }
@@ -85,6 +100,24 @@ impl PatternCounter {
         &mut self,
         tables: &mut BTreeMap<(Table, Hour), TableBuffer>,
     ) -> Result<(), ArrowError> {
+        let counted: std::collections::HashSet<u64> = self.rows.keys().map(|(_, id)| *id).collect();
+        for old in std::mem::take(&mut self.relinked) {
+            if counted.contains(&old) {
+                continue;
+            }
+            let Some(known) = self.known.get(&old) else {
+                continue;
+            };
+            self.rows.insert(
+                (Hour::of_nanos(known.first_seen), old),
+                Row {
+                    source_id: known.source_id.clone(),
+                    first: known.first_seen,
+                    last: known.first_seen,
+                    count: 0,
+                },
+            );
+        }
         for ((hour, id), row) in std::mem::take(&mut self.rows) {
             let known = self.known.get(&id);
             let merged_into = known
@@ -104,5 +137,51 @@ impl PatternCounter {
                 ])?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Array;
+
+    #[test]
+    fn an_id_that_was_merged_gets_a_row_naming_what_it_became() {
+        let mut counter = PatternCounter::default();
+        let hour = 1_800_000 * 3_600_000_000_000_i64;
+        counter.count(1, "app", hour + 5);
+        let mut tables = BTreeMap::new();
+        counter.drain_into(&mut tables).expect("drain");
+        counter.learn(&[PatternTemplate {
+            id: 2,
+            source_id: "app".into(),
+            template: "a <*>".into(),
+            merged: vec![1],
+            first_seen: hour + 5,
+        }]);
+        counter.count(2, "app", hour + 9);
+        let mut tables = BTreeMap::new();
+        counter.drain_into(&mut tables).expect("drain");
+        let batch = tables
+            .get_mut(&(Table::PatternCounts, Hour::of_nanos(hour)))
+            .expect("rows")
+            .finish()
+            .expect("batch");
+        assert_eq!(batch.num_rows(), 2);
+        let merged = batch
+            .column_by_name("merged_into")
+            .and_then(|column| {
+                column
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::StringArray>()
+                    .map(|array| {
+                        (0..2)
+                            .filter(|&row| !array.is_null(row))
+                            .map(|row| array.value(row).to_owned())
+                            .collect::<Vec<_>>()
+                    })
+            })
+            .expect("column");
+        assert_eq!(merged, vec![sluice_patterns::format_id(2)]);
     }
 }

@@ -31,8 +31,8 @@ use tracing::{error, info, warn};
 
 use crate::archive::{self, Commit};
 use crate::metrics::RetentionMetrics;
-use crate::store::Archive;
 use crate::patterns::PatternCounter;
+use crate::store::Archive;
 use crate::tables::{BufferSet, Table, TableBuffer, push_envelope};
 
 /// The bus consumer group of retention.

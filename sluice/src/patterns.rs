@@ -86,7 +86,9 @@ fn print(body: &Value, compared: bool) {
     println!("{summary}");
     let unpatterned = body.get("unpatterned").and_then(Value::as_u64).unwrap_or(0);
     if unpatterned > 0 {
-        println!("{unpatterned} matching lines have no pattern (events, or indexed before patterns were mined)");
+        println!(
+            "{unpatterned} matching lines have no pattern (events, or indexed before patterns were mined)"
+        );
     }
     warn_unavailable(body);
 }

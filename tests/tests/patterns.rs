@@ -37,8 +37,8 @@ impl Values {
 }
 
 const NAMES: [&str; 12] = [
-    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
-    "mallory", "oscar",
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
+    "oscar",
 ];
 
 /// The ten shapes, and the template each must read back as.
@@ -65,7 +65,10 @@ fn line(shape: usize, values: &mut Values) -> String {
         values.below(256)
     );
     match shape {
-        0 => format!("user {} logged in from {ip}", NAMES[values.below(12) as usize]),
+        0 => format!(
+            "user {} logged in from {ip}",
+            NAMES[values.below(12) as usize]
+        ),
         1 => format!(
             "GET /api/items/{} returned {} in {} ms",
             values.below(100_000),
@@ -85,7 +88,11 @@ fn line(shape: usize, values: &mut Values) -> String {
             values.next() as u32,
             values.below(65_536)
         ),
-        6 => format!("disk /dev/sd{} usage at {}%", values.below(9), values.below(100)),
+        6 => format!(
+            "disk /dev/sd{} usage at {}%",
+            values.below(9),
+            values.below(100)
+        ),
         7 => format!(
             "retrying request {} after a timeout of {}ms",
             values.below(1_000_000),
@@ -139,7 +146,10 @@ async fn templates(sluice: &Sluice, source: &str) -> BTreeMap<String, (String, u
         .iter()
         .map(|pattern| {
             (
-                pattern["template"].as_str().unwrap_or("(unknown)").to_owned(),
+                pattern["template"]
+                    .as_str()
+                    .unwrap_or("(unknown)")
+                    .to_owned(),
                 (
                     pattern["pattern_id"].as_str().unwrap().to_owned(),
                     pattern["count"].as_u64().unwrap(),
@@ -167,7 +177,10 @@ fn saved_leaves(sluice: &Sluice, source: &str) -> u64 {
 /// Waits until the doppler has saved everything it learned (the leaves on disk are the
 /// leaves it holds).
 async fn wait_saved(sluice: &Sluice, source: &str) {
-    let held = sample(&sluice.metrics_text().await, "sluice_doppler_pattern_leaves") as u64;
+    let held = sample(
+        &sluice.metrics_text().await,
+        "sluice_doppler_pattern_leaves",
+    ) as u64;
     sluice
         .wait_for("leaves saved", held, Duration::from_secs(30), || async {
             saved_leaves(sluice, source)
@@ -182,7 +195,8 @@ async fn wait_saved(sluice: &Sluice, source: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_shapes_are_ten_patterns_with_one_id_in_search_and_sql_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[retention]\nflush_interval = \"1s\"\n[doppler.patterns]\nsnapshot_interval = \"1s\"\n";
+    let config =
+        "[retention]\nflush_interval = \"1s\"\n[doppler.patterns]\nsnapshot_interval = \"1s\"\n";
     let mut sluice = Sluice::start_with_config(&dir.path().join("data"), config).await;
     let mut values = Values(0x5eed_cafe_f00d_1234);
     send_shapes(&sluice, "shapes", 30, &mut values).await;
@@ -262,13 +276,20 @@ async fn ten_shapes_are_ten_patterns_with_one_id_in_search_and_sql_across_restar
     sluice.restart().await;
     send_shapes(&sluice, "shapes", 30, &mut values).await;
     sluice
-        .wait_for("indexed after kill -9", 600, Duration::from_secs(60), || {
-            sluice.search_total("source_id:shapes")
-        })
+        .wait_for(
+            "indexed after kill -9",
+            600,
+            Duration::from_secs(60),
+            || sluice.search_total("source_id:shapes"),
+        )
         .await;
     let second = templates(&sluice, "shapes").await;
     for (template, (id, count)) in &second {
-        assert_eq!(Some(id), first.get(template).map(|(id, _)| id), "{template}");
+        assert_eq!(
+            Some(id),
+            first.get(template).map(|(id, _)| id),
+            "{template}"
+        );
         assert_eq!(*count, 60, "{template}");
     }
     assert_eq!(second.len(), 10, "{second:#?}");
@@ -278,14 +299,21 @@ async fn ten_shapes_are_ten_patterns_with_one_id_in_search_and_sql_across_restar
     sluice.restart().await;
     send_shapes(&sluice, "shapes", 30, &mut values).await;
     sluice
-        .wait_for("indexed after a restart", 900, Duration::from_secs(60), || {
-            sluice.search_total("source_id:shapes")
-        })
+        .wait_for(
+            "indexed after a restart",
+            900,
+            Duration::from_secs(60),
+            || sluice.search_total("source_id:shapes"),
+        )
         .await;
     let third = templates(&sluice, "shapes").await;
     assert_eq!(third.len(), 10, "{third:#?}");
     for (template, (id, count)) in &third {
-        assert_eq!(Some(id), first.get(template).map(|(id, _)| id), "{template}");
+        assert_eq!(
+            Some(id),
+            first.get(template).map(|(id, _)| id),
+            "{template}"
+        );
         assert_eq!(*count, 90, "{template}");
     }
 }
@@ -316,16 +344,58 @@ async fn compare_marks_a_new_shape_and_one_whose_rate_rose_fifty_fold() {
     let baseline = start - 60 * MINUTE_NS;
     let mut envelopes = Vec::new();
     // 1 line a minute in the baseline; 50 a minute in the range.
-    envelopes.extend(spread("cmp", "upstream timeout talking to billing", 60, baseline, 60 * MINUTE_NS));
-    envelopes.extend(spread("cmp", "upstream timeout talking to billing", 500, start, 9 * MINUTE_NS));
+    envelopes.extend(spread(
+        "cmp",
+        "upstream timeout talking to billing",
+        60,
+        baseline,
+        60 * MINUTE_NS,
+    ));
+    envelopes.extend(spread(
+        "cmp",
+        "upstream timeout talking to billing",
+        500,
+        start,
+        9 * MINUTE_NS,
+    ));
     // 1 a minute all along.
-    envelopes.extend(spread("cmp", "heartbeat from the scheduler", 60, baseline, 60 * MINUTE_NS));
-    envelopes.extend(spread("cmp", "heartbeat from the scheduler", 10, start, 9 * MINUTE_NS));
+    envelopes.extend(spread(
+        "cmp",
+        "heartbeat from the scheduler",
+        60,
+        baseline,
+        60 * MINUTE_NS,
+    ));
+    envelopes.extend(spread(
+        "cmp",
+        "heartbeat from the scheduler",
+        10,
+        start,
+        9 * MINUTE_NS,
+    ));
     // 10 a minute, then one line.
-    envelopes.extend(spread("cmp", "cache refreshed for tenant", 600, baseline, 60 * MINUTE_NS));
-    envelopes.extend(spread("cmp", "cache refreshed for tenant", 1, start, 9 * MINUTE_NS));
+    envelopes.extend(spread(
+        "cmp",
+        "cache refreshed for tenant",
+        600,
+        baseline,
+        60 * MINUTE_NS,
+    ));
+    envelopes.extend(spread(
+        "cmp",
+        "cache refreshed for tenant",
+        1,
+        start,
+        9 * MINUTE_NS,
+    ));
     // Only in the range.
-    envelopes.extend(spread("cmp", "java.lang.OutOfMemoryError: Java heap space in worker", 40, start, 9 * MINUTE_NS));
+    envelopes.extend(spread(
+        "cmp",
+        "java.lang.OutOfMemoryError: Java heap space in worker",
+        40,
+        start,
+        9 * MINUTE_NS,
+    ));
     let total = envelopes.len() as u64;
     let mut client = sluice.ingress().await;
     for chunk in envelopes.chunks(100) {
@@ -361,8 +431,14 @@ async fn compare_marks_a_new_shape_and_one_whose_rate_rose_fifty_fold() {
     assert_eq!(timeout["change"], "rose", "{body:#}");
     let ratio = timeout["ratio"].as_f64().unwrap();
     assert!((45.0..=55.0).contains(&ratio), "ratio {ratio}: {body:#}");
-    assert_eq!(by_template["heartbeat from the scheduler <*>"]["change"], "steady", "{body:#}");
-    assert_eq!(by_template["cache refreshed for tenant <*>"]["change"], "fell", "{body:#}");
+    assert_eq!(
+        by_template["heartbeat from the scheduler <*>"]["change"], "steady",
+        "{body:#}"
+    );
+    assert_eq!(
+        by_template["cache refreshed for tenant <*>"]["change"], "fell",
+        "{body:#}"
+    );
     let top: BTreeSet<&str> = rows[..2]
         .iter()
         .map(|row| row["template"].as_str().unwrap())
