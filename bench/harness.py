@@ -236,6 +236,19 @@ def wal_write_buckets(values):
     return buckets
 
 
+def grouping_accuracy(predicted, truth):
+    """The logparser benchmark's grouping accuracy: the share of lines whose predicted group
+    holds exactly the lines of their true group."""
+    by_predicted, by_truth = {}, {}
+    for line, group in predicted.items():
+        by_predicted.setdefault(group, set()).add(line)
+    for line, group in truth.items():
+        by_truth.setdefault(group, set()).add(line)
+    correct = sum(1 for line, group in truth.items()
+                  if line in predicted and by_predicted[predicted[line]] == by_truth[group])
+    return correct / len(truth) if truth else 0.0
+
+
 def write_toml(path, text):
     with open(path, "w") as handle:
         handle.write(text)
@@ -1026,6 +1039,152 @@ max_tails_per_client = 128
         log(f"patterns: mean GA {report['mean_ga']:.3f}, {report['warm_lines_per_s']:,.0f} lines/s warm, "
             f"{report['cold_lines_per_s']:,.0f} cold")
 
+    def patterns_ingest(self):
+        """Patterns through the real ingest path. Grouping accuracy: each labelled Loghub
+        system's lines sent to the `_bulk` source as a shipper that parses the header would
+        (`Content` as the message, the header fields as fields, which become tags), each line's
+        `pattern_id` read back by SQL and resolved through `patterns.merged_into`. Cost: the
+        ingest rate of `sluice up` with mining on and off, and with mining on for a source of
+        unique random lines (the miner at its cap, evicting) beside Loghub lines."""
+        import csv
+        import random
+        results = {"systems": []}
+        data_dir = os.path.join(self.work, "patterns-ga")
+        os.makedirs(data_dir)
+        ports = {name: free_port() for name in
+                 ("agent", "doppler", "http", "es", "syslog", "otlp_grpc", "otlp_http")}
+        ports["files_dir"] = data_dir
+        config = write_toml(os.path.join(data_dir, "sluice.toml"), self.up_config(data_dir, ports))
+        up = Process("patterns-up", [SLUICE, "up", "--config", config], data_dir)
+        api = f"http://127.0.0.1:{ports['http']}"
+
+        def post(body):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{ports['es']}/_bulk", data=body, method="POST",
+                headers={"Content-Type": "application/x-ndjson"})
+            with urllib.request.urlopen(request, timeout=300) as response:
+                answer = json.loads(response.read())
+            if answer["errors"]:
+                raise RuntimeError("a _bulk item failed")
+
+        def sql(query):
+            return http_json(f"{api}/api/v1/sql", {"query": query})
+
+        def count(query):
+            rows = sql(query)["rows"]
+            return rows[0]["n"] if rows else 0
+
+        try:
+            wait_for("sluice up", lambda: http_get(f"{api}/healthz").strip() == b"ok", 120, [up])
+            truth = {}
+            for system in sorted(os.listdir(self.loghub)):
+                path = os.path.join(self.loghub, system, f"{system}_2k.log_structured.csv")
+                if not os.path.exists(path):
+                    continue
+                with open(path, newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+                source = f"loghub-{system.lower()}"
+                truth[source] = (system, {row["LineId"]: row["EventId"] for row in rows})
+                body = []
+                for row in rows:
+                    fields = {key: value for key, value in row.items()
+                              if key not in ("LineId", "Content", "EventId", "EventTemplate")}
+                    fields["line"] = row["LineId"]
+                    fields["message"] = row["Content"]
+                    body.append(json.dumps({"index": {"_index": source}}))
+                    body.append(json.dumps(fields))
+                post(("\n".join(body) + "\n").encode())
+            for source, (system, lines) in truth.items():
+                wait_for(f"{source} archived",
+                         lambda: count(f"SELECT count(*) AS n FROM logs WHERE source_id = '{source}'")
+                         >= len(lines), 300, [up])
+            for source, (system, lines) in truth.items():
+                read = sql(f"SELECT tags['line'] AS line, pattern_id FROM logs "
+                           f"WHERE source_id = '{source}'")["rows"]
+                became = {row["id"]: row["merged_into"] for row in
+                          sql(f"SELECT id, merged_into FROM patterns WHERE source_id = '{source}' "
+                              f"AND merged_into IS NOT NULL")["rows"]}
+
+                def resolve(pattern):
+                    for _ in range(64):
+                        if pattern not in became or became[pattern] == pattern:
+                            break
+                        pattern = became[pattern]
+                    return pattern
+
+                raw = {row["line"]: row["pattern_id"] for row in read}
+                resolved = {line: resolve(pattern) for line, pattern in raw.items()}
+                results["systems"].append({
+                    "system": system, "lines": len(lines),
+                    "ga": grouping_accuracy(resolved, lines),
+                    "ga_unresolved": grouping_accuracy(raw, lines),
+                    "patterns": len(set(resolved.values())),
+                    "true_groups": len(set(lines.values())),
+                })
+                log(f"patterns via ingest {system}: GA {results['systems'][-1]['ga']:.3f}")
+            results["mean_ga"] = sum(row["ga"] for row in results["systems"]) / max(1, len(results["systems"]))
+        finally:
+            up.stop(timeout=120)
+
+        # Cost: the e2e load (Loghub-shaped lines through the agent) with mining on and off.
+        count_lines = self.mode["roles"]
+        for mining in ("off", "on"):
+            data_dir = os.path.join(self.work, f"patterns-{mining}")
+            os.makedirs(data_dir)
+            ports = {name: free_port() for name in ("agent", "doppler", "http")}
+            extra = f"[doppler.patterns]\nenabled = {'true' if mining == 'on' else 'false'}\n"
+            config = write_toml(os.path.join(data_dir, "sluice.toml"),
+                                self.up_config(data_dir, ports, extra=extra))
+            up = Process(f"patterns-{mining}", [SLUICE, "up", "--config", config], data_dir)
+            api = f"http://127.0.0.1:{ports['http']}"
+            try:
+                wait_for("sluice up", lambda: http_get(f"{api}/healthz").strip() == b"ok", 120, [up])
+                up.mark()
+                started = time.monotonic()
+                report = self.load(f"127.0.0.1:{ports['agent']}", os.path.join(data_dir, "tls"), count_lines)
+                metrics = f"{api}/metrics"
+                wait_for("every line indexed",
+                         lambda: scrape(metrics).get("sluice_indexer_documents_indexed_total", 0)
+                         >= report["log_lines"], 1800, [up])
+                elapsed = time.monotonic() - started
+                cpu = up.since_mark()
+                results[f"ingest_mining_{mining}"] = {
+                    "envelopes": report["envelopes"], "elapsed_s": elapsed,
+                    "envelopes_per_s": report["envelopes"] / elapsed,
+                    "envelopes_per_cpu_s": report["envelopes"] / cpu, "cpu_s": cpu}
+                log(f"ingest with mining {mining}: {report['envelopes'] / elapsed:,.0f} envelopes/s")
+                if mining == "on":
+                    # Unique random lines against Loghub lines, both through `sluice emit` from
+                    # stdin (the same client for both).
+                    rng = random.Random(self.args.seed)
+                    unique_count = 1_000_000 if self.args.mode == "full" else 200_000
+                    letters = "abcdefghijklmnopqrstuvwxyz"
+                    unique = "\n".join(" ".join("".join(rng.choice(letters) for _ in range(rng.randint(3, 9)))
+                                                 for _ in range(rng.randint(2, 6)))
+                                        for _ in range(unique_count)) + "\n"
+                    shaped = "\n".join(self.loghub_lines(unique_count)) + "\n"
+                    for name, text in (("loghub", shaped), ("unique", unique)):
+                        before = scrape(metrics).get("sluice_indexer_documents_indexed_total", 0)
+                        started = time.monotonic()
+                        subprocess.run([SLUICE, "emit", "--data-dir", data_dir, "--agent",
+                                        f"127.0.0.1:{ports['agent']}", "--source-id", f"emit-{name}",
+                                        "--batch", "1000"],
+                                       input=text.encode(), check=True, capture_output=True)
+                        wait_for("every emitted line indexed",
+                                 lambda: scrape(metrics).get("sluice_indexer_documents_indexed_total", 0)
+                                 >= before + unique_count, 1800, [up])
+                        elapsed = time.monotonic() - started
+                        results[f"emit_{name}"] = {"lines": unique_count, "elapsed_s": elapsed,
+                                                   "lines_per_s": unique_count / elapsed}
+                        log(f"emit {name}: {unique_count / elapsed:,.0f} lines/s")
+                    values = scrape(metrics)
+                    results["unique_evictions"] = values.get("sluice_doppler_pattern_evictions_total", 0)
+                    results["unique_leaves"] = values.get("sluice_doppler_pattern_leaves", 0)
+                    results["peak_rss_mb"] = up.peak_rss_mb()
+            finally:
+                up.stop(timeout=120)
+        self.figure("patterns_ingest", results)
+
     def tantivy_ceiling(self):
         """Figure 5: tantivy-cli indexing the same documents as JSON."""
         tantivy = self.args.tantivy
@@ -1285,6 +1444,7 @@ def main():
         ("wal", bench.wal),
         ("tantivy", bench.tantivy_ceiling),
         ("patterns", bench.patterns),
+        ("patterns-ingest", bench.patterns_ingest),
         ("profile", bench.profile),
     ]
     only = set(filter(None, args.only.split(",")))
