@@ -3,8 +3,11 @@
 //!
 //! Every indexed log line carries the `pattern_id` its doppler gave it (a fast field). The
 //! templates arrive in the bus records beside the lines ([`sluice_proto::v1::PatternTemplate`])
-//! and are kept in `<dir>/patterns.json` ([`Templates`]), written at each commit before the
-//! checkpoint, so a template is never forgotten for a line the index holds.
+//! and are kept in `<dir>/patterns.json` ([`Templates`]), written before the checkpoint of
+//! each commit that changed them; once there are more than [`SAVE_AT_ONCE_BELOW`], at most
+//! every [`SAVE_EVERY`] (and at shutdown): a template lost to a crash in between is described
+//! again by its doppler within the hour. At most [`MAX_TEMPLATES`] are
+//! kept; past it the older half (by first line) goes, to be described again if it returns.
 //!
 //! [`Searcher::patterns`] counts the lines a query matches in a time range by `pattern_id`
 //! (a collector over the fast field's ordinals, per step too), keeps the newest line of each
@@ -28,6 +31,16 @@ use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery};
 use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader, Term};
 
 use crate::search::{SearchHit, Searcher};
+
+/// Templates kept at most.
+pub const MAX_TEMPLATES: usize = 200_000;
+
+/// Below this many templates, changed ones are written out at every commit.
+pub const SAVE_AT_ONCE_BELOW: usize = 10_000;
+
+/// How often changed templates are written out at most past [`SAVE_AT_ONCE_BELOW`]: a source
+/// of ever-new shapes makes a large file, which must not be rewritten at every commit.
+pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most distinct patterns one answer may hold.
 pub const MAX_PATTERNS: usize = 10_000;
@@ -68,6 +81,7 @@ impl From<&PatternTemplate> for Template {
 pub struct Templates {
     by_id: HashMap<u64, Template>,
     dirty: bool,
+    saved_at: Option<Instant>,
 }
 
 impl Templates {
@@ -76,6 +90,7 @@ impl Templates {
         Ok(Templates {
             by_id: read_templates(path)?,
             dirty: false,
+            saved_at: None,
         })
     }
 
@@ -101,6 +116,17 @@ impl Templates {
                 }
             }
         }
+        if self.by_id.len() > MAX_TEMPLATES {
+            let mut first_seen: Vec<i64> = self
+                .by_id
+                .values()
+                .map(|template| template.first_seen)
+                .collect();
+            let middle = first_seen.len() / 2;
+            let (_, median, _) = first_seen.select_nth_unstable(middle);
+            let median = *median;
+            self.by_id.retain(|_, template| template.first_seen >= median);
+        }
     }
 
     /// Templates held.
@@ -113,11 +139,18 @@ impl Templates {
         self.by_id.is_empty()
     }
 
-    /// Writes the templates to `path` if they changed since the last save (atomically).
-    pub fn save(&mut self, path: &Path) -> Result<(), SluiceError> {
-        if !self.dirty {
+    /// Writes the templates to `path` (atomically) if they changed since the last save: at
+    /// once while there are few, or `now`; else when the last save was [`SAVE_EVERY`] ago.
+    pub fn save(&mut self, path: &Path, now: bool) -> Result<(), SluiceError> {
+        let wait = !now
+            && self.by_id.len() >= SAVE_AT_ONCE_BELOW
+            && self
+                .saved_at
+                .is_some_and(|saved| saved.elapsed() < SAVE_EVERY);
+        if !self.dirty || wait {
             return Ok(());
         }
+        self.saved_at = Some(Instant::now());
         let mut sorted: Vec<&Template> = self.by_id.values().collect();
         sorted.sort_by_key(|template| template.id);
         let bytes = serde_json::to_vec(&sorted)
@@ -528,7 +561,7 @@ mod tests {
                 first_seen: hour,
             },
         ]);
-        templates.save(&templates_path(dir)).expect("save");
+        templates.save(&templates_path(dir), true).expect("save");
     }
 
     #[test]

@@ -367,7 +367,8 @@ impl IndexingStage {
                 self.commit()?;
             }
         }
-        self.commit()
+        self.commit()?;
+        self.templates.save(&self.templates_path, true)
     }
 
     fn hour_state(&mut self, hour: Hour) -> Result<&mut HourState, SluiceError> {
@@ -598,8 +599,8 @@ impl IndexingStage {
             commit_hour(*hour, state, &payload, &self.consumed)?;
             self.metrics.commits.inc();
         }
-        // Templates before the checkpoint: every line the index holds has its template on disk.
-        self.templates.save(&self.templates_path)?;
+        // Templates before the checkpoint (at most every few seconds, and at shutdown).
+        self.templates.save(&self.templates_path, false)?;
         if self.consumed != self.checkpointed {
             write_checkpoint(&self.checkpoint_path, &self.consumed)?;
             self.checkpointed = self.consumed.clone();
