@@ -24,6 +24,8 @@ fuzz_target!(|data: &[u8]| {
             offset: 0,
             index: u32::try_from(index).unwrap_or(u32::MAX),
             batch_envelopes,
+            // What the doppler said of the envelope's pattern, however the record has it.
+            pattern_id: batch.pattern_of(index),
         };
         let _ = fields.document(envelope, origin);
         let _ = sluice_common::time::Hour::of_nanos(envelope.timestamp).partition_name();
