@@ -143,6 +143,9 @@ def markdown(report, made, bottlenecks):
               if other and other != m else "")
         w(f"Phases `{extra['phases']}` were run again at {extra['at']} (commit `{extra['commit']}`, "
           f"`bench/run --{report['mode']} --kafka --only={extra['phases']}`){on} and merged in.")
+    for carried in report.get("carried", []):
+        w(f"Figures `{', '.join(carried['figures'])}` are carried over from the `--{carried['mode']}` run "
+          f"of {carried['started']} (commit `{carried['commit']}`): not measured again since.")
     w("")
     w("Published figures are printed for context only; they were not measured here, on other "
       "hardware and other data.")
