@@ -236,6 +236,17 @@ def wal_write_buckets(values):
     return buckets
 
 
+def post_bulk(port, body):
+    """One `_bulk` request to the agent's Elasticsearch source; fails if any item failed."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/_bulk", data=body, method="POST",
+        headers={"Content-Type": "application/x-ndjson"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        answer = json.loads(response.read())
+    if answer["errors"]:
+        raise RuntimeError("a _bulk item failed")
+
+
 def grouping_accuracy(predicted, truth):
     """The logparser benchmark's grouping accuracy: the share of lines whose predicted group
     holds exactly the lines of their true group."""
@@ -717,13 +728,7 @@ max_tails_per_client = 128
             payload_bytes = sum(len(body) for body in bodies)
 
             def post(body):
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{ports['es']}/_bulk", data=body, method="POST",
-                    headers={"Content-Type": "application/x-ndjson"})
-                with urllib.request.urlopen(request, timeout=300) as response:
-                    answer = json.loads(response.read())
-                if answer["errors"]:
-                    raise RuntimeError("a _bulk item failed")
+                post_bulk(ports["es"], body)
 
             up.mark()
             started = time.monotonic()
@@ -1058,15 +1063,6 @@ max_tails_per_client = 128
         up = Process("patterns-up", [SLUICE, "up", "--config", config], data_dir)
         api = f"http://127.0.0.1:{ports['http']}"
 
-        def post(body):
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{ports['es']}/_bulk", data=body, method="POST",
-                headers={"Content-Type": "application/x-ndjson"})
-            with urllib.request.urlopen(request, timeout=300) as response:
-                answer = json.loads(response.read())
-            if answer["errors"]:
-                raise RuntimeError("a _bulk item failed")
-
         def sql(query):
             return http_json(f"{api}/api/v1/sql", {"query": query})
 
@@ -1093,7 +1089,7 @@ max_tails_per_client = 128
                     fields["message"] = row["Content"]
                     body.append(json.dumps({"index": {"_index": source}}))
                     body.append(json.dumps(fields))
-                post(("\n".join(body) + "\n").encode())
+                post_bulk(ports["es"], ("\n".join(body) + "\n").encode())
             for source, (system, lines) in truth.items():
                 wait_for(f"{source} archived",
                          lambda: count(f"SELECT count(*) AS n FROM logs WHERE source_id = '{source}'")

@@ -78,20 +78,7 @@ impl IndexSearch for SearchService {
 pub fn to_wire(response: SearchResponse) -> wire::SearchResponse {
     wire::SearchResponse {
         total: response.total,
-        hits: response
-            .hits
-            .into_iter()
-            .map(|hit| wire::SearchHit {
-                timestamp: hit.timestamp,
-                source_id: hit.source_id,
-                instance_id: hit.instance_id,
-                log_type: hit.log_type,
-                message: hit.message,
-                invalid_utf8: hit.invalid_utf8,
-                tags: hit.tags.into_iter().collect(),
-                pattern_id: hit.pattern_id,
-            })
-            .collect(),
+        hits: response.hits.into_iter().map(hit_to_wire).collect(),
         partitions_searched: u32::try_from(response.partitions_searched).unwrap_or(u32::MAX),
         took_ms: response.took_ms,
         histogram: response
@@ -158,7 +145,7 @@ pub fn patterns_to_wire(response: PatternsResponse) -> wire::PatternsResponse {
         templates: response
             .templates
             .into_iter()
-            .map(|template| wire::PatternTemplateInfo {
+            .map(|template| wire::PatternTemplate {
                 id: template.id,
                 source_id: template.source_id,
                 template: template.template,
@@ -191,17 +178,7 @@ pub fn patterns_from_wire(response: wire::PatternsResponse) -> PatternsResponse 
                 example: pattern.example.map(hit_from_wire),
             })
             .collect(),
-        templates: response
-            .templates
-            .into_iter()
-            .map(|template| Template {
-                id: template.id,
-                source_id: template.source_id,
-                template: template.template,
-                merged: template.merged,
-                first_seen: template.first_seen,
-            })
-            .collect(),
+        templates: response.templates.iter().map(Template::from).collect(),
         partitions_searched: response.partitions_searched as usize,
         took_ms: response.took_ms,
     }
