@@ -125,7 +125,8 @@ impl Templates {
             let middle = first_seen.len() / 2;
             let (_, median, _) = first_seen.select_nth_unstable(middle);
             let median = *median;
-            self.by_id.retain(|_, template| template.first_seen >= median);
+            self.by_id
+                .retain(|_, template| template.first_seen >= median);
         }
     }
 
