@@ -77,6 +77,20 @@ struct Node {
     key: Box<str>,
 }
 
+impl Node {
+    /// The pattern this (root) node is, as callers see it.
+    fn info(&self) -> PatternInfo {
+        PatternInfo {
+            id: self.id,
+            template: tokens::display(&self.tokens),
+            count: self.count,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            merged: self.merged.clone(),
+        }
+    }
+}
+
 /// A source miner's state as it is saved and restored ([`SourceMiner::snapshot`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -176,14 +190,7 @@ impl SourceMiner {
     /// since (`mined` no longer names it).
     pub fn describe(&self, mined: Mined) -> Option<PatternInfo> {
         let node = self.nodes.get(mined.node as usize)?;
-        (node.id == mined.id && node.parent == mined.node).then(|| PatternInfo {
-            id: node.id,
-            template: tokens::display(&node.tokens),
-            count: node.count,
-            first_seen: node.first_seen,
-            last_seen: node.last_seen,
-            merged: node.merged.clone(),
-        })
+        (node.id == mined.id && node.parent == mined.node).then(|| node.info())
     }
 
     /// The state, to restore with [`SourceMiner::restore`] (after a restart, say).
@@ -229,14 +236,7 @@ impl SourceMiner {
             .iter()
             .enumerate()
             .filter(|(index, node)| node.parent as usize == *index)
-            .map(|(_, node)| PatternInfo {
-                id: node.id,
-                template: tokens::display(&node.tokens),
-                count: node.count,
-                first_seen: node.first_seen,
-                last_seen: node.last_seen,
-                merged: node.merged.clone(),
-            })
+            .map(|(_, node)| node.info())
             .collect();
         out.sort_by(|a, b| b.count.cmp(&a.count).then(a.id.cmp(&b.id)));
         out
