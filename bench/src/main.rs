@@ -58,6 +58,9 @@ struct PatternsArgs {
     /// Rounds over every sample for the speed figures.
     #[arg(long, default_value_t = 20)]
     rounds: usize,
+    /// Also print each system's mined templates (count and template, largest first) to stderr.
+    #[arg(long)]
+    templates: bool,
 }
 
 #[derive(Args)]
@@ -236,7 +239,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Patterns(args) => patterns::run(&args.loghub, args.rounds),
+        Command::Patterns(args) => patterns::run(&args.loghub, args.rounds, args.templates),
         Command::Tails(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -90,7 +90,7 @@ fn grouping_accuracy(truth: &[String], predicted: &[u64]) -> f64 {
 
 /// Runs the miner on every system under `dir` (each system its own source) and prints the
 /// report as JSON.
-pub fn run(dir: &Path, rounds: usize) -> anyhow::Result<()> {
+pub fn run(dir: &Path, rounds: usize, templates: bool) -> anyhow::Result<()> {
     let drain: BTreeMap<&str, f64> = DRAIN.into_iter().collect();
     let mut systems: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("failed to read {}", dir.display()))?
@@ -126,6 +126,9 @@ pub fn run(dir: &Path, rounds: usize) -> anyhow::Result<()> {
         let mut answers: HashMap<u64, u64> = HashMap::new();
         if let Some(source) = miner.source(system) {
             for pattern in source.patterns() {
+                if templates {
+                    eprintln!("{system}\t{}\t{}", pattern.count, pattern.template);
+                }
                 answers.insert(pattern.id, pattern.id);
                 for old in pattern.merged {
                     answers.insert(old, pattern.id);

@@ -9,7 +9,7 @@
 //! own; the query side merges what they say about a pattern.
 //!
 //! A template travels with the first batch that uses its id after the doppler starts, again
-//! once an hour, and whenever it changes (a pattern that generalises keeps, in `merged`, the
+//! once an hour, and whenever it changes (its revision moves; a pattern that generalises keeps, in `merged`, the
 //! ids it answered to, so the lines already stored with them still belong to it). Template
 //! bytes per batch are bounded ([`PatternsConfig::max_template_bytes_per_batch`]); what does
 //! not fit waits for the next batch of that pattern (counted).
@@ -108,8 +108,8 @@ impl PatternMetrics {
 
 struct Shard {
     miner: Miner,
-    /// When each id's template was last carried, and how many merged ids it had then.
-    described: HashMap<u64, (Instant, usize)>,
+    /// When each id's template was last carried, and its revision then.
+    described: HashMap<u64, (Instant, u32)>,
     /// Learned something since the last save.
     dirty: bool,
     leaves: usize,
@@ -223,10 +223,14 @@ impl Patterns {
                     index_of.insert(mined.id, position);
                     // Described now, while `mined` still names it.
                     if let Some(info) = shard.miner.describe(&envelope.source_id, mined) {
-                        let stale = shard.described.get(&mined.id).is_none_or(|(when, merged)| {
-                            *merged != info.merged.len()
-                                || now.duration_since(*when) >= DESCRIBE_AGAIN
-                        });
+                        let stale =
+                            shard
+                                .described
+                                .get(&mined.id)
+                                .is_none_or(|(when, revision)| {
+                                    *revision != info.revision
+                                        || now.duration_since(*when) >= DESCRIBE_AGAIN
+                                });
                         if stale {
                             let template = PatternTemplate {
                                 id: info.id,
@@ -238,9 +242,7 @@ impl Patterns {
                             let size = template.encoded_len() + 3;
                             if size <= budget {
                                 budget -= size;
-                                shard
-                                    .described
-                                    .insert(info.id, (now, template.merged.len()));
+                                shard.described.insert(info.id, (now, info.revision));
                                 templates.push(template);
                             } else {
                                 self.metrics.deferred.inc();
@@ -472,7 +474,7 @@ mod tests {
         assert_eq!(first_ids[3], 0, "a counter has no pattern");
         let described = &first.patterns.as_ref().expect("patterns").templates;
         assert_eq!(described.len(), 2);
-        assert_eq!(described[0].template, "GET /a took <*>");
+        assert_eq!(described[0].template, "GET /a took <duration>");
         assert_eq!(described[0].source_id, "web");
 
         let mut second = batch(&[("web", "GET /a took 99 ms")]);
@@ -487,6 +489,15 @@ mod tests {
                 .is_empty(),
             "described already"
         );
+
+        // A value of a wider kind in a known place changes the template, not the id: it is
+        // described again.
+        let mut third = batch(&[("api", "user 3fa9c0de logged in")]);
+        patterns.annotate(&mut third);
+        assert_eq!(ids(&third)[0], first_ids[2]);
+        let described = &third.patterns.as_ref().expect("patterns").templates;
+        assert_eq!(described.len(), 1);
+        assert_eq!(described[0].template, "user <hex> logged in");
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct Template {
     pub id: u64,
     /// Its source.
     pub source_id: String,
-    /// Constant tokens, `<*>` where a value goes.
+    /// Constant tokens, a placeholder of the value's kind (`<num>`, `<ip>`, `<*>`) where a value goes.
     pub template: String,
     /// Ids it answered to before it generalised.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -181,10 +181,13 @@ fn read_templates(path: &Path) -> Result<HashMap<u64, Template>, SluiceError> {
     }
 }
 
+/// The templates of `patterns.json` as last read, with the file's modification time and size.
+type Loaded = ((SystemTime, u64), std::sync::Arc<HashMap<u64, Template>>);
+
 /// The searcher's view of `patterns.json`, read again when the file changes.
 #[derive(Debug, Default)]
 pub(crate) struct TemplateCache {
-    loaded: Mutex<Option<((SystemTime, u64), std::sync::Arc<HashMap<u64, Template>>)>>,
+    loaded: Mutex<Option<Loaded>>,
 }
 
 impl TemplateCache {

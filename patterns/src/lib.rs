@@ -1,7 +1,9 @@
 //! Log patterns, mined online: every line gets the id of its template (constant tokens with
-//! `<*>` where values go), per source, with one configuration for every kind of log.
+//! typed placeholders where values go, `<ip>:<num>`), per source, with one configuration for
+//! every kind of log.
 //!
-//! [`tokens`] masks what varies by its type (numbers, addresses, ids, times, keyed values);
+//! [`tokens`] masks what varies by its type (numbers, addresses, ids, times, keyed values),
+//! and [`kinds`] names each masked value's kind for the template;
 //! [`miner`] groups the masked lines of a source into patterns and generalises them as it
 //! sees more (a place that takes many different words becomes a value). [`Miner`] holds the
 //! miners of every source. Memory is bounded: each source keeps at most
@@ -9,6 +11,7 @@
 
 #![deny(missing_docs)]
 
+pub mod kinds;
 pub mod miner;
 pub mod tokens;
 

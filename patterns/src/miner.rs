@@ -14,6 +14,11 @@
 //!   order, are one pattern however many values sit between them (`bytes sent` and
 //!   `bytes (<*>) sent`); at least two constant tokens are needed.
 //!
+//! A template shows each value as its kind (`<ip>:<num>`, [`crate::kinds`]). Kinds do not take
+//! part in grouping or in the id: lines whose values are of different kinds in one place are
+//! one pattern all the same, shown with the wider kind there (`<*>` when none covers both),
+//! a change that bumps [`PatternInfo::revision`] but keeps the id.
+//!
 //! A pattern's id is a hash of the source and its template, so every indexer that sees the
 //! same lines gives them the same ids, and a restart that replays them does too. When a
 //! pattern generalises (two merge, or a place becomes a value), its template and so its id
@@ -52,7 +57,7 @@ impl Default for MinerConfig {
 pub struct PatternInfo {
     /// Its id.
     pub id: u64,
-    /// Its template, `<*>` for each value.
+    /// Its template, each value shown as its kind (`<num>`, `<ip>`; `<*>` for any).
     pub template: String,
     /// Lines mined into it.
     pub count: u64,
@@ -62,6 +67,9 @@ pub struct PatternInfo {
     pub last_seen: i64,
     /// Ids it had before it generalised, and ids of patterns merged into it.
     pub merged: Vec<u64>,
+    /// Bumped whenever the template changes (a merge, or a place whose kind widened), so a
+    /// consumer can tell when to describe it again.
+    pub revision: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +83,16 @@ struct Node {
     merged: Vec<u64>,
     /// The masked line of a leaf (what `exact` maps from).
     key: Box<str>,
+    /// The kind of each token's value, as the template shows it (empty where a token holds
+    /// none; a snapshot from before kinds has none at all, and shows `<*>`).
+    #[serde(default)]
+    shown: Vec<Box<str>>,
+    /// A leaf's: the hash of the kinds of its last line ([`tokens::Masked::kinds_hash`]).
+    #[serde(default)]
+    kinds: u64,
+    /// See [`PatternInfo::revision`].
+    #[serde(default)]
+    revision: u32,
 }
 
 impl Node {
@@ -82,11 +100,12 @@ impl Node {
     fn info(&self) -> PatternInfo {
         PatternInfo {
             id: self.id,
-            template: tokens::display(&self.tokens),
+            template: tokens::display(&self.tokens, &self.shown),
             count: self.count,
             first_seen: self.first_seen,
             last_seen: self.last_seen,
             merged: self.merged.clone(),
+            revision: self.revision,
         }
     }
 }
@@ -129,8 +148,7 @@ pub struct SourceMiner {
     /// The constant tokens of a template → a node with them.
     skeletons: HashMap<u64, u32>,
     evicted: u64,
-    scratch: Vec<String>,
-    line: String,
+    masked: tokens::Masked,
 }
 
 impl SourceMiner {
@@ -144,8 +162,7 @@ impl SourceMiner {
             slots: HashMap::new(),
             skeletons: HashMap::new(),
             evicted: 0,
-            scratch: Vec::new(),
-            line: String::new(),
+            masked: tokens::Masked::default(),
         }
     }
 
@@ -156,17 +173,16 @@ impl SourceMiner {
 
     /// Mines one line: where it went, which [`SourceMiner::describe`] turns into the pattern.
     pub fn mine_line(&mut self, message: &str, timestamp: i64) -> Mined {
-        self.scratch.clear();
-        tokens::mask(message, &mut self.scratch);
-        self.line.clear();
-        for (index, token) in self.scratch.iter().enumerate() {
-            if index > 0 {
-                self.line.push(' ');
+        tokens::mask(message, &mut self.masked);
+        let leaf = match self.exact.get(self.masked.line()) {
+            Some(&leaf) => {
+                let kinds = self.masked.kinds_hash();
+                if self.nodes[leaf as usize].kinds != kinds {
+                    self.nodes[leaf as usize].kinds = kinds;
+                    self.widen(leaf);
+                }
+                leaf
             }
-            self.line.push_str(token);
-        }
-        let leaf = match self.exact.get(self.line.as_str()) {
-            Some(&leaf) => leaf,
             None => {
                 if self.exact.len() >= self.config.max_leaves.max(4) {
                     self.evict();
@@ -263,12 +279,14 @@ impl SourceMiner {
 
     fn add_leaf(&mut self, timestamp: i64) -> u32 {
         let index = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
-        let tokens: Vec<Box<str>> = self
-            .scratch
-            .iter()
-            .map(|token| token.as_str().into())
+        let masked = &self.masked;
+        let tokens: Vec<Box<str>> = (0..masked.len())
+            .map(|index| masked.token(index).into())
             .collect();
-        let key: Box<str> = self.line.as_str().into();
+        let shown: Vec<Box<str>> = (0..masked.len())
+            .map(|index| masked.kind(index).into())
+            .collect();
+        let key: Box<str> = masked.line().into();
         self.nodes.push(Node {
             id: pattern_id(&self.source, &tokens),
             tokens,
@@ -278,10 +296,39 @@ impl SourceMiner {
             last_seen: timestamp,
             merged: Vec::new(),
             key: key.clone(),
+            shown,
+            kinds: masked.kinds_hash(),
+            revision: 0,
         });
         self.exact.insert(key, index);
         self.settle(index);
         index
+    }
+
+    /// Widens the kinds the pattern of `leaf` shows to cover the line just masked (which
+    /// masked like `leaf`). A pattern whose template is longer than the leaf (values of
+    /// varying width) keeps the kinds it shows.
+    fn widen(&mut self, leaf: u32) {
+        let root = self.find(leaf) as usize;
+        let node = &mut self.nodes[root];
+        if node.tokens.len() != self.masked.len() || node.shown.len() != node.tokens.len() {
+            return;
+        }
+        let mut changed = false;
+        for (index, shown) in node.shown.iter_mut().enumerate() {
+            if shown.is_empty() {
+                continue;
+            }
+            let seen = self.masked.kind(index);
+            let wider = crate::kinds::join(shown, seen);
+            if wider != &**shown {
+                *shown = wider.into();
+                changed = true;
+            }
+        }
+        if changed {
+            node.revision = node.revision.wrapping_add(1);
+        }
     }
 
     fn touch(&mut self, leaf: u32, timestamp: i64) {
@@ -365,6 +412,7 @@ impl SourceMiner {
     fn merge(&mut self, roots: Vec<u32>) -> u32 {
         let root = roots.iter().copied().min().unwrap_or(roots[0]);
         let mut template = self.nodes[root as usize].tokens.clone();
+        let mut shown = self.nodes[root as usize].shown.clone();
         let mut merged = std::mem::take(&mut self.nodes[root as usize].merged);
         merged.push(self.nodes[root as usize].id);
         let (mut count, mut first, mut last) = {
@@ -375,13 +423,25 @@ impl SourceMiner {
             let node = &mut self.nodes[other as usize];
             node.parent = root;
             if node.tokens.len() == template.len() {
-                template = template
-                    .iter()
-                    .zip(&node.tokens)
-                    .map(|(a, b)| tokens::generalise(a, b).into())
-                    .collect();
+                let mut generalised = Vec::with_capacity(template.len());
+                let mut kinds = Vec::with_capacity(template.len());
+                for (index, (a, b)) in template.iter().zip(&node.tokens).enumerate() {
+                    let token: Box<str> = tokens::generalise(a, b).into();
+                    let kind = match (shown.get(index), node.shown.get(index)) {
+                        _ if !tokens::has_value(&token) => "",
+                        (Some(x), Some(y)) if a == b && !x.is_empty() && !y.is_empty() => {
+                            crate::kinds::join(x, y)
+                        }
+                        _ => crate::kinds::ANY,
+                    };
+                    kinds.push(kind.into());
+                    generalised.push(token);
+                }
+                template = generalised;
+                shown = kinds;
             } else if node.tokens.len() > template.len() {
                 template = node.tokens.clone();
+                shown = node.shown.clone();
             }
             merged.push(node.id);
             merged.append(&mut node.merged);
@@ -395,6 +455,8 @@ impl SourceMiner {
         merged.dedup();
         let node = &mut self.nodes[root as usize];
         node.tokens = template;
+        node.shown = shown;
+        node.revision = node.revision.wrapping_add(1);
         node.id = id;
         node.merged = merged;
         node.count = count;

@@ -42,7 +42,7 @@ fn ten_templates(random: &mut Random, shape: u64) -> (String, &'static str) {
                 n % 7,
                 n % 9
             ),
-            "Receiving block <*> src: <*> dest: <*>",
+            "Receiving block blk_<num> src: /<ip>:<num> dest: /<ip>:<num>",
         ),
         1 => (
             format!(
@@ -51,26 +51,26 @@ fn ten_templates(random: &mut Random, shape: u64) -> (String, &'static str) {
                 n % 200,
                 1024 + n % 60_000
             ),
-            "Accepted password for <*> from <*> port <*> ssh2",
+            "Accepted password for <*> from <ip> port <num> ssh2",
         ),
         2 => (
             format!("session opened for user {name} by (uid={})", n % 1000),
-            "session opened for user <*> by (uid=<*>)",
+            "session opened for user <*> by (uid=<num>)",
         ),
         3 => (
             format!("GET /api/v1/items/{n} returned 200 in {} ms", n % 900),
-            "GET <*> returned <*> in <*>",
+            "GET <path> returned <num> in <duration>",
         ),
         4 => (
             format!("worker {n} finished job {name} after {} retries", n % 5),
-            "worker <*> finished job <*> after <*> retries",
+            "worker <num> finished job <*> after <num> retries",
         ),
         5 => (
             format!(
                 "cache miss for key user:{n} in region eu-west-{}",
                 n % 3 + 1
             ),
-            "cache miss for key user:<*> in region <*>",
+            "cache miss for key user:<num> in region eu-west-<num>",
         ),
         6 => (
             format!("Connection reset by peer {name}.example.org while reading"),
@@ -83,7 +83,7 @@ fn ten_templates(random: &mut Random, shape: u64) -> (String, &'static str) {
                 n % 100,
                 n % 10
             ),
-            "disk usage on <*> at <*> threshold exceeded",
+            "disk usage on <path> at <num>% threshold exceeded",
         ),
         8 => (
             format!(
@@ -91,7 +91,7 @@ fn ten_templates(random: &mut Random, shape: u64) -> (String, &'static str) {
                 n % 500,
                 n % 50
             ),
-            "transaction <*> committed rows=<*> lag=<*>",
+            "transaction <hex> committed rows=<num> lag=<duration>",
         ),
         _ => (
             format!(
@@ -100,7 +100,7 @@ fn ten_templates(random: &mut Random, shape: u64) -> (String, &'static str) {
                 n % 31,
                 n % 4096
             ),
-            "OutOfMemoryError in thread <*> heap=<*>",
+            "OutOfMemoryError in thread pool-<num>-thread-<num> heap=<size>",
         ),
     }
 }
@@ -189,7 +189,7 @@ fn a_place_that_takes_many_words_becomes_a_value_and_few_words_stay_apart() {
         .unwrap_or_default();
     let invalid = patterns
         .iter()
-        .find(|pattern| pattern.template == "Invalid user <*> from <*>")
+        .find(|pattern| pattern.template == "Invalid user <*> from <ip>")
         .unwrap_or_else(|| panic!("{patterns:#?}"));
     assert_eq!(invalid.count, 12);
     // The first four names came before the place was known to vary: their lines keep the
@@ -319,6 +319,36 @@ fn the_last_line_describes_its_pattern_until_the_next_line() {
     let mined = miner.mine_line("app", "GET /a returned 200 in 5 ms", 7);
     let pattern = miner.describe("app", mined).expect("described");
     assert_eq!(pattern.id, mined.id);
-    assert_eq!(pattern.template, "GET /a returned <*> in <*>");
+    assert_eq!(pattern.template, "GET /a returned <num> in <duration>");
     assert_eq!((pattern.count, pattern.first_seen), (1, 7));
+}
+
+#[test]
+fn a_place_whose_values_change_kind_widens_and_keeps_its_id() {
+    let mut miner = Miner::default();
+    let first = miner.mine_line("app", "request 1234 served by worker 7", 1);
+    let before = miner.describe("app", first).expect("described");
+    assert_eq!(before.template, "request <num> served by worker <num>");
+    // Decimal digits read as hexadecimal too: the place widens to `<hex>`.
+    let second = miner.mine_line("app", "request 3fa9c0de served by worker 7", 2);
+    let hex = miner.describe("app", second).expect("described");
+    assert_eq!(hex.template, "request <hex> served by worker <num>");
+    assert_eq!(hex.id, before.id, "kinds are not part of the id");
+    assert!(hex.revision > before.revision);
+    // An address has nothing in common with either.
+    let third = miner.mine_line("app", "request 10.0.0.1 served by worker 9", 3);
+    let any = miner.describe("app", third).expect("described");
+    assert_eq!(any.template, "request <*> served by worker <num>");
+    assert_eq!(any.id, before.id);
+    assert!(any.revision > hex.revision);
+    // Lines of the kinds seen before change nothing more.
+    let fourth = miner.mine_line("app", "request 99 served by worker 3", 4);
+    assert_eq!(
+        miner.describe("app", fourth),
+        Some(PatternInfo {
+            count: 4,
+            last_seen: 4,
+            ..any
+        })
+    );
 }

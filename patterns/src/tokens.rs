@@ -72,16 +72,14 @@ const MORE_MONTHS: [&str; 7] = [
     "december",
 ];
 
-/// Units a number may be followed by; the pair is one value.
-const UNITS: [&str; 29] = [
-    "s", "sec", "secs", "second", "seconds", "ms", "msec", "us", "ns", "min", "mins", "minute",
-    "minutes", "h", "hr", "hrs", "hour", "hours", "day", "days", "b", "kb", "mb", "gb", "tb",
-    "kib", "mib", "gib", "tib",
-];
-
 fn eq_any(word: &str, list: &[&str]) -> bool {
     list.iter()
         .any(|candidate| word.eq_ignore_ascii_case(candidate))
+}
+
+/// Whether `word` is a day or month name.
+pub fn is_time_word(word: &str) -> bool {
+    eq_any(word, &TIME_WORDS) || eq_any(word, &MORE_MONTHS)
 }
 
 /// Splits `token` into leading punctuation, core and trailing punctuation.
@@ -105,7 +103,7 @@ pub fn is_value(core: &str) -> bool {
     let Some(first) = core.chars().next() else {
         return false;
     };
-    if eq_any(core, &TIME_WORDS) || eq_any(core, &MORE_MONTHS) {
+    if is_time_word(core) {
         return true;
     }
     if !core.bytes().any(|byte| byte.is_ascii_digit()) {
@@ -204,8 +202,139 @@ fn leader_len(bytes: &[u8], index: usize) -> usize {
         .count()
 }
 
-/// The masked tokens of `message`, appended to `out`.
-pub fn mask(message: &str, out: &mut Vec<String>) {
+/// A masked line: its tokens, and how the value in each reads ([`crate::kinds`]), held in two
+/// buffers that are reused from line to line.
+#[derive(Debug, Default, Clone)]
+pub struct Masked {
+    /// The tokens joined by single spaces.
+    line: String,
+    /// Where each token ends in `line`.
+    ends: Vec<usize>,
+    /// The kinds of the tokens' values, one after the other (nothing for a token without one).
+    kinds: String,
+    /// Where each token's kind ends in `kinds`.
+    kind_ends: Vec<usize>,
+}
+
+impl Masked {
+    /// The tokens joined by single spaces: what lines that mask alike share.
+    pub fn line(&self) -> &str {
+        &self.line
+    }
+
+    /// How many tokens there are.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Token `index`.
+    pub fn token(&self, index: usize) -> &str {
+        let start = if index == 0 {
+            0
+        } else {
+            self.ends[index - 1] + 1
+        };
+        &self.line[start..self.ends[index]]
+    }
+
+    /// The kind of token `index`'s value (`<num>`), empty when it holds none.
+    pub fn kind(&self, index: usize) -> &str {
+        let start = if index == 0 {
+            0
+        } else {
+            self.kind_ends[index - 1]
+        };
+        &self.kinds[start..self.kind_ends[index]]
+    }
+
+    /// A hash of the kinds, to tell cheaply whether a line's kinds are those seen before.
+    pub fn kinds_hash(&self) -> u64 {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for (index, &end) in self.kind_ends.iter().enumerate() {
+            let start = if index == 0 {
+                0
+            } else {
+                self.kind_ends[index - 1]
+            };
+            for &byte in self.kinds.as_bytes()[start..end].iter().chain(&[0xff]) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
+    fn clear(&mut self) {
+        self.line.clear();
+        self.ends.clear();
+        self.kinds.clear();
+        self.kind_ends.clear();
+    }
+
+    /// Appends a token made of `parts`.
+    fn push(&mut self, parts: &[&str]) {
+        if !self.ends.is_empty() {
+            self.line.push(' ');
+        }
+        for part in parts {
+            self.line.push_str(part);
+        }
+        self.ends.push(self.line.len());
+        self.kind_ends.push(self.kinds.len());
+    }
+
+    /// Appends a token made of `parts` that holds the value `core`.
+    fn push_value(&mut self, parts: &[&str], core: &str) {
+        self.push(parts);
+        crate::kinds::render(core, &mut self.kinds);
+        if let Some(end) = self.kind_ends.last_mut() {
+            *end = self.kinds.len();
+        }
+    }
+
+    /// Appends a token made of `parts` whose value is of `kind`.
+    fn push_kind(&mut self, parts: &[&str], kind: &str) {
+        self.push(parts);
+        self.kinds.push_str(kind);
+        if let Some(end) = self.kind_ends.last_mut() {
+            *end = self.kinds.len();
+        }
+    }
+
+    /// Whether the last token is a bare value (nothing around it).
+    fn ends_in_bare_value(&self) -> bool {
+        !self.is_empty() && self.token(self.len() - 1) == "\u{1}"
+    }
+
+    /// Folds the value `core`, or a value of `kind`, into the bare value that ends the line
+    /// (adjacent values are one).
+    fn extend_last(&mut self, core: &str, kind: Option<&str>) {
+        let last = self.len() - 1;
+        let start = if last == 0 {
+            0
+        } else {
+            self.kind_ends[last - 1]
+        };
+        let end = self.kinds.len();
+        match kind {
+            Some(kind) => self.kinds.push_str(kind),
+            None => crate::kinds::render(core, &mut self.kinds),
+        }
+        let joined = crate::kinds::join_run(&self.kinds[start..end], &self.kinds[end..]).to_owned();
+        self.kinds.truncate(start);
+        self.kinds.push_str(&joined);
+        self.kind_ends[last] = self.kinds.len();
+    }
+}
+
+/// Masks `message` into `out` (cleared first).
+pub fn mask(message: &str, out: &mut Masked) {
+    out.clear();
     // The placeholder cannot come from the text itself.
     let cleaned;
     let message = if message.contains(VAR) {
@@ -214,6 +343,7 @@ pub fn mask(message: &str, out: &mut Vec<String>) {
     } else {
         message
     };
+    let var: &str = "\u{1}";
     let raw = raw_tokens(message);
     let mut index = 0;
     while index < raw.len() {
@@ -223,48 +353,55 @@ pub fn mask(message: &str, out: &mut Vec<String>) {
         if let Some(key) = key_len(core) {
             let (value_prefix, value, value_suffix) = split_affix(&core[key..]);
             if is_value(value) {
-                out.push(format!(
-                    "{prefix}{}{value_prefix}{VAR}{value_suffix}{suffix}",
-                    &core[..key]
-                ));
+                out.push_value(
+                    &[
+                        prefix,
+                        &core[..key],
+                        value_prefix,
+                        var,
+                        value_suffix,
+                        suffix,
+                    ],
+                    value,
+                );
             } else {
-                out.push(token.to_owned());
+                out.push(&[token]);
             }
             continue;
         }
         if core.is_empty() && matches!(token, "()" | "[]" | "{}" | "<>" | "''" | "\"\"") {
-            let mut characters = token.chars();
-            let (open, close) = (characters.next(), characters.next());
-            out.push(format!(
-                "{}{VAR}{}",
-                open.unwrap_or_default(),
-                close.unwrap_or_default()
-            ));
+            let (open, close) = token.split_at(1);
+            out.push_kind(&[open, var, close], crate::kinds::ANY);
             continue;
         }
         if is_value(core) {
             let mut suffix = suffix;
+            let mut unit_kind = None;
             if let Some(next) = raw.get(index) {
                 let (unit_prefix, unit, unit_suffix) = split_affix(next);
-                if unit_prefix.is_empty() && !unit.is_empty() && eq_any(unit, &UNITS) {
+                if unit_prefix.is_empty()
+                    && !unit.is_empty()
+                    && let Some(kind) = crate::kinds::of_unit(unit)
+                {
                     if suffix.is_empty() {
                         suffix = unit_suffix;
                     }
+                    unit_kind = Some(kind);
                     index += 1;
                 }
             }
             let bare = prefix.is_empty() && suffix.is_empty();
-            if bare
-                && out
-                    .last()
-                    .is_some_and(|last| last.len() == 1 && last.starts_with(VAR))
-            {
+            if bare && out.ends_in_bare_value() {
+                out.extend_last(core, unit_kind);
                 continue;
             }
-            out.push(format!("{prefix}{VAR}{suffix}"));
+            match unit_kind {
+                Some(kind) => out.push_kind(&[prefix, var, suffix], kind),
+                None => out.push_value(&[prefix, var, suffix], core),
+            }
             continue;
         }
-        out.push(token.to_owned());
+        out.push(&[token]);
     }
 }
 
@@ -294,16 +431,22 @@ pub fn generalise(a: &str, b: &str) -> String {
     VAR.to_string()
 }
 
-/// The template's tokens as a person reads them (`<*>` for each value).
-pub fn display(tokens: &[Box<str>]) -> String {
+/// The template's tokens as a person reads them: each value shown as its kind (`shown`, one
+/// per token, empty where it has none), `<*>` where the kind is not known.
+pub fn display(tokens: &[Box<str>], shown: &[Box<str>]) -> String {
     let mut text = String::new();
     for (index, token) in tokens.iter().enumerate() {
         if index > 0 {
             text.push(' ');
         }
+        let kind = shown
+            .get(index)
+            .map(|kind| &**kind)
+            .filter(|kind| !kind.is_empty())
+            .unwrap_or(crate::kinds::ANY);
         for character in token.chars() {
             if character == VAR {
-                text.push_str("<*>");
+                text.push_str(kind);
             } else {
                 text.push(character);
             }
@@ -317,9 +460,20 @@ mod tests {
     use super::*;
 
     fn masked(message: &str) -> String {
-        let mut out = Vec::new();
+        let mut out = Masked::default();
         mask(message, &mut out);
-        out.join(" ").replace(VAR, "<*>")
+        out.line().replace(VAR, "<*>")
+    }
+
+    /// The line as a template shows it, each value as its kind.
+    fn typed(message: &str) -> String {
+        let mut out = Masked::default();
+        mask(message, &mut out);
+        let tokens: Vec<Box<str>> = (0..out.len())
+            .map(|index| out.token(index).into())
+            .collect();
+        let kinds: Vec<Box<str>> = (0..out.len()).map(|index| out.kind(index).into()).collect();
+        display(&tokens, &kinds)
     }
 
     #[test]
@@ -364,6 +518,32 @@ mod tests {
     }
 
     #[test]
+    fn values_show_their_kind() {
+        assert_eq!(
+            typed(
+                "Receiving block blk_-1608999687919862906 src: /10.250.19.102:54106 dest: /10.250.19.102:50010"
+            ),
+            "Receiving block blk_<num> src: /<ip>:<num> dest: /<ip>:<num>"
+        );
+        assert_eq!(
+            typed("connection from 1.2.3.4 () at Sun Jul 10 03:55:22 2005"),
+            "connection from <ip> (<*>) at <time>"
+        );
+        assert_eq!(
+            typed("close, 403 bytes (1.2 KB) sent, lifetime <1 sec"),
+            "close, <num> bytes (<size>) sent, lifetime <<duration>"
+        );
+        assert_eq!(
+            typed("authentication failure; uid=0 tty=NODEVssh rhost=10.0.0.1"),
+            "authentication failure; uid=<num> tty=NODEVssh rhost=<ip>"
+        );
+        assert_eq!(
+            typed("took 12 ms and 7 retries, 3 4 5 left"),
+            "took <duration> and <num> retries, <num> left"
+        );
+    }
+
+    #[test]
     fn affixes_keys_and_generalisation() {
         assert_eq!(split_affix("(uid=0)"), ("(", "uid=0", ")"));
         assert_eq!(split_affix("()"), ("()", "", ""));
@@ -398,11 +578,13 @@ mod tests {
             "a=\"x\" y",
         ];
         for sample in samples {
-            let mut out = Vec::new();
+            let mut out = Masked::default();
             mask(sample, &mut out);
-            for token in &out {
-                let _ = head(token);
+            for index in 0..out.len() {
+                let _ = head(out.token(index));
+                let _ = out.kind(index);
             }
+            let _ = typed(sample);
         }
     }
 }

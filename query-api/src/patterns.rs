@@ -64,7 +64,8 @@ pub struct PatternRow {
     pub pattern_id: String,
     /// Its source.
     pub source_id: String,
-    /// Its template (`<*>` where values go); null when no indexer knows it.
+    /// Its template (a placeholder such as `<num>` where a value goes); null when no indexer
+    /// knows it.
     pub template: Option<String>,
     /// Matching lines in the range.
     pub count: u64,
@@ -211,9 +212,18 @@ impl Resolver {
     fn new(templates: Vec<Template>) -> Resolver {
         let mut by_id: HashMap<u64, Template> = HashMap::new();
         for template in templates {
-            // Indexers may know different versions: keep the one that lists the most.
+            // Indexers may know different versions: keep the one that lists the most, and of
+            // two that list as many the wider one (a place whose kind widened shows `<*>`), so
+            // the answer does not depend on which indexer answered first.
+            let wider = |template: &Template| {
+                (
+                    template.merged.len(),
+                    template.template.matches("<*>").count(),
+                    std::cmp::Reverse(template.template.clone()),
+                )
+            };
             match by_id.get(&template.id) {
-                Some(known) if known.merged.len() >= template.merged.len() => {}
+                Some(known) if wider(known) >= wider(&template) => {}
                 _ => {
                     by_id.insert(template.id, template);
                 }

@@ -43,17 +43,17 @@ const NAMES: [&str; 12] = [
 
 /// The ten shapes, and the template each must read back as.
 const SHAPES: [&str; 10] = [
-    "user <*> logged in from <*>",
+    "user <*> logged in from <ip>",
     // A path with digits in it is a value as a whole.
-    "GET <*> returned <*> in <*>",
-    "connection to <*> closed after <*> bytes",
-    "block <*> replicated to <*>",
-    "cache miss for key <*>",
-    "worker <*> finished job <*>",
-    "disk <*> usage at <*>",
-    "retrying request <*> after a timeout of <*>",
-    "session <*> expired",
-    "payment <*> declined: insufficient funds",
+    "GET <path> returned <num> in <duration>",
+    "connection to <ip>:<num> closed after <num> bytes",
+    "block blk_<num> replicated to <ip>",
+    "cache miss for key <hex>",
+    "worker <num> finished job <hex>",
+    "disk <path> usage at <num>%",
+    "retrying request <num> after a timeout of <duration>",
+    "session <hex> expired",
+    "payment <num> declined: insufficient funds",
 ];
 
 /// A line of shape `shape` with fresh values.
@@ -250,7 +250,7 @@ async fn ten_shapes_are_ten_patterns_with_one_id_in_search_and_sql_across_restar
         .collect();
     assert_eq!(searched.len(), 300);
     assert_eq!(searched, archived);
-    let (some_id, _) = &first["session <*> expired"];
+    let (some_id, _) = &first["session <hex> expired"];
     let in_sql = sluice
         .sql_number(&format!(
             "SELECT count(*) AS n FROM logs WHERE pattern_id = '{some_id}'"
@@ -423,20 +423,20 @@ async fn compare_marks_a_new_shape_and_one_whose_rate_rose_fifty_fold() {
         .iter()
         .map(|row| (row["template"].as_str().unwrap(), row))
         .collect();
-    let oom = by_template["java.lang.OutOfMemoryError: Java heap space in worker <*>"];
+    let oom = by_template["java.lang.OutOfMemoryError: Java heap space in worker <num>"];
     assert_eq!(oom["change"], "new", "{body:#}");
     assert_eq!(oom["count"], 40);
     assert_eq!(oom["baseline_count"], 0);
-    let timeout = by_template["upstream timeout talking to billing <*>"];
+    let timeout = by_template["upstream timeout talking to billing <num>"];
     assert_eq!(timeout["change"], "rose", "{body:#}");
     let ratio = timeout["ratio"].as_f64().unwrap();
     assert!((45.0..=55.0).contains(&ratio), "ratio {ratio}: {body:#}");
     assert_eq!(
-        by_template["heartbeat from the scheduler <*>"]["change"], "steady",
+        by_template["heartbeat from the scheduler <num>"]["change"], "steady",
         "{body:#}"
     );
     assert_eq!(
-        by_template["cache refreshed for tenant <*>"]["change"], "fell",
+        by_template["cache refreshed for tenant <num>"]["change"], "fell",
         "{body:#}"
     );
     let top: BTreeSet<&str> = rows[..2]
@@ -444,8 +444,8 @@ async fn compare_marks_a_new_shape_and_one_whose_rate_rose_fifty_fold() {
         .map(|row| row["template"].as_str().unwrap())
         .collect();
     assert!(
-        top.contains("java.lang.OutOfMemoryError: Java heap space in worker <*>")
-            && top.contains("upstream timeout talking to billing <*>"),
+        top.contains("java.lang.OutOfMemoryError: Java heap space in worker <num>")
+            && top.contains("upstream timeout talking to billing <num>"),
         "{body:#}"
     );
     assert_eq!(body["baseline"]["total"], 720);
