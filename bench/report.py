@@ -392,6 +392,10 @@ def markdown(report, made, bottlenecks):
         w(f"Speed on one thread, {p['rounds']} rounds over every sample: {fmt(p['warm_lines_per_s'])} lines/s "
           f"with the shapes known (the steady state), {fmt(p['cold_lines_per_s'])} lines/s with fresh miners "
           "each round (the target is 500,000 lines/s per core; Drain in Python does about 8,500).")
+        if "unique_lines_per_s" in p:
+            w(f"The worst case, 200,000 unique random lines into one source (every line a new shape, the miner "
+              f"at its cap and evicting): {fmt(p['unique_lines_per_s'])} lines/s, "
+              f"{fmt(p['unique_evictions'])} masked lines evicted.")
         w("")
 
     if "patterns_ingest" in f:
@@ -424,11 +428,20 @@ def markdown(report, made, bottlenecks):
             w(f"| mining on | {fmt(on['envelopes_per_s'])} | {fmt(on['envelopes_per_cpu_s'])} |")
             w("")
             if "emit_unique" in p:
-                w(f"`sluice emit`, mining on: Loghub lines {fmt(p['emit_loghub']['lines_per_s'])} lines/s, "
-                  f"unique random lines {fmt(p['emit_unique']['lines_per_s'])} lines/s "
-                  f"({p['emit_unique']['lines_per_s'] / p['emit_loghub']['lines_per_s']:.2f} of it); "
-                  f"{fmt(p.get('unique_evictions'))} masked lines evicted, {fmt(p.get('unique_leaves'))} held "
-                  f"after; peak RSS {fmt(p.get('peak_rss_mb'))} MB.")
+                rate = lambda key: p.get(key, {}).get("lines_per_s")
+                w("`sluice emit` (one source, batches of 1,000, until all are indexed): Loghub lines, and unique random "
+                  "lines (random words: every line a new shape for the miner, and every word a new term for the index):")
+                w("")
+                w("| lines | mining off, lines/s | mining on, lines/s | on / off |")
+                w("|---|---|---|---|")
+                for name, label in (("loghub", "Loghub"), ("unique", "unique random")):
+                    on_rate, off_rate = rate(f"emit_{name}"), rate(f"emit_{name}_off")
+                    ratio = f"{on_rate / off_rate:.2f}" if on_rate and off_rate else "n/a"
+                    w(f"| {label} | {fmt(off_rate)} | {fmt(on_rate)} | {ratio} |")
+                w("")
+                w(f"Unique lines with mining on run at {rate('emit_unique') / rate('emit_loghub'):.2f} of Loghub lines "
+                  f"with mining on; {fmt(p.get('unique_evictions'))} masked lines evicted, "
+                  f"{fmt(p.get('unique_leaves'))} held after; peak RSS {fmt(p.get('peak_rss_mb'))} MB.")
                 w("")
 
     rss = peak_rss(f)

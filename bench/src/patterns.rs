@@ -45,6 +45,38 @@ struct Report {
     warm_lines_per_s: f64,
     /// The same with fresh miners each round (every shape new).
     cold_lines_per_s: f64,
+    /// Unique random lines (two to six random words each) mined into one source: every line a
+    /// new shape, the miner at its cap and evicting.
+    unique_lines_per_s: f64,
+    /// Masked lines evicted over those.
+    unique_evictions: u64,
+}
+
+/// `count` lines of two to six random lowercase words of three to nine letters.
+fn unique_lines(count: usize) -> Vec<String> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut below = |bound: u64| {
+        // xorshift64*: deterministic, and enough for words.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound
+    };
+    (0..count)
+        .map(|_| {
+            let words = 2 + below(5);
+            let mut line = String::new();
+            for word in 0..words {
+                if word > 0 {
+                    line.push(' ');
+                }
+                for _ in 0..3 + below(7) {
+                    line.push(char::from(b'a' + below(26) as u8));
+                }
+            }
+            line
+        })
+        .collect()
 }
 
 /// (content, true group) of every line of one system's structured sample.
@@ -168,12 +200,22 @@ pub fn run(dir: &Path, rounds: usize, templates: bool) -> anyhow::Result<()> {
     };
     let warm = time(false);
     let cold = time(true);
+    let unique = unique_lines(200_000);
+    let mut miner = Miner::new(MinerConfig::default());
+    let started = Instant::now();
+    for (time, line) in unique.iter().enumerate() {
+        std::hint::black_box(miner.mine("unique", line, i64::try_from(time).unwrap_or(0)));
+    }
+    let unique_lines_per_s = unique.len() as f64 / started.elapsed().as_secs_f64();
+    let unique_evictions = miner.evicted();
     let mean = reports.iter().map(|report| report.ga).sum::<f64>() / reports.len() as f64;
     let report = Report {
         systems: reports,
         mean_ga: mean,
         warm_lines_per_s: warm,
         cold_lines_per_s: cold,
+        unique_lines_per_s,
+        unique_evictions,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -43,6 +43,11 @@ const SHARDS: usize = 16;
 /// its registry) learns it without waiting for it to change.
 const DESCRIBE_AGAIN: Duration = Duration::from_secs(3600);
 
+/// Ids whose last description a shard remembers at most; past it it forgets them all, and
+/// describes each again at its next line (as after a restart). A source of ever-new shapes
+/// would otherwise grow it without bound.
+const MAX_DESCRIBED_PER_SHARD: usize = 50_000;
+
 /// Longest template text carried, in bytes (longer ones are cut at a character boundary,
 /// with `…`): a line of 100 KiB of constants would otherwise be a 100 KiB template.
 pub const MAX_TEMPLATE_BYTES: usize = 1024;
@@ -242,6 +247,9 @@ impl Patterns {
                             let size = template.encoded_len() + 3;
                             if size <= budget {
                                 budget -= size;
+                                if shard.described.len() >= MAX_DESCRIBED_PER_SHARD {
+                                    shard.described.clear();
+                                }
                                 shard.described.insert(info.id, (now, info.revision));
                                 templates.push(template);
                             } else {

@@ -143,8 +143,12 @@ pub struct SourceMiner {
     config: MinerConfig,
     nodes: Vec<Node>,
     exact: HashMap<Box<str>, u32>,
-    /// A template with one place left out → the words seen there, with the node holding each.
-    slots: HashMap<u64, Vec<(Box<str>, u32)>>,
+    /// A template with one place left out → the words seen there (by hash, and whether each
+    /// holds a value), with the node holding each.
+    slots: HashMap<u64, Vec<(u64, bool, u32)>>,
+    /// Scratch for [`SourceMiner::mergeable`]: each place's slot key, word hash and whether it
+    /// holds a value.
+    places: Vec<(u64, u64, bool)>,
     /// The constant tokens of a template → a node with them.
     skeletons: HashMap<u64, u32>,
     evicted: u64,
@@ -160,6 +164,7 @@ impl SourceMiner {
             nodes: Vec::new(),
             exact: HashMap::new(),
             slots: HashMap::new(),
+            places: Vec::new(),
             skeletons: HashMap::new(),
             evicted: 0,
             masked: tokens::Masked::default(),
@@ -358,13 +363,36 @@ impl SourceMiner {
 
     /// Registers the template of root `node`; the roots to merge with it, if a rule says so.
     fn mergeable(&mut self, node: u32) -> Option<Vec<u32>> {
-        let template = self.nodes[node as usize].tokens.clone();
-        let skeleton: Vec<&str> = template
-            .iter()
-            .filter_map(|token| skeleton_part(token))
-            .collect();
-        if skeleton.len() >= 2 {
-            let key = hash_of(&skeleton);
+        // Keys first, from the template borrowed (no copy of it): the skeleton's, and for each
+        // place the key of the template without it (the sum of the other places' hashes).
+        let template = &self.nodes[node as usize].tokens;
+        let mut skeleton = DefaultHasher::new();
+        let mut skeleton_parts = 0_usize;
+        let mut constants = 0_usize;
+        self.places.clear();
+        let mut sum = 0_u64;
+        for (place, token) in template.iter().enumerate() {
+            if let Some(part) = skeleton_part(token) {
+                part.hash(&mut skeleton);
+                skeleton_parts += 1;
+            }
+            let value = tokens::has_value(token);
+            constants += usize::from(!value);
+            let word = hash_of(&[token]);
+            let at = hash_of(&[&place.to_le_bytes()[..], token.as_bytes()]);
+            sum = sum.wrapping_add(at);
+            self.places.push((at, word, value));
+        }
+        let length = template.len() as u64;
+        for entry in &mut self.places {
+            // The slot key of this place: the template's length and every other place.
+            entry.0 = hash_of(&[
+                &length.to_le_bytes(),
+                &sum.wrapping_sub(entry.0).to_le_bytes(),
+            ]);
+        }
+        if skeleton_parts >= 2 {
+            let key = skeleton.finish();
             match self.skeletons.get(&key).copied() {
                 Some(other) => {
                     let other = self.find(other);
@@ -377,31 +405,29 @@ impl SourceMiner {
                 }
             }
         }
-        let constants = template
-            .iter()
-            .filter(|token| !tokens::has_value(token))
-            .count();
-        for (place, token) in template.iter().enumerate() {
-            let others = constants - usize::from(!tokens::has_value(token));
+        for place in 0..self.places.len() {
+            let (key, word, value) = self.places[place];
+            let others = constants - usize::from(!value);
             if others < 2 {
                 continue;
             }
-            let key = slot_key(&template, place);
             let values = self.slots.entry(key).or_default();
-            match values.iter_mut().find(|(value, _)| value == token) {
-                Some(entry) => entry.1 = node,
-                None => values.push((token.clone(), node)),
+            match values.iter_mut().find(|(seen, _, _)| *seen == word) {
+                Some(entry) => entry.2 = node,
+                None => values.push((word, value, node)),
             }
-            let any_value = values.iter().any(|(value, _)| tokens::has_value(value));
-            let distinct = values.len();
-            let holders: Vec<u32> = values.iter().map(|(_, holder)| *holder).collect();
+            let any_value = values.iter().any(|(_, value, _)| *value);
+            if !(any_value || values.len() >= self.config.distinct_values) || values.len() < 2 {
+                continue;
+            }
+            let holders: Vec<u32> = values.iter().map(|(_, _, holder)| *holder).collect();
             let mut roots: Vec<u32> = holders
                 .into_iter()
                 .map(|holder| self.find(holder))
                 .collect();
             roots.sort_unstable();
             roots.dedup();
-            if roots.len() > 1 && (any_value || distinct >= self.config.distinct_values) {
+            if roots.len() > 1 {
                 return Some(roots);
             }
         }
@@ -560,20 +586,10 @@ fn skeleton_part(token: &str) -> Option<&str> {
     tokens::key_len(core).map(|key| &token[..prefix.len() + key])
 }
 
-fn hash_of(parts: &[&str]) -> u64 {
+fn hash_of<T: Hash + ?Sized>(parts: &[&T]) -> u64 {
     let mut hasher = DefaultHasher::new();
-    parts.hash(&mut hasher);
-    hasher.finish()
-}
-
-fn slot_key(template: &[Box<str>], place: usize) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    template.len().hash(&mut hasher);
-    place.hash(&mut hasher);
-    for (index, token) in template.iter().enumerate() {
-        if index != place {
-            token.hash(&mut hasher);
-        }
+    for part in parts {
+        part.hash(&mut hasher);
     }
     hasher.finish()
 }
