@@ -436,8 +436,8 @@ def markdown(report, made, bottlenecks):
                 w("|---|---|---|---|")
                 for name, label in (("loghub", "Loghub"), ("unique", "unique random")):
                     on_rate, off_rate = rate(f"emit_{name}"), rate(f"emit_{name}_off")
-                    ratio = f"{on_rate / off_rate:.2f}" if on_rate and off_rate else "n/a"
-                    w(f"| {label} | {fmt(off_rate)} | {fmt(on_rate)} | {ratio} |")
+                    share = f"{on_rate / off_rate:.2f}" if on_rate and off_rate else "n/a"
+                    w(f"| {label} | {fmt(off_rate)} | {fmt(on_rate)} | {share} |")
                 w("")
                 w(f"Unique lines with mining on run at {rate('emit_unique') / rate('emit_loghub'):.2f} of Loghub lines "
                   f"with mining on; {fmt(p.get('unique_evictions'))} masked lines evicted, "

@@ -80,7 +80,12 @@ pub fn render(core: &str, out: &mut String) {
         out.push_str(ANY);
         return;
     };
-    if crate::tokens::is_time_word(core) {
+    // The common cases first: a plain number, a day or month name.
+    if (first.is_ascii_digit() || matches!(first, b'-' | b'+')) && is_number(bytes) {
+        out.push_str(NUM);
+        return;
+    }
+    if first.is_ascii_alphabetic() && core.len() <= 9 && crate::tokens::is_time_word(core) {
         out.push_str(TIME);
         return;
     }

@@ -26,8 +26,9 @@
 //! already stored with them still belong to it.
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use foldhash::fast::RandomState;
 
 use serde::{Deserialize, Serialize};
 
@@ -142,15 +143,20 @@ pub struct SourceMiner {
     source: String,
     config: MinerConfig,
     nodes: Vec<Node>,
-    exact: HashMap<Box<str>, u32>,
+    /// Roots among the nodes (patterns).
+    roots: usize,
+    /// The hasher of the maps and of the keys below (seeded per process: they are never
+    /// saved, and a seed nobody knows keeps crafted lines from colliding).
+    state: RandomState,
+    exact: HashMap<Box<str>, u32, RandomState>,
     /// A template with one place left out → the words seen there (by hash, and whether each
     /// holds a value), with the node holding each.
-    slots: HashMap<u64, Vec<(u64, bool, u32)>>,
+    slots: HashMap<u64, Vec<(u64, bool, u32)>, RandomState>,
     /// Scratch for [`SourceMiner::mergeable`]: each place's slot key, word hash and whether it
     /// holds a value.
     places: Vec<(u64, u64, bool)>,
     /// The constant tokens of a template → a node with them.
-    skeletons: HashMap<u64, u32>,
+    skeletons: HashMap<u64, u32, RandomState>,
     evicted: u64,
     masked: tokens::Masked,
 }
@@ -158,14 +164,17 @@ pub struct SourceMiner {
 impl SourceMiner {
     /// An empty miner for `source`.
     pub fn new(source: &str, config: MinerConfig) -> SourceMiner {
+        let state = RandomState::default();
         SourceMiner {
             source: source.to_owned(),
             config,
             nodes: Vec::new(),
-            exact: HashMap::new(),
-            slots: HashMap::new(),
+            roots: 0,
+            state: state.clone(),
+            exact: HashMap::with_hasher(state.clone()),
+            slots: HashMap::with_hasher(state.clone()),
             places: Vec::new(),
-            skeletons: HashMap::new(),
+            skeletons: HashMap::with_hasher(state),
             evicted: 0,
             masked: tokens::Masked::default(),
         }
@@ -270,11 +279,7 @@ impl SourceMiner {
 
     /// Patterns held (roots).
     pub fn pattern_count(&self) -> usize {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(index, node)| node.parent as usize == *index)
-            .count()
+        self.roots
     }
 
     /// Distinct masked lines held.
@@ -306,6 +311,7 @@ impl SourceMiner {
             revision: 0,
         });
         self.exact.insert(key, index);
+        self.roots += 1;
         self.settle(index);
         index
     }
@@ -366,7 +372,8 @@ impl SourceMiner {
         // Keys first, from the template borrowed (no copy of it): the skeleton's, and for each
         // place the key of the template without it (the sum of the other places' hashes).
         let template = &self.nodes[node as usize].tokens;
-        let mut skeleton = DefaultHasher::new();
+        let state = &self.state;
+        let mut skeleton = state.build_hasher();
         let mut skeleton_parts = 0_usize;
         let mut constants = 0_usize;
         self.places.clear();
@@ -378,18 +385,15 @@ impl SourceMiner {
             }
             let value = tokens::has_value(token);
             constants += usize::from(!value);
-            let word = hash_of(&[token]);
-            let at = hash_of(&[&place.to_le_bytes()[..], token.as_bytes()]);
+            let word = state.hash_one(token);
+            let at = state.hash_one((place, token));
             sum = sum.wrapping_add(at);
             self.places.push((at, word, value));
         }
         let length = template.len() as u64;
         for entry in &mut self.places {
             // The slot key of this place: the template's length and every other place.
-            entry.0 = hash_of(&[
-                &length.to_le_bytes(),
-                &sum.wrapping_sub(entry.0).to_le_bytes(),
-            ]);
+            entry.0 = state.hash_one((length, sum.wrapping_sub(entry.0)));
         }
         if skeleton_parts >= 2 {
             let key = skeleton.finish();
@@ -448,6 +452,7 @@ impl SourceMiner {
         for &other in roots.iter().filter(|&&other| other != root) {
             let node = &mut self.nodes[other as usize];
             node.parent = root;
+            self.roots -= 1;
             if node.tokens.len() == template.len() {
                 let mut generalised = Vec::with_capacity(template.len());
                 let mut kinds = Vec::with_capacity(template.len());
@@ -548,6 +553,12 @@ impl SourceMiner {
             let key = self.nodes[leaf as usize].key.clone();
             self.exact.insert(key, leaf);
         }
+        self.roots = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(index, node)| node.parent as usize == *index)
+            .count();
         for index in 0..self.nodes.len() {
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             if self.find(index) == index {
@@ -584,12 +595,4 @@ fn skeleton_part(token: &str) -> Option<&str> {
     }
     let (prefix, core, _) = tokens::split_affix(token);
     tokens::key_len(core).map(|key| &token[..prefix.len() + key])
-}
-
-fn hash_of<T: Hash + ?Sized>(parts: &[&T]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    for part in parts {
-        part.hash(&mut hasher);
-    }
-    hasher.finish()
 }
