@@ -1153,7 +1153,7 @@ max_tails_per_client = 128
                 # (the same client for both), with mining on and off: random words cost the
                 # index too (every word a new term), so the miner's share is on against off.
                 rng = random.Random(self.args.seed)
-                unique_count = 1_000_000 if self.args.mode == "full" else 200_000
+                unique_count = 1_000_000 if self.args.mode == "full" else 500_000
                 letters = "abcdefghijklmnopqrstuvwxyz"
                 unique = "\n".join(" ".join("".join(rng.choice(letters) for _ in range(rng.randint(3, 9)))
                                              for _ in range(rng.randint(2, 6)))

@@ -226,35 +226,33 @@ impl Patterns {
                     let position = u32::try_from(ids.len() + 1).unwrap_or(u32::MAX);
                     ids.push(mined.id);
                     index_of.insert(mined.id, position);
-                    // Described now, while `mined` still names it.
-                    if let Some(info) = shard.miner.describe(&envelope.source_id, mined) {
-                        let stale =
-                            shard
-                                .described
-                                .get(&mined.id)
-                                .is_none_or(|(when, revision)| {
-                                    *revision != info.revision
-                                        || now.duration_since(*when) >= DESCRIBE_AGAIN
-                                });
-                        if stale {
-                            let template = PatternTemplate {
-                                id: info.id,
-                                source_id: envelope.source_id.clone(),
-                                template: cut(info.template, MAX_TEMPLATE_BYTES),
-                                merged: info.merged,
-                                first_seen: info.first_seen,
-                            };
-                            let size = template.encoded_len() + 3;
-                            if size <= budget {
-                                budget -= size;
-                                if shard.described.len() >= MAX_DESCRIBED_PER_SHARD {
-                                    shard.described.clear();
-                                }
-                                shard.described.insert(info.id, (now, info.revision));
-                                templates.push(template);
-                            } else {
-                                self.metrics.deferred.inc();
+                    // Described now, while `mined` still names it (and only when what the
+                    // consumers were told is not current: describing builds the template).
+                    let stale = shard
+                        .described
+                        .get(&mined.id)
+                        .is_none_or(|(when, revision)| {
+                            *revision != mined.revision
+                                || now.duration_since(*when) >= DESCRIBE_AGAIN
+                        });
+                    if stale && let Some(info) = shard.miner.describe(&envelope.source_id, mined) {
+                        let template = PatternTemplate {
+                            id: info.id,
+                            source_id: envelope.source_id.clone(),
+                            template: cut(info.template, MAX_TEMPLATE_BYTES),
+                            merged: info.merged,
+                            first_seen: info.first_seen,
+                        };
+                        let size = template.encoded_len() + 3;
+                        if size <= budget {
+                            budget -= size;
+                            if shard.described.len() >= MAX_DESCRIBED_PER_SHARD {
+                                shard.described.clear();
                             }
+                            shard.described.insert(info.id, (now, info.revision));
+                            templates.push(template);
+                        } else {
+                            self.metrics.deferred.inc();
                         }
                     }
                     position

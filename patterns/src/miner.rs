@@ -134,6 +134,9 @@ impl Snapshot {
 pub struct Mined {
     /// The pattern's id.
     pub id: u64,
+    /// The pattern's revision ([`PatternInfo::revision`]): whether a description of it is
+    /// still current can be told without describing it.
+    pub revision: u32,
     node: u32,
 }
 
@@ -212,6 +215,7 @@ impl SourceMiner {
         node.last_seen = node.last_seen.max(timestamp);
         Mined {
             id: node.id,
+            revision: node.revision,
             node: root,
         }
     }

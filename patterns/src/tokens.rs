@@ -72,14 +72,21 @@ const MORE_MONTHS: [&str; 7] = [
     "december",
 ];
 
-fn eq_any(word: &str, list: &[&str]) -> bool {
-    list.iter()
-        .any(|candidate| word.eq_ignore_ascii_case(candidate))
-}
-
-/// Whether `word` is a day or month name.
+/// Whether `word` is a day or month name (in any case).
 pub fn is_time_word(word: &str) -> bool {
-    eq_any(word, &TIME_WORDS) || eq_any(word, &MORE_MONTHS)
+    let bytes = word.as_bytes();
+    if !(3..=9).contains(&bytes.len()) || !bytes[0].is_ascii_alphabetic() {
+        return false;
+    }
+    let mut lower = [0_u8; 9];
+    for (slot, byte) in lower.iter_mut().zip(bytes) {
+        *slot = byte.to_ascii_lowercase();
+    }
+    let lower = &lower[..bytes.len()];
+    TIME_WORDS
+        .iter()
+        .chain(&MORE_MONTHS)
+        .any(|candidate| candidate.as_bytes() == lower)
 }
 
 /// Splits `token` into leading punctuation, core and trailing punctuation.
