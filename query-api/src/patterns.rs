@@ -504,6 +504,68 @@ mod tests {
         assert!(end == 1 || end == 2);
     }
 
+    /// Two dopplers mining one source's batches between them (as an agent spreads them) give
+    /// each shape's lines ids that resolve, across both dopplers' templates, to one pattern.
+    #[test]
+    fn the_ids_of_two_dopplers_resolve_to_one_pattern_per_shape() {
+        const NAMES: [&str; 12] = [
+            "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+            "mallory", "oscar",
+        ];
+        let mut dopplers = [
+            sluice_patterns::Miner::default(),
+            sluice_patterns::Miner::default(),
+        ];
+        // (true shape, id given) of every line.
+        let mut lines: Vec<(usize, u64)> = Vec::new();
+        for round in 0..600_usize {
+            let name = NAMES[round % NAMES.len()];
+            let texts = [
+                format!(
+                    "Invalid user {name} from 10.0.{}.{}",
+                    round % 7,
+                    round % 200
+                ),
+                format!("session opened for user {name} by (uid={})", round % 1000),
+                format!("request {round} served in {} ms", round % 90),
+                "cupsd startup succeeded".to_owned(),
+                "cupsd shutdown succeeded".to_owned(),
+            ];
+            // Batches of ten lines, alternating between the dopplers.
+            let doppler = &mut dopplers[(round / 10) % 2];
+            for (shape, text) in texts.iter().enumerate() {
+                let id = doppler.mine("auth", text, i64::try_from(round).unwrap_or(0));
+                lines.push((shape, id));
+            }
+        }
+        let templates: Vec<Template> = dopplers
+            .iter()
+            .flat_map(|doppler| doppler.source("auth").map(|source| source.patterns()))
+            .flatten()
+            .map(|info| Template {
+                id: info.id,
+                source_id: "auth".to_owned(),
+                template: info.template,
+                merged: info.merged,
+                first_seen: info.first_seen,
+            })
+            .collect();
+        let resolver = Resolver::new(templates);
+        let mut by_shape: BTreeMap<usize, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        for (shape, id) in lines {
+            by_shape
+                .entry(shape)
+                .or_default()
+                .insert(resolver.resolve(id));
+        }
+        for (shape, ids) in &by_shape {
+            assert_eq!(ids.len(), 1, "shape {shape} resolved to {ids:x?}");
+        }
+        let distinct: std::collections::BTreeSet<u64> =
+            by_shape.values().flatten().copied().collect();
+        assert_eq!(distinct.len(), 5, "five shapes, five patterns");
+    }
+
     #[test]
     fn surprise_grows_with_the_change() {
         assert!(poisson_surprise(10.0, 10.0).abs() < 1e-9);
