@@ -54,6 +54,10 @@ pub struct RawPatternsConfig {
     /// evicted (counted in `sluice_doppler_pattern_evictions`).
     #[serde(default = "default_max_leaves_per_source")]
     pub max_leaves_per_source: usize,
+    /// Distinct masked lines kept over every source; past it the sources used least recently
+    /// are forgotten (their lines counted as evicted). Split among the doppler's 16 shards.
+    #[serde(default = "default_max_leaves")]
+    pub max_leaves: usize,
     /// How often what the miners learned is saved (to `<data_dir>/doppler/patterns.json`).
     #[serde(default = "default_snapshot_interval")]
     pub snapshot_interval: String,
@@ -68,6 +72,9 @@ fn default_true() -> bool {
 }
 fn default_max_leaves_per_source() -> usize {
     10_000
+}
+fn default_max_leaves() -> usize {
+    500_000
 }
 fn default_snapshot_interval() -> String {
     "5s".to_owned()
@@ -123,6 +130,8 @@ pub struct PatternsConfig {
     pub enabled: bool,
     /// Masked lines kept per source.
     pub max_leaves_per_source: usize,
+    /// Masked lines kept over every source.
+    pub max_leaves: usize,
     /// How often the miners are saved.
     pub snapshot_interval: Duration,
     /// Template bytes per batch.
@@ -142,9 +151,16 @@ impl RawDopplerConfig {
             "doppler.patterns.max_leaves_per_source",
             self.patterns.max_leaves_per_source,
         )?;
+        if self.patterns.max_leaves < self.patterns.max_leaves_per_source {
+            return Err(SluiceError::invalid(format!(
+                "doppler.patterns.max_leaves ({}) is below doppler.patterns.max_leaves_per_source ({}): one source could never reach its own cap",
+                self.patterns.max_leaves, self.patterns.max_leaves_per_source
+            )));
+        }
         let patterns = PatternsConfig {
             enabled: self.patterns.enabled,
             max_leaves_per_source: self.patterns.max_leaves_per_source,
+            max_leaves: self.patterns.max_leaves,
             snapshot_interval: parse_duration(
                 "doppler.patterns.snapshot_interval",
                 &self.patterns.snapshot_interval,

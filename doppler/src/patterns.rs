@@ -84,7 +84,7 @@ impl PatternMetrics {
             ),
             leaves: telemetry.register(
                 "sluice_doppler_pattern_leaves",
-                "Distinct masked lines the doppler's miners hold (capped per source by doppler.patterns.max_leaves_per_source)",
+                "Distinct masked lines the doppler's miners hold (capped per source by doppler.patterns.max_leaves_per_source, over all by doppler.patterns.max_leaves)",
                 Gauge::default(),
             ),
             evictions: telemetry.register(
@@ -138,6 +138,8 @@ impl Patterns {
         let path = config.state_dir.join("patterns.json");
         let miner_config = MinerConfig {
             max_leaves: config.max_leaves_per_source,
+            // Each shard its share, and at least what one source may hold.
+            max_total_leaves: (config.max_leaves / SHARDS).max(config.max_leaves_per_source),
             ..MinerConfig::default()
         };
         let mut by_shard: Vec<Vec<Snapshot>> = (0..SHARDS).map(|_| Vec::new()).collect();
@@ -421,6 +423,7 @@ mod tests {
         PatternsConfig {
             enabled: true,
             max_leaves_per_source: 100,
+            max_leaves: 10_000,
             snapshot_interval: Duration::from_secs(5),
             max_template_bytes_per_batch: 64 * 1024,
             state_dir: dir.to_path_buf(),

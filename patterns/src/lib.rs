@@ -7,7 +7,9 @@
 //! [`miner`] groups the masked lines of a source into patterns and generalises them as it
 //! sees more (a place that takes many different words becomes a value). [`Miner`] holds the
 //! miners of every source. Memory is bounded: each source keeps at most
-//! [`MinerConfig::max_leaves`] distinct masked lines, evicting the least recently seen.
+//! [`MinerConfig::max_leaves`] distinct masked lines, evicting the least recently seen, and
+//! all sources together [`MinerConfig::max_total_leaves`], forgetting the least recently used
+//! sources.
 
 #![deny(missing_docs)]
 
@@ -23,7 +25,19 @@ pub use miner::{Mined, MinerConfig, PatternInfo, Snapshot, SourceMiner};
 #[derive(Debug, Default)]
 pub struct Miner {
     config: MinerConfig,
-    sources: HashMap<String, SourceMiner>,
+    sources: HashMap<String, Held>,
+    /// Leaves over every source.
+    leaves: usize,
+    /// Lines mined, as a clock for which source was used last.
+    clock: u64,
+    /// Leaves of the sources forgotten at the total cap, and what they had evicted.
+    forgotten: u64,
+}
+
+#[derive(Debug)]
+struct Held {
+    miner: SourceMiner,
+    used: u64,
 }
 
 impl Miner {
@@ -31,81 +45,130 @@ impl Miner {
     pub fn new(config: MinerConfig) -> Miner {
         Miner {
             config,
-            sources: HashMap::new(),
+            ..Miner::default()
         }
     }
 
     /// Mines one line of `source` stamped `timestamp` (ns): the id of its pattern.
     pub fn mine(&mut self, source: &str, message: &str, timestamp: i64) -> u64 {
-        if let Some(miner) = self.sources.get_mut(source) {
-            return miner.mine(message, timestamp);
-        }
-        let config = self.config;
-        self.sources
-            .entry(source.to_owned())
-            .or_insert_with(|| SourceMiner::new(source, config))
-            .mine(message, timestamp)
+        self.mine_line(source, message, timestamp).id
     }
 
     /// Mines one line of `source`: where it went, for [`Miner::describe`].
     pub fn mine_line(&mut self, source: &str, message: &str, timestamp: i64) -> Mined {
-        if let Some(miner) = self.sources.get_mut(source) {
-            return miner.mine_line(message, timestamp);
+        self.clock += 1;
+        let clock = self.clock;
+        let mine = |held: &mut Held| {
+            held.used = clock;
+            let before = held.miner.leaves();
+            let mined = held.miner.mine_line(message, timestamp);
+            (mined, before, held.miner.leaves())
+        };
+        let (mined, before, after) = match self.sources.get_mut(source) {
+            Some(held) => mine(held),
+            None => {
+                let config = self.config;
+                mine(self.sources.entry(source.to_owned()).or_insert(Held {
+                    miner: SourceMiner::new(source, config),
+                    used: clock,
+                }))
+            }
+        };
+        self.leaves = (self.leaves + after).saturating_sub(before);
+        if self.leaves > self.config.max_total_leaves.max(1) {
+            self.forget(source);
         }
-        let config = self.config;
-        self.sources
-            .entry(source.to_owned())
-            .or_insert_with(|| SourceMiner::new(source, config))
-            .mine_line(message, timestamp)
+        mined
+    }
+
+    /// Forgets the least recently used sources but `keep` until a quarter of the total cap is
+    /// free (or only `keep` is left).
+    fn forget(&mut self, keep: &str) {
+        let target = self.config.max_total_leaves / 4 * 3;
+        let mut by_use: Vec<(u64, String)> = self
+            .sources
+            .iter()
+            .filter(|(name, _)| name.as_str() != keep)
+            .map(|(name, held)| (held.used, name.clone()))
+            .collect();
+        by_use.sort_unstable();
+        for (_, name) in by_use {
+            if self.leaves <= target {
+                break;
+            }
+            if let Some(held) = self.sources.remove(&name) {
+                let leaves = held.miner.leaves();
+                self.leaves -= leaves.min(self.leaves);
+                self.forgotten += leaves as u64 + held.miner.evicted();
+            }
+        }
     }
 
     /// The pattern `mined` (the last line mined of `source`) went to.
     pub fn describe(&self, source: &str, mined: Mined) -> Option<PatternInfo> {
-        self.sources.get(source)?.describe(mined)
+        self.sources.get(source)?.miner.describe(mined)
     }
 
     /// The state of every source.
     pub fn snapshot(&self) -> Vec<Snapshot> {
-        self.sources.values().map(SourceMiner::snapshot).collect()
+        self.sources
+            .values()
+            .map(|held| held.miner.snapshot())
+            .collect()
     }
 
     /// Miners with `config` and the state of `snapshots`.
     pub fn restore(config: MinerConfig, snapshots: Vec<Snapshot>) -> Miner {
-        let sources = snapshots
+        let sources: HashMap<String, Held> = snapshots
             .into_iter()
             .map(|snapshot| {
                 let source = snapshot.source().to_owned();
-                (source, SourceMiner::restore(snapshot, config))
+                let miner = SourceMiner::restore(snapshot, config);
+                (source, Held { miner, used: 0 })
             })
             .collect();
-        Miner { config, sources }
+        let leaves = sources.values().map(|held| held.miner.leaves()).sum();
+        Miner {
+            config,
+            sources,
+            leaves,
+            ..Miner::default()
+        }
     }
 
     /// Patterns held over every source.
     pub fn patterns(&self) -> usize {
-        self.sources.values().map(SourceMiner::pattern_count).sum()
+        self.sources
+            .values()
+            .map(|held| held.miner.pattern_count())
+            .sum()
     }
 
     /// Leaves (distinct masked lines) held over every source.
     pub fn leaves(&self) -> usize {
-        self.sources.values().map(SourceMiner::leaves).sum()
+        self.leaves
     }
 
-    /// The miner of `source`, if it has seen a line.
+    /// The miner of `source`, if it has seen a line (and is not forgotten).
     pub fn source(&self, source: &str) -> Option<&SourceMiner> {
-        self.sources.get(source)
+        self.sources.get(source).map(|held| &held.miner)
     }
 
-    /// Sources seen.
+    /// Sources held.
     pub fn sources(&self) -> impl Iterator<Item = (&str, &SourceMiner)> {
         self.sources
             .iter()
-            .map(|(name, miner)| (name.as_str(), miner))
+            .map(|(name, held)| (name.as_str(), &held.miner))
     }
 
-    /// Leaves evicted over every source.
+    /// Leaves evicted over every source, those of forgotten sources included (it only grows).
     pub fn evicted(&self) -> u64 {
-        self.sources.values().map(SourceMiner::evicted).sum()
+        self.forgotten
+            + self
+                .sources
+                .values()
+                .map(|held| held.miner.evicted())
+                .sum::<u64>()
     }
 }
 

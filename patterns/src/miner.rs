@@ -42,6 +42,9 @@ pub struct MinerConfig {
     /// Leaves (distinct masked lines) one source keeps at most; past it the least recently
     /// seen quarter is evicted (and counted).
     pub max_leaves: usize,
+    /// Leaves all the sources of one [`crate::Miner`] keep at most; past it the least recently
+    /// used sources are forgotten until a quarter is free (their leaves counted as evicted).
+    pub max_total_leaves: usize,
 }
 
 impl Default for MinerConfig {
@@ -49,6 +52,7 @@ impl Default for MinerConfig {
         MinerConfig {
             distinct_values: 5,
             max_leaves: 10_000,
+            max_total_leaves: 1_000_000,
         }
     }
 }

@@ -352,3 +352,39 @@ fn a_place_whose_values_change_kind_widens_and_keeps_its_id() {
         })
     );
 }
+
+#[test]
+fn all_sources_together_stay_at_the_total_cap_forgetting_the_least_recently_used() {
+    const WORDS: [&str; 10] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
+    ];
+    let config = MinerConfig {
+        max_leaves: 10,
+        max_total_leaves: 100,
+        ..MinerConfig::default()
+    };
+    let mut miner = Miner::new(config);
+    for source in 0..50 {
+        for (time, word) in WORDS.iter().enumerate() {
+            let time = i64::try_from(time).unwrap_or(0);
+            miner.mine(
+                &format!("app-{source}"),
+                &format!("queue {word} drained"),
+                time,
+            );
+        }
+        assert!(miner.leaves() <= 100, "{} leaves", miner.leaves());
+        let held: usize = miner.sources().map(|(_, source)| source.leaves()).sum();
+        assert_eq!(held, miner.leaves());
+    }
+    // Every source held ten leaves; what is not held any more was counted.
+    assert_eq!(miner.evicted(), 500 - miner.leaves() as u64);
+    assert!(
+        miner.source("app-49").is_some(),
+        "the latest source is kept"
+    );
+    assert!(
+        miner.source("app-0").is_none(),
+        "the oldest source is forgotten"
+    );
+}

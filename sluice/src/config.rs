@@ -271,6 +271,13 @@ mod tests {
                 "[bus.wal]\nsegment_bytes = 1048576\n",
                 ["bus.wal.segment_bytes", "bus.max_record_bytes"],
             ),
+            (
+                "[doppler.patterns]\nmax_leaves = 100\n",
+                [
+                    "doppler.patterns.max_leaves",
+                    "doppler.patterns.max_leaves_per_source",
+                ],
+            ),
         ] {
             let error = RawConfig::from_toml(document)
                 .expect("parses")
