@@ -75,113 +75,94 @@ pub fn join_run<'a>(a: &'a str, b: &'a str) -> &'a str {
 
 /// Appends the kind of the value `core` to `out`.
 pub fn render(core: &str, out: &mut String) {
+    match classify(core) {
+        Kind::Named(kind) => out.push_str(kind),
+        Kind::Prefixed(prefix, rest) => {
+            out.push(prefix);
+            render(rest, out);
+        }
+        Kind::Shape => shape(core, out),
+    }
+}
+
+/// What [`classify`] found.
+enum Kind<'a> {
+    /// A kind with a name (`<ip>:<num>`).
+    Named(&'static str),
+    /// A character kept before the kind of the rest (`#12`, `/10.0.0.1:80`).
+    Prefixed(char, &'a str),
+    /// A word with numbers in it, shown by [`shape`].
+    Shape,
+}
+
+fn classify(core: &str) -> Kind<'_> {
     let bytes = core.as_bytes();
     let Some(&first) = bytes.first() else {
-        out.push_str(ANY);
-        return;
+        return Kind::Named(ANY);
     };
+    // `host:port`, with a port and a host that pass.
+    let port_of = |port_ok: fn(&[u8]) -> bool, host_ok: &dyn Fn(&str) -> bool| {
+        core.rsplit_once(':')
+            .is_some_and(|(host, port)| port_ok(port.as_bytes()) && host_ok(host))
+    };
+    let digits = |port: &[u8]| !port.is_empty() && port.iter().all(u8::is_ascii_digit);
     // The common cases first: a plain number, a day or month name.
-    if (first.is_ascii_digit() || matches!(first, b'-' | b'+')) && is_number(bytes) {
-        out.push_str(NUM);
-        return;
-    }
-    if first.is_ascii_alphabetic() && core.len() <= 9 && crate::tokens::is_time_word(core) {
-        out.push_str(TIME);
-        return;
-    }
-    if is_ipv4(bytes) {
-        out.push_str("<ip>");
-        return;
-    }
-    if let Some((host, port)) = core.rsplit_once(':')
-        && is_ipv4(host.as_bytes())
-        && !port.is_empty()
-        && port.bytes().all(|byte| byte.is_ascii_digit())
-    {
-        out.push_str("<ip>:<num>");
-        return;
-    }
-    // (A number never gets here: `2005` is one, `03:55` and `2015-10-18` are times.)
-    if is_time(bytes) {
-        out.push_str(TIME);
-        return;
-    }
-    if first == b'#' && core.len() > 1 {
-        out.push('#');
-        render(&core[1..], out);
-        return;
-    }
-    if let Some(kind) = number_with_unit(core) {
-        out.push_str(kind);
-        return;
-    }
-    if is_ipv6(bytes) {
-        out.push_str("<ip>");
-        return;
-    }
-    if let Some((host, port)) = core.rsplit_once(':')
-        && let Some(inner) = host
-            .strip_prefix('[')
+    let named = if (first.is_ascii_digit() || matches!(first, b'-' | b'+')) && is_number(bytes) {
+        NUM
+    } else if first.is_ascii_alphabetic() && core.len() <= 9 && crate::tokens::is_time_word(core) {
+        TIME
+    } else if is_ipv4(bytes) {
+        "<ip>"
+    } else if port_of(digits, &|host| is_ipv4(host.as_bytes())) {
+        "<ip>:<num>"
+    } else if is_time(bytes) {
+        // (A number never gets here: `2005` is one, `03:55` and `2015-10-18` are times.)
+        TIME
+    } else if first == b'#' && core.len() > 1 {
+        return Kind::Prefixed('#', &core[1..]);
+    } else if let Some(kind) = number_with_unit(core) {
+        kind
+    } else if is_ipv6(bytes) {
+        "<ip>"
+    } else if port_of(is_number, &|host| {
+        host.strip_prefix('[')
             .and_then(|rest| rest.strip_suffix(']'))
-        && is_ipv6(inner.as_bytes())
-        && is_number(port.as_bytes())
-    {
-        out.push_str("[<ip>]:<num>");
-        return;
-    }
-    if is_uuid(bytes) {
-        out.push_str("<uuid>");
-        return;
-    }
-    if is_mac(bytes) {
-        out.push_str("<mac>");
-        return;
-    }
-    if is_hex(bytes) {
-        out.push_str(HEX);
-        return;
-    }
-    if let Some(rest) = core.strip_prefix('/') {
-        let rest_bytes = rest.as_bytes();
-        if is_ipv4(rest_bytes)
+            .is_some_and(|inner| is_ipv6(inner.as_bytes()))
+    }) {
+        "[<ip>]:<num>"
+    } else if is_uuid(bytes) {
+        "<uuid>"
+    } else if is_mac(bytes) {
+        "<mac>"
+    } else if is_hex(bytes) {
+        HEX
+    } else if let Some(rest) = core.strip_prefix('/') {
+        let address = is_ipv4(rest.as_bytes())
             || rest
                 .rsplit_once(':')
-                .is_some_and(|(host, port)| is_ipv4(host.as_bytes()) && is_number(port.as_bytes()))
-        {
-            out.push('/');
-            render(rest, out);
-        } else {
-            out.push_str("<path>");
+                .is_some_and(|(host, port)| is_ipv4(host.as_bytes()) && is_number(port.as_bytes()));
+        if address {
+            return Kind::Prefixed('/', rest);
         }
-        return;
-    }
-    if core.starts_with("./")
+        "<path>"
+    } else if core.starts_with("./")
         || core.starts_with("../")
         || core.starts_with("~/")
         || (bytes.len() > 2 && first.is_ascii_alphabetic() && &bytes[1..3] == b":\\")
     {
-        out.push_str("<path>");
-        return;
-    }
-    if let Some((scheme, _)) = core.split_once("://")
-        && !scheme.is_empty()
-        && scheme.bytes().all(|byte| byte.is_ascii_alphabetic())
-    {
-        out.push_str("<url>");
-        return;
-    }
-    if let Some((host, port)) = core.rsplit_once(':')
-        && is_number(port.as_bytes())
-        && is_host(host.as_bytes())
-    {
-        out.push_str("<host>:<num>");
-        return;
-    }
-    if first.is_ascii_alphabetic() {
-        shape(core, out);
-        return;
-    }
-    out.push_str(ANY);
+        "<path>"
+    } else if core.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty() && scheme.bytes().all(|byte| byte.is_ascii_alphabetic())
+    }) {
+        "<url>"
+    } else if port_of(is_number, &|host| is_host(host.as_bytes())) {
+        "<host>:<num>"
+    } else if first.is_ascii_alphabetic() {
+        return Kind::Shape;
+    } else {
+        ANY
+    };
+    Kind::Named(named)
 }
 
 /// An integer or decimal, optionally signed: `42`, `-7`, `3.25`, `1,5`.
