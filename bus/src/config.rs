@@ -51,12 +51,20 @@ pub struct RawWalConfig {
     /// With `durability = "flush"`, time between syncs.
     #[serde(default = "default_wal_sync_interval")]
     pub sync_interval: String,
+    /// Payload bytes of the latest records kept in memory, so the consumers that keep up
+    /// (indexer, retention, live tail) share the producer's buffers instead of each reading
+    /// the segment files. 0 turns the cache off.
+    #[serde(default = "default_wal_read_cache_bytes")]
+    pub read_cache_bytes: usize,
 }
 
 fn default_wal_max_disk_bytes() -> u64 {
     8 * 1024 * 1024 * 1024
 }
 fn default_wal_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_wal_read_cache_bytes() -> usize {
     64 * 1024 * 1024
 }
 fn default_wal_durability() -> String {
@@ -139,6 +147,8 @@ pub enum BusConfig {
         segment_bytes: u64,
         /// When an append counts as stored.
         durability: WalDurability,
+        /// Bytes of the in-memory cache of the latest records.
+        read_cache_bytes: usize,
     },
     /// A Kafka topic.
     Kafka {
@@ -200,6 +210,7 @@ impl RawBusConfig {
                     max_disk_bytes: wal.max_disk_bytes,
                     segment_bytes: wal.segment_bytes,
                     durability,
+                    read_cache_bytes: wal.read_cache_bytes,
                 })
             }
             "kafka" => {

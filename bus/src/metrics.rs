@@ -31,6 +31,9 @@ pub struct BusMetrics {
     /// Time of each WAL write of a group of records with its sync, seconds: what every
     /// append (and so every live line) waits on the disk.
     pub wal_write_seconds: Histogram,
+    /// Records read from the WAL, by where they came from (`memory`: the cache of the latest
+    /// records; `disk`: the segment files).
+    pub wal_records_read: Family<GroupLabels, Counter>,
 }
 
 impl BusMetrics {
@@ -83,6 +86,11 @@ impl BusMetrics {
                 // 100 µs to 6.5 s.
                 Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             ),
+            wal_records_read: telemetry.register(
+                "sluice_bus_wal_records_read",
+                "Records readers took from the WAL, by where they came from: memory (the cache of the latest records, bus.wal.read_cache_bytes) or disk",
+                Family::default(),
+            ),
         }
     }
 
@@ -91,6 +99,13 @@ impl BusMetrics {
         self.wal_refused_records
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
             .inc();
+    }
+
+    /// Counts `records` read from `from` (`memory` or `disk`).
+    pub fn wal_read(&self, from: &'static str, records: usize) {
+        self.wal_records_read
+            .get_or_create(&vec![("from".to_owned(), from.to_owned())])
+            .inc_by(records as u64);
     }
 
     /// The lag gauge of `group`.

@@ -98,6 +98,7 @@ async fn open_bus(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<
             max_disk_bytes,
             segment_bytes,
             durability,
+            read_cache_bytes,
         } => {
             let settings = WalSettings {
                 max_record_bytes: *max_record_bytes,
@@ -109,6 +110,7 @@ async fn open_bus(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<
                         interval: *interval,
                     },
                 },
+                read_cache_bytes: *read_cache_bytes,
             };
             let bus = WalBus::open(dir, settings, BusMetrics::register(telemetry))
                 .await

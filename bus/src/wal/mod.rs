@@ -22,6 +22,7 @@
 //! into segments, with its offsets, the first time it is opened ([`legacy`]).
 
 mod legacy;
+mod recent;
 pub mod segment;
 mod writer;
 
@@ -37,6 +38,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use self::recent::Recent;
 use self::segment::{Cursor, SegmentMap};
 use self::writer::{Request, Writer};
 use crate::metrics::BusMetrics;
@@ -70,6 +72,8 @@ pub struct WalSettings {
     pub segment_bytes: u64,
     /// When an append counts as stored.
     pub durability: Durability,
+    /// Payload bytes of the latest records kept in memory for readers that keep up.
+    pub read_cache_bytes: usize,
 }
 
 impl Default for WalSettings {
@@ -79,6 +83,7 @@ impl Default for WalSettings {
             max_disk_bytes: 8 * 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
             durability: Durability::Fsync,
+            read_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -96,6 +101,8 @@ struct State {
     disk_bytes: AtomicU64,
     /// The offset after the last record readers may see; consumers wait on it.
     committed: watch::Sender<u64>,
+    /// The latest records, for readers at the head of the log.
+    recent: Recent,
     metrics: BusMetrics,
 }
 
@@ -169,6 +176,7 @@ impl WalBus {
             segments: std::sync::Mutex::new(segments),
             disk_bytes: AtomicU64::new(disk_bytes),
             committed,
+            recent: Recent::new(settings.read_cache_bytes),
             metrics,
         });
         let (requests, receiver) = mpsc::channel(writer::MAX_GROUP);
@@ -406,6 +414,24 @@ impl Tail {
             let committed = *self.committed.borrow_and_update();
             let mut cursor = self.cursor.take().unwrap_or_default();
             let next_offset = cursor.next_offset;
+            if let Some(entries) =
+                self.shared
+                    .state
+                    .recent
+                    .read(next_offset, committed, max_records, MAX_POLL_BYTES)
+                && let Some(last) = entries.last()
+            {
+                cursor.follow(last.offset + 1, last.segment_first, last.end);
+                self.cursor = Some(cursor);
+                self.shared.state.metrics.wal_read("memory", entries.len());
+                return Ok(segment::Read {
+                    records: entries
+                        .into_iter()
+                        .map(|entry| (entry.offset, entry.payload))
+                        .collect(),
+                    skipped: None,
+                });
+            }
             if next_offset < committed {
                 let state = Arc::clone(&self.shared.state);
                 let max_payload = self
@@ -425,6 +451,10 @@ impl Tail {
                 .map_err(|error| BusError::Storage(format!("wal read task failed: {error}")))?;
                 let read = read?;
                 self.cursor = Some(cursor);
+                self.shared
+                    .state
+                    .metrics
+                    .wal_read("disk", read.records.len());
                 if !read.records.is_empty() || read.skipped.is_some() {
                     return Ok(read);
                 }
@@ -440,11 +470,11 @@ impl Tail {
     }
 }
 
-fn record(offset: u64, payload: Vec<u8>) -> BusRecord {
+fn record(offset: u64, payload: Bytes) -> BusRecord {
     BusRecord {
         partition: PARTITION,
         offset,
-        payload: Bytes::from(payload),
+        payload,
     }
 }
 
@@ -644,6 +674,70 @@ mod tests {
         assert_eq!(records[3].payload, Bytes::from("record 3"));
     }
 
+    /// Readers that keep up are served from memory, one that fell behind the cache from disk,
+    /// and a reader that moves between the two (across segment rolls) sees every record once,
+    /// in order, whichever source served it.
+    #[tokio::test]
+    async fn readers_move_between_the_memory_cache_and_the_segment_files_without_a_seam() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let telemetry = Telemetry::new();
+        let metrics = BusMetrics::register(&telemetry);
+        let bus = WalBus::open(
+            dir.path(),
+            WalSettings {
+                max_record_bytes: 1024,
+                segment_bytes: 4 * 1024,
+                max_disk_bytes: 1024 * 1024,
+                // About 20 records of 100 bytes.
+                read_cache_bytes: 2_000,
+                ..WalSettings::default()
+            },
+            metrics.clone(),
+        )
+        .await
+        .expect("open");
+        let mut consumer = sole_consumer(&bus, "indexer").await;
+        let payload = |index: usize| Bytes::from(format!("{index:0>100}"));
+        let mut seen = Vec::new();
+        let mut next = 0;
+        // Rounds of appends larger and smaller than the cache, read in between.
+        for round in [5_usize, 50, 3, 120, 19, 1, 64] {
+            for _ in 0..round {
+                bus.append("key", payload(next)).await.expect("append");
+                next += 1;
+            }
+            loop {
+                let records = consumer
+                    .poll(7, Duration::from_millis(10))
+                    .await
+                    .expect("poll");
+                if records.is_empty() {
+                    break;
+                }
+                for event in records {
+                    let BusEvent::Record(record) = event else {
+                        panic!("the wal never rewinds");
+                    };
+                    seen.push((record.offset, record.payload));
+                }
+            }
+        }
+        assert_eq!(seen.len(), next);
+        for (index, (offset, data)) in seen.iter().enumerate() {
+            assert_eq!(*offset, index as u64);
+            assert_eq!(*data, payload(index));
+        }
+        let read = |from: &str| {
+            metrics
+                .wal_records_read
+                .get_or_create(&vec![("from".to_owned(), from.to_owned())])
+                .get()
+        };
+        assert!(read("memory") > 0, "no read was served from memory");
+        assert!(read("disk") > 0, "no read went to disk");
+        assert_eq!(read("memory") + read("disk"), next as u64);
+    }
+
     #[tokio::test]
     async fn a_waiting_consumer_wakes_on_append_and_seek_resumes_exactly() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -816,6 +910,8 @@ mod tests {
             max_disk_bytes,
             segment_bytes,
             durability: Durability::Fsync,
+            // These tests are about the segment files: every read goes to disk.
+            read_cache_bytes: 0,
         }
     }
 

@@ -19,6 +19,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 use tracing::warn;
 
 use crate::BusError;
@@ -226,6 +228,8 @@ pub struct Cursor {
     /// The next offset to deliver.
     pub next_offset: u64,
     open: Option<OpenSegment>,
+    /// Where `next_offset` lies on disk, when known without the file open: (segment, byte).
+    hint: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -239,7 +243,7 @@ struct OpenSegment {
 #[derive(Debug, Default)]
 pub struct Read {
     /// Records, in offset order.
-    pub records: Vec<(u64, Vec<u8>)>,
+    pub records: Vec<(u64, Bytes)>,
     /// Set when the cursor's offset had been released already and it moved on to the first
     /// retained record: (wanted, found).
     pub skipped: Option<(u64, u64)>,
@@ -251,6 +255,20 @@ impl Cursor {
         Cursor {
             next_offset,
             open: None,
+            hint: None,
+        }
+    }
+
+    /// Moves the cursor past records delivered from elsewhere (the in-memory cache): the next
+    /// is `next_offset`, at byte `position` of the segment starting at `segment_first`.
+    pub fn follow(&mut self, next_offset: u64, segment_first: u64, position: u64) {
+        self.next_offset = next_offset;
+        match &mut self.open {
+            Some(open) if open.first_offset == segment_first => open.position = position,
+            _ => {
+                self.open = None;
+                self.hint = Some((segment_first, position));
+            }
         }
     }
 
@@ -283,10 +301,14 @@ impl Cursor {
                     }
                     let file = File::open(&info.path)
                         .map_err(|error| storage("open", &info.path, error))?;
+                    let position = match self.hint.take() {
+                        Some((first, position)) if first == info.first_offset => position,
+                        _ => 0,
+                    };
                     self.open = Some(OpenSegment {
                         first_offset: info.first_offset,
                         file,
-                        position: 0,
+                        position,
                     });
                 }
                 let Some(open) = &self.open else { break };
@@ -329,7 +351,8 @@ impl Cursor {
             }
             self.next_offset = frame.offset + 1;
             bytes += frame.payload.len();
-            read.records.push((frame.offset, frame.payload));
+            read.records
+                .push((frame.offset, Bytes::from(frame.payload)));
         }
         Ok(read)
     }
@@ -338,6 +361,7 @@ impl Cursor {
     pub fn reset(&mut self, next_offset: u64) {
         self.next_offset = next_offset;
         self.open = None;
+        self.hint = None;
     }
 }
 

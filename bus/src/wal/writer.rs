@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use super::recent::Entry;
 use super::segment::{self, SegmentInfo};
 use super::{Durability, State, WalSettings};
 use crate::BusError;
@@ -100,6 +101,8 @@ impl Writer {
         let used = self.state.disk_bytes.load(Ordering::Acquire);
         let mut buffer = Vec::new();
         let mut accepted = Vec::with_capacity(appends.len());
+        // What the read cache gets once the group is written: offset, payload, end in `buffer`.
+        let mut written_records = Vec::with_capacity(appends.len());
         let mut offset = self.next_offset;
         for (payload, reply) in appends {
             if payload.len() > self.settings.max_record_bytes {
@@ -120,6 +123,7 @@ impl Writer {
                 continue;
             }
             segment::encode(offset, &payload, &mut buffer);
+            written_records.push((offset, payload, buffer.len() as u64));
             accepted.push((offset, reply));
             offset += 1;
         }
@@ -163,6 +167,17 @@ impl Writer {
             fail_all(accepted, &error, metrics);
             return;
         }
+        self.state.recent.push(
+            written_records
+                .into_iter()
+                .map(|(offset, payload, end)| Entry {
+                    offset,
+                    segment_first: self.segment_first,
+                    end: before + end,
+                    payload,
+                })
+                .collect(),
+        );
         self.segment_bytes += buffer.len() as u64;
         self.next_offset = offset;
         let total = self
