@@ -8,6 +8,7 @@ ratios are taken within this one run.
 """
 
 import argparse
+import collections
 import concurrent.futures
 import datetime
 import glob
@@ -530,7 +531,7 @@ max_tails_per_client = 128
                 f"{report['log_bytes'] / elapsed / 1e6:.1f} MB/s, {cpu / elapsed:.2f} cores")
 
             # Archive size against zstd -3 of the very lines archived.
-            self.archive(data_dir, report)
+            self.archive(data_dir, report, api)
             # Freshness at a steady rate below saturation.
             self.freshness(agent, tls_dir, api, metrics)
             # How fast a tail far behind catches up (on the data of the runs above), and what
@@ -816,12 +817,27 @@ max_tails_per_client = 128
         finally:
             up.stop(timeout=120)
 
-    def archive(self, data_dir, report):
+    def archive(self, data_dir, report, api):
         import zstandard
 
-        archive = os.path.join(data_dir, "archive")
-        logs_bytes = dir_bytes(os.path.join(archive, "logs"), ".parquet")
-        all_bytes = dir_bytes(archive, ".parquet")
+        def logs_stats():
+            stats = http_json(f"{api}/api/v1/archive/stats")
+            tables = {table["table"]: table for table in stats["tables"]}
+            return tables["logs"], sum(table["bytes"] for table in tables.values())
+
+        # As flushed (one small file per table, hour and flush), then compacted: the catalog's
+        # live files, not the directory (which also holds replaced files until collected).
+        before, all_before = logs_stats()
+        started = time.monotonic()
+        request = http_json(f"{api}/api/v1/archive/compact", {})["id"]
+
+        def compacted():
+            progress = http_json(f"{api}/api/v1/archive/compact").get("progress") or {}
+            return progress.get("request") == request and progress.get("state") == "done"
+
+        wait_for("compaction", compacted, 1800)
+        compaction_s = time.monotonic() - started
+        after, all_after = logs_stats()
         # zstd -3 of the same lines: regenerate exactly the archived log lines.
         lines_path = os.path.join(self.work, "e2e-lines.txt")
         subprocess.run([
@@ -837,17 +853,26 @@ max_tails_per_client = 128
                 raw_bytes += len(chunk)
                 zstd_bytes += len(compressor.compress(chunk))
         os.remove(lines_path)
+        logs_bytes = after["bytes"]
         self.figure("archive", {
             "raw_line_bytes": raw_bytes,
             "logs_parquet_bytes": logs_bytes,
-            "all_parquet_bytes": all_bytes,
+            "logs_parquet_bytes_flushed": before["bytes"],
+            "all_parquet_bytes": all_after,
+            "all_parquet_bytes_flushed": all_before,
             "zstd3_bytes": zstd_bytes,
             "parquet_bytes_per_raw_byte": logs_bytes / raw_bytes,
+            "flushed_bytes_per_raw_byte": before["bytes"] / raw_bytes,
             "zstd3_bytes_per_raw_byte": zstd_bytes / raw_bytes,
             "parquet_vs_zstd3": logs_bytes / zstd_bytes,
-            "files": len(glob.glob(os.path.join(archive, "logs", "*", "*", "*.parquet"))),
+            "flushed_vs_zstd3": before["bytes"] / zstd_bytes,
+            "files": after["files"],
+            "files_flushed": before["files"],
+            "compaction_s": compaction_s,
         })
-        log(f"archive: {logs_bytes / raw_bytes:.3f} bytes per raw byte (zstd -3: {zstd_bytes / raw_bytes:.3f})")
+        log(f"archive: {before['files']} files, {before['bytes'] / raw_bytes:.3f} bytes per raw byte as "
+            f"flushed; compacted in {compaction_s:.1f} s into {after['files']} files, "
+            f"{logs_bytes / raw_bytes:.3f} (zstd -3: {zstd_bytes / raw_bytes:.3f})")
 
     def freshness(self, agent, tls_dir, api, metrics):
         runs = []
@@ -969,14 +994,21 @@ max_tails_per_client = 128
         import duckdb
 
         archive = os.path.join(data_dir, "archive")
-        days = sorted(os.path.basename(p).split("=", 1)[1] for p in glob.glob(os.path.join(archive, "logs", "date=*")))
+        # Both read the catalog's live files (the directory also holds replaced ones until the
+        # collector deletes them).
+        files = {table: [os.path.join(archive, file["path"])
+                         for file in http_json(f"{api}/api/v1/archive/files?table={table}")["files"]]
+                 for table in ("logs", "timers")}
+        per_day = collections.Counter(
+            path.split("date=", 1)[1].split("/", 1)[0] for path in files["logs"])
         # The day holding the most files stands for "a day".
-        day = max(days, key=lambda d: len(glob.glob(os.path.join(archive, "logs", f"date={d}", "*", "*.parquet"))))
+        day = max(sorted(per_day), key=lambda d: per_day[d])
         source = "hdfs-3"
         connection = duckdb.connect()
         for table in ("logs", "timers"):
+            listed = ", ".join(f"'{path}'" for path in files[table])
             connection.execute(
-                f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{archive}/{table}/*/*/*.parquet', "
+                f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}], "
                 "hive_partitioning = true, hive_types_autocast = false)")
         results = []
         repeats = self.mode["search_repeats"]

@@ -300,12 +300,20 @@ def markdown(report, made, bottlenecks):
         w("| | bytes | per raw byte |")
         w("|---|---|---|")
         w(f"| raw log lines | {fmt(a['raw_line_bytes'])} | 1 |")
-        w(f"| Parquet `logs` table (zstd level 3, all columns) | {fmt(a['logs_parquet_bytes'])} | {a['parquet_bytes_per_raw_byte']:.3f} |")
+        if "logs_parquet_bytes_flushed" in a:
+            w(f"| Parquet `logs` table as flushed ({a['files_flushed']} files, all columns) | {fmt(a['logs_parquet_bytes_flushed'])} | {a['flushed_bytes_per_raw_byte']:.3f} |")
+            w(f"| Parquet `logs` table compacted ({a['files']} files, sorted, all columns) | {fmt(a['logs_parquet_bytes'])} | {a['parquet_bytes_per_raw_byte']:.3f} |")
+        else:
+            w(f"| Parquet `logs` table (zstd level 3, all columns) | {fmt(a['logs_parquet_bytes'])} | {a['parquet_bytes_per_raw_byte']:.3f} |")
         w(f"| `zstd -3` of the same lines (64 MiB frames) | {fmt(a['zstd3_bytes'])} | {a['zstd3_bytes_per_raw_byte']:.3f} |")
         w("")
+        compacted = ""
+        if "compaction_s" in a:
+            compacted = (f" As flushed it was {a['flushed_vs_zstd3']:.2f}×; `sluice archive compact --now` "
+                         f"took {a['compaction_s']:.1f} s.")
         w(f"The archive is {a['parquet_vs_zstd3']:.2f}× the size of `zstd -3` of the raw text, while "
-          "also holding timestamp, source, instance, tags and batch identity per line, queryable by column. "
-          f"{a['files']} Parquet files in the `logs` table.")
+          "also holding timestamp, source, instance, tags and batch identity per line, queryable by column."
+          f"{compacted} {a['files']} Parquet files in the `logs` table.")
         w("")
 
     if "tantivy_cli" in f:

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod failpoint;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

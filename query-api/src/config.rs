@@ -35,6 +35,41 @@ pub struct RawQueryApiConfig {
     /// `[query_api.tail]`: live tails.
     #[serde(default)]
     pub tail: RawTailConfig,
+    /// `[query_api.sql]`: how SQL queries run.
+    #[serde(default)]
+    pub sql: RawSqlConfig,
+}
+
+/// `[query_api.sql]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSqlConfig {
+    /// Longest a query may run; past it, it is cancelled (503 before any row was sent).
+    #[serde(default = "default_sql_timeout")]
+    pub timeout: String,
+    /// Memory one query may use; sorts, joins and aggregations spill to disk past it, and a
+    /// query that needs more still fails with 413.
+    #[serde(default = "default_sql_memory_bytes")]
+    pub memory_bytes: usize,
+    /// Queries running at once; more are refused with 429.
+    #[serde(default = "default_sql_max_concurrent")]
+    pub max_concurrent: usize,
+    /// Threads of the runtime queries run on (apart from the API's own).
+    #[serde(default = "default_sql_threads")]
+    pub threads: usize,
+}
+
+fn default_sql_timeout() -> String {
+    "60s".to_owned()
+}
+fn default_sql_memory_bytes() -> usize {
+    1024 * 1024 * 1024
+}
+fn default_sql_max_concurrent() -> usize {
+    4
+}
+fn default_sql_threads() -> usize {
+    2
 }
 
 /// `[query_api.tail]`.
@@ -116,6 +151,8 @@ pub struct QueryApiConfig {
     pub indexer_timeout: Duration,
     /// Live tails' limits.
     pub tail: crate::tail::TailLimits,
+    /// SQL's limits.
+    pub sql: crate::sql::engine::EngineLimits,
 }
 impl RawQueryApiConfig {
     /// Checks every field.
@@ -138,6 +175,20 @@ impl RawQueryApiConfig {
                 self.tail.heartbeat
             )));
         }
+        positive("query_api.sql.max_concurrent", self.sql.max_concurrent)?;
+        positive("query_api.sql.threads", self.sql.threads)?;
+        if self.sql.memory_bytes < 16 * 1024 * 1024 {
+            return Err(SluiceError::invalid(
+                "query_api.sql.memory_bytes: must be at least 16777216 (16 MiB)",
+            ));
+        }
+        let sql_timeout = parse_duration("query_api.sql.timeout", &self.sql.timeout)?;
+        if sql_timeout < Duration::from_millis(100) {
+            return Err(SluiceError::invalid(format!(
+                "query_api.sql.timeout: {:?} is below 100ms",
+                self.sql.timeout
+            )));
+        }
         Ok(QueryApiConfig {
             listen: self.listen,
             max_search_limit: self.max_search_limit,
@@ -153,9 +204,17 @@ impl RawQueryApiConfig {
                 queue_events: self.tail.queue_events,
                 hub_records: self.tail.hub_records,
             },
+            sql: crate::sql::engine::EngineLimits {
+                max_bytes: self.max_sql_bytes,
+                max_rows: self.max_sql_rows,
+                timeout: sql_timeout,
+                memory_bytes: self.sql.memory_bytes,
+                max_concurrent: self.sql.max_concurrent,
+                threads: self.sql.threads,
+            },
         })
     }
 }
 
-sluice_common::default_from_empty_table!(RawQueryApiConfig);
+sluice_common::default_from_empty_table!(RawQueryApiConfig, RawSqlConfig);
 sluice_common::default_from_empty_table!(RawTailConfig);

@@ -8,11 +8,16 @@
 //! | `GET /v2/read?source_id=…&log&counter&gauge&timer&event&shard_id=…` | the Loggregator RLP Gateway's stream: SSE of JSON `EnvelopeBatch`es (protobuf JSON mapping), shared among readers of one `shard_id` |
 //! | `GET /api/v1/read/{source_id}?start_time=&end_time=&envelope_types=&limit=&descending=` | Log Cache's read: logs and events from the index, metrics from the archive |
 //! | `POST /api/v1/sql` | read-only DataFusion SQL over the archive (`{"query": "…"}` or plain text) |
+//! | `GET /api/v1/archive/stats` | the archive's catalog: per table, partitions, files, rows, bytes and time range; files awaiting the collector |
+//! | `GET /api/v1/archive/partitions?table=` | the same per hour partition |
+//! | `GET /api/v1/archive/files?table=` | every live file: what another reader of the archive should read |
+//! | `POST /api/v1/archive/compact`, `GET /api/v1/archive/compact` | ask the archive's writer to compact everything now; the latest round's progress |
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus text of every component in this process |
 //!
 //! Errors are JSON `{"error": "…"}` with a status from the error taxonomy: bad input is 4xx.
 
+pub mod archive;
 pub mod audit;
 pub mod config;
 pub mod loggregator;
@@ -45,6 +50,8 @@ pub struct AppState {
     pub search: search::SearchBackend,
     /// The archive SQL reads.
     pub archive: Archive,
+    /// Runs SQL within its limits.
+    pub sql: sql::engine::SqlEngine,
     /// The process's metric registry, served at `/metrics`.
     pub telemetry: Telemetry,
     /// Live tails.
@@ -103,6 +110,7 @@ pub async fn run(
         shards: loggregator::read::Shards::default(),
         query_language: searcher,
         archive: Archive::open(&archive)?,
+        sql: sql::engine::SqlEngine::new(config.sql, &telemetry)?,
         metrics: metrics::QueryMetrics::register(&telemetry),
         telemetry,
         config: config.clone(),

@@ -43,6 +43,11 @@ pub fn router(state: AppState) -> Router {
             post(sql).layer(DefaultBodyLimit::max(sql_body_limit)),
         )
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/archive/stats", get(crate::archive::stats))
+        .route(
+            "/api/v1/archive/partitions",
+            get(crate::archive::partitions),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -407,7 +412,14 @@ struct SqlBody {
     query: String,
 }
 
-async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// `POST /api/v1/sql[?format=json|ndjson|csv|arrow]`: the answer streams in the format the
+/// parameter or the `Accept` header asks for (see `crate::sql::format`).
+async fn sql(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -423,24 +435,39 @@ async fn sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         String::from_utf8(body.to_vec())
             .map_err(|_| SluiceError::invalid("the query is not valid UTF-8"))
     };
-    let result = match query {
-        Ok(query) => {
-            let archive = state.archive.clone();
-            let limits = crate::sql::SqlLimits {
-                max_bytes: state.config.max_sql_bytes,
-                max_rows: state.config.max_sql_rows,
-            };
-            // DataFusion runs on its own task so a slow query cannot stall this connection's
-            // executor thread for others.
-            tokio::spawn(async move { crate::sql::run_query(&archive, &query, limits).await })
-                .await
-                .unwrap_or_else(|error| {
-                    Err(SluiceError::internal(format!("sql task failed: {error}")))
-                })
-        }
-        Err(error) => Err(error),
+    let pairs = query_pairs(raw.as_deref());
+    let parameter = pairs
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "format")
+        .map(|(_, value)| value.as_str());
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let started = match (query, crate::sql::format::Format::choose(parameter, accept)) {
+        (Ok(query), Ok(format)) => state.sql.start(&state.archive, query, format).await,
+        (Err(error), _) | (_, Err(error)) => Err(error),
     };
-    respond(&state, "sql", result)
+    match started {
+        Ok(answer) => {
+            state.metrics.request("sql", 200);
+            let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(
+                answer.body,
+            ));
+            (
+                [
+                    (header::CONTENT_TYPE, answer.format.media_type().to_owned()),
+                    (
+                        header::HeaderName::from_static("x-sluice-row-limit"),
+                        answer.max_rows.to_string(),
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(error) => respond::<()>(&state, "sql", Err(error)),
+    }
 }
 
 /// `GET /api/v1/audit?source_id=…&start=…&end=…`: `source_id` may repeat; the range defaults

@@ -23,9 +23,99 @@ pub struct RawRetentionConfig {
     /// Zstd level of Parquet pages.
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// How long the archive's lease lasts without renewal: a standby retention process
+    /// takes over within about this long after the active one dies.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: String,
+    /// How often the collector looks for files to delete.
+    #[serde(default = "default_gc_interval")]
+    pub gc_interval: String,
+    /// Files the catalog no longer holds (replaced, expired, or never committed) are deleted
+    /// this long after they left it (or were written), never sooner: longer than any query
+    /// runs, so none reads a file that is gone.
+    #[serde(default = "default_gc_grace")]
+    pub gc_grace: String,
     /// Connection settings when `archive` is an `s3://bucket/prefix` URL.
     #[serde(default)]
     pub s3: RawS3Config,
+    /// `[retention.compaction]`.
+    #[serde(default)]
+    pub compaction: RawCompactionConfig,
+    /// `[[retention.expiry]]`: how long rows stay, per table and source; the first rule that
+    /// matches a row decides, and a row no rule matches stays.
+    #[serde(default)]
+    pub expiry: Vec<RawExpiryRule>,
+    /// How often expiry runs.
+    #[serde(default = "default_expiry_interval")]
+    pub expiry_interval: String,
+}
+
+/// One `[[retention.expiry]]` rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpiryRule {
+    /// A table (`logs`, `counters`, `gauges`, `timers`, `events`, `pattern_counts`) or `*`.
+    #[serde(default = "default_any")]
+    pub table: String,
+    /// A `source_id` pattern (`*` any run of characters, `?` one); every source when unset.
+    pub source_id: Option<String>,
+    /// Rows older than this go (`90d`, `12h`).
+    pub max_age: String,
+}
+
+fn default_any() -> String {
+    "*".to_owned()
+}
+fn default_expiry_interval() -> String {
+    "1h".to_owned()
+}
+
+/// `[retention.compaction]`: merging small files into large sorted ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompactionConfig {
+    /// Off leaves every flush's files as they are.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Output files hold about this many bytes of input each (an hour's files are merged
+    /// into one file per this much).
+    #[serde(default = "default_compaction_target_bytes")]
+    pub target_bytes: u64,
+    /// Share of one core the merging may use, above 0 and at most 1.
+    #[serde(default = "default_compaction_cpu_share")]
+    pub cpu_share: f64,
+    /// Time between looks for files to merge.
+    #[serde(default = "default_compaction_interval")]
+    pub interval: String,
+    /// An hour still being written is merged once it holds this many small files.
+    #[serde(default = "default_compaction_max_open_files")]
+    pub max_open_files: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_compaction_target_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_compaction_cpu_share() -> f64 {
+    0.5
+}
+fn default_compaction_interval() -> String {
+    "1m".to_owned()
+}
+fn default_compaction_max_open_files() -> usize {
+    64
+}
+
+fn default_lease_ttl() -> String {
+    "10s".to_owned()
+}
+fn default_gc_interval() -> String {
+    "1m".to_owned()
+}
+fn default_gc_grace() -> String {
+    "15m".to_owned()
 }
 
 /// `[retention.s3]`: an S3-compatible store. Unset keys fall back to the standard AWS
@@ -104,6 +194,18 @@ pub struct RetentionConfig {
     pub flush_rows: usize,
     /// Zstd level.
     pub zstd_level: i32,
+    /// Lease time.
+    pub lease_ttl: Duration,
+    /// Collector interval.
+    pub gc_interval: Duration,
+    /// Collector grace period.
+    pub gc_grace: Duration,
+    /// Compaction, when on.
+    pub compaction: Option<crate::compaction::CompactionSettings>,
+    /// Expiry rules.
+    pub expiry: crate::expiry::Policy,
+    /// Expiry interval.
+    pub expiry_interval: Duration,
 }
 
 /// Parses `retention.archive`: a path, a `file://` URL or an `s3://bucket/prefix` URL.
@@ -144,13 +246,92 @@ impl RawRetentionConfig {
             None => ArchiveLocation::Local(data_dir.join("archive")),
             Some(location) => parse_archive_location(&location, self.s3)?,
         };
+        let lease_ttl = parse_duration("retention.lease_ttl", &self.lease_ttl)?;
+        let gc_interval = parse_duration("retention.gc_interval", &self.gc_interval)?;
+        for (field, value) in [
+            ("retention.lease_ttl", lease_ttl),
+            ("retention.gc_interval", gc_interval),
+        ] {
+            if value < Duration::from_secs(1) {
+                return Err(SluiceError::invalid(format!(
+                    "{field}: must be at least 1s"
+                )));
+            }
+        }
+        let compaction = self.compaction;
+        if !(compaction.cpu_share > 0.0 && compaction.cpu_share <= 1.0) {
+            return Err(SluiceError::invalid(
+                "retention.compaction.cpu_share: must be above 0 and at most 1",
+            ));
+        }
+        if compaction.target_bytes < 1024 * 1024 {
+            return Err(SluiceError::invalid(
+                "retention.compaction.target_bytes: must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if compaction.max_open_files < 2 {
+            return Err(SluiceError::invalid(
+                "retention.compaction.max_open_files: must be at least 2",
+            ));
+        }
+        let compaction_interval =
+            parse_duration("retention.compaction.interval", &compaction.interval)?;
+        let compaction = compaction
+            .enabled
+            .then_some(crate::compaction::CompactionSettings {
+                target_bytes: compaction.target_bytes,
+                cpu_share: compaction.cpu_share,
+                interval: compaction_interval.max(Duration::from_millis(100)),
+                max_open_files: compaction.max_open_files,
+                zstd_level: self.zstd_level,
+            });
+        let mut rules = Vec::new();
+        for (index, rule) in self.expiry.into_iter().enumerate() {
+            let field = format!("retention.expiry[{index}]");
+            let table = match rule.table.as_str() {
+                "*" => None,
+                name => Some(
+                    crate::tables::Table::ALL
+                        .into_iter()
+                        .find(|table| table.name() == name)
+                        .ok_or_else(|| {
+                            SluiceError::invalid(format!(
+                                "{field}.table: unknown table {name:?}; expected logs, counters, gauges, timers, events, pattern_counts or *"
+                            ))
+                        })?,
+                ),
+            };
+            let max_age = parse_duration(&format!("{field}.max_age"), &rule.max_age)?;
+            if max_age < Duration::from_secs(60) {
+                return Err(SluiceError::invalid(format!(
+                    "{field}.max_age: must be at least 1m"
+                )));
+            }
+            rules.push(crate::expiry::Rule {
+                table,
+                source_id: rule.source_id.filter(|pattern| pattern != "*"),
+                max_age,
+            });
+        }
+        let expiry_interval = parse_duration("retention.expiry_interval", &self.expiry_interval)?;
+        if expiry_interval < Duration::from_secs(1) {
+            return Err(SluiceError::invalid(
+                "retention.expiry_interval: must be at least 1s",
+            ));
+        }
         Ok(RetentionConfig {
             archive,
             flush_interval: parse_duration("retention.flush_interval", &self.flush_interval)?,
             flush_rows: self.flush_rows,
             zstd_level: self.zstd_level,
+            lease_ttl,
+            gc_interval,
+            gc_grace: parse_duration("retention.gc_grace", &self.gc_grace)?,
+            compaction,
+            expiry: crate::expiry::Policy { rules },
+            expiry_interval,
         })
     }
 }
 
-sluice_common::default_from_empty_table!(RawRetentionConfig);
+sluice_common::default_from_empty_table!(RawRetentionConfig, RawCompactionConfig);

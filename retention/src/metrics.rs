@@ -35,6 +35,32 @@ pub struct RetentionMetrics {
     pub archive_bytes: Gauge,
     /// Rows buffered, waiting for the next flush.
     pub buffered_rows: Gauge,
+    /// The catalog's latest version.
+    pub catalog_version: Gauge,
+    /// Live files in the catalog.
+    pub catalog_files: Gauge,
+    /// The lease epoch this process holds (0 while a standby).
+    pub lease_epoch: Gauge,
+    /// Times this process lost the lease to another and stopped writing.
+    pub fenced: Counter,
+    /// Files compaction replaced or expiry removed, deleted after the grace period.
+    pub garbage_files_deleted: Counter,
+    /// Groups (table and hour) compaction has yet to merge in its current round.
+    pub compaction_pending: Gauge,
+    /// Files compaction merged.
+    pub compaction_files_in: Counter,
+    /// Files compaction wrote.
+    pub compaction_files_out: Counter,
+    /// Bytes compaction merged.
+    pub compaction_bytes_in: Counter,
+    /// Bytes compaction wrote.
+    pub compaction_bytes_out: Counter,
+    /// Compactions that failed (retried at the next round).
+    pub compaction_failures: Counter,
+    /// Rows expiry removed.
+    pub expired_rows: Counter,
+    /// Files expiry removed or rewrote.
+    pub expired_files: Counter,
 }
 
 impl RetentionMetrics {
@@ -52,7 +78,7 @@ impl RetentionMetrics {
             ),
             orphan_files_removed: telemetry.register(
                 "sluice_retention_orphan_files_removed",
-                "Files of flushes that crashed before committing, removed at start",
+                "Files in the archive that the catalog does not hold (a flush that crashed or was fenced before committing), deleted after retention.gc_grace",
                 Counter::default(),
             ),
             records_undecodable: telemetry.register(
@@ -77,6 +103,47 @@ impl RetentionMetrics {
             ),
             archive_bytes: telemetry.register("sluice_retention_archive_bytes", "Bytes of the archive in object storage", Gauge::default()),
             buffered_rows: telemetry.register("sluice_retention_buffered_rows", "Rows waiting for the next flush", Gauge::default()),
+            catalog_version: telemetry.register("sluice_retention_catalog_version", "The archive catalog's latest version", Gauge::default()),
+            catalog_files: telemetry.register("sluice_retention_catalog_files", "Live files in the archive catalog", Gauge::default()),
+            lease_epoch: telemetry.register(
+                "sluice_retention_lease_epoch",
+                "The archive lease epoch this process holds; 0 while it waits as a standby",
+                Gauge::default(),
+            ),
+            fenced: telemetry.register(
+                "sluice_retention_fenced",
+                "Times this process found another holding the archive's lease and stopped writing",
+                Counter::default(),
+            ),
+            garbage_files_deleted: telemetry.register(
+                "sluice_retention_garbage_files_deleted",
+                "Files compaction replaced or expiry removed, deleted from the store after retention.gc_grace",
+                Counter::default(),
+            ),
+            compaction_pending: telemetry.register(
+                "sluice_retention_compaction_pending",
+                "Groups (a table's files in one hour) the current compaction round has yet to merge",
+                Gauge::default(),
+            ),
+            compaction_files_in: telemetry.register("sluice_retention_compaction_files_in", "Files compaction merged", Counter::default()),
+            compaction_files_out: telemetry.register("sluice_retention_compaction_files_out", "Files compaction wrote", Counter::default()),
+            compaction_bytes_in: telemetry.register("sluice_retention_compaction_bytes_in", "Bytes of the files compaction merged", Counter::default()),
+            compaction_bytes_out: telemetry.register("sluice_retention_compaction_bytes_out", "Bytes of the files compaction wrote", Counter::default()),
+            compaction_failures: telemetry.register(
+                "sluice_retention_compaction_failures",
+                "Compactions that failed; the group is tried again at the next round",
+                Counter::default(),
+            ),
+            expired_rows: telemetry.register(
+                "sluice_retention_expired_rows",
+                "Rows that left the archive past their [[retention.expiry]] policy",
+                Counter::default(),
+            ),
+            expired_files: telemetry.register(
+                "sluice_retention_expired_files",
+                "Files expiry removed whole or rewrote without their expired rows",
+                Counter::default(),
+            ),
         }
     }
 

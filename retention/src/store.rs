@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::catalog::{Catalog, Snapshot};
 use crate::config::ArchiveLocation;
-use datafusion::prelude::SessionContext;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -18,10 +18,10 @@ use crate::tables::Table;
 pub struct Archive {
     /// The store rooted at the archive: paths look like `logs/date=…/hour=…/….parquet`.
     pub store: Arc<dyn ObjectStore>,
-    /// URL of the archive root as DataFusion lists it (`file:///…` or `s3://bucket/prefix`).
+    /// URL of the archive root (`file:///…` or `s3://bucket/prefix`), for logs.
     base_url: String,
-    /// For S3: the bucket URL and the bucket-level store DataFusion must be given.
-    bucket_store: Option<(Url, Arc<dyn ObjectStore>)>,
+    /// The catalog as last read, refreshed by [`Archive::snapshot`].
+    catalog: Arc<tokio::sync::Mutex<Option<Catalog>>>,
 }
 
 impl Archive {
@@ -50,7 +50,7 @@ impl Archive {
                 Ok(Archive {
                     store: Arc::new(store),
                     base_url: format!("file://{}", root.display()),
-                    bucket_store: None,
+                    catalog: Arc::default(),
                 })
             }
             ArchiveLocation::S3 {
@@ -87,7 +87,7 @@ impl Archive {
                 } else {
                     Arc::new(PrefixStore::new(Arc::clone(&bucket_level), prefix.as_str()))
                 };
-                let bucket_url = Url::parse(&format!("s3://{bucket}")).map_err(|error| {
+                Url::parse(&format!("s3://{bucket}")).map_err(|error| {
                     SluiceError::invalid(format!(
                         "retention.archive: invalid bucket name {bucket:?}: {error}"
                     ))
@@ -100,15 +100,10 @@ impl Archive {
                 Ok(Archive {
                     store,
                     base_url,
-                    bucket_store: Some((bucket_url, bucket_level)),
+                    catalog: Arc::default(),
                 })
             }
         }
-    }
-
-    /// Where `table`'s files are listed from, with a trailing `/`.
-    pub fn table_url(&self, table: Table) -> String {
-        format!("{}/{}/", self.base_url, table.name())
     }
 
     /// The archive root, for logs.
@@ -116,10 +111,21 @@ impl Archive {
         &self.base_url
     }
 
-    /// Makes the archive's store known to `context` (S3 needs it; local files are built in).
-    pub fn register_store(&self, context: &SessionContext) {
-        if let Some((url, store)) = &self.bucket_store {
-            context.register_object_store(url, Arc::clone(store));
+    /// The catalog's latest version: read in full the first time, then only what was
+    /// committed since.
+    pub async fn snapshot(&self) -> Result<Arc<Snapshot>, SluiceError> {
+        let mut catalog = self.catalog.lock().await;
+        match catalog.as_mut() {
+            Some(catalog) => {
+                catalog.refresh().await?;
+                Ok(catalog.snapshot())
+            }
+            None => {
+                let loaded = Catalog::load(Arc::clone(&self.store)).await?;
+                let snapshot = loaded.snapshot();
+                *catalog = Some(loaded);
+                Ok(snapshot)
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use sluice_proto::v2::{Envelope, EnvelopeBatch, Log, envelope};
 use tonic::transport::Endpoint;
 
 use crate::output::{cell, print_table};
-use crate::{AuditArgs, EmitArgs, OutputFormat, SearchArgs, SqlArgs};
+use crate::{AuditArgs, EmitArgs, OutputFormat, SearchArgs, SqlArgs, SqlOutput};
 
 /// `sluice emit`: sends lines through the agent's Loggregator ingress.
 pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
@@ -193,14 +193,50 @@ pub(crate) fn warn_unavailable(body: &Value) {
 
 /// `sluice sql`.
 pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/sql", args.client.api.trim_end_matches('/'));
+    let url = format!("{}/api/v1/sql", args.api.trim_end_matches('/'));
+    let streamed = match args.output {
+        SqlOutput::Csv => Some("csv"),
+        SqlOutput::Ndjson => Some("ndjson"),
+        SqlOutput::Table | SqlOutput::Json => None,
+    };
+    if let Some(format) = streamed {
+        // Written out as it arrives: a large answer never sits in memory here.
+        let response = reqwest::Client::new()
+            .post(&url)
+            .query(&[("format", format)])
+            .json(&serde_json::json!({"query": args.query}))
+            .send()
+            .await
+            .with_context(|| format!("failed to reach {url}"))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|body| body.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(text);
+            anyhow::bail!("{url} answered {status}: {message}");
+        }
+        let mut stream = response.bytes_stream();
+        let mut stdout = std::io::stdout().lock();
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            let chunk = chunk.with_context(|| format!("the answer from {url} broke off"))?;
+            std::io::Write::write_all(&mut stdout, &chunk)?;
+        }
+        return Ok(());
+    }
     let request = reqwest::Client::new()
         .post(&url)
         .json(&serde_json::json!({"query": args.query}));
     let body = call(request, &url).await?;
-    match args.client.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
-        OutputFormat::Table => {
+    if let Some(error) = body.get("error").and_then(Value::as_str) {
+        anyhow::bail!("the query failed after some rows were sent: {error}");
+    }
+    match args.output {
+        SqlOutput::Json | SqlOutput::Csv | SqlOutput::Ndjson => {
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+        SqlOutput::Table => {
             let headers: Vec<String> = body
                 .get("columns")
                 .and_then(Value::as_array)

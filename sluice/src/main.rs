@@ -5,6 +5,7 @@
 //! - `sluice agent|doppler|indexer|retention|query-api --config FILE` run one role.
 //! - `sluice emit|tail|search|sql` talk to a running Sluice.
 
+mod archive;
 mod client;
 mod config;
 mod output;
@@ -58,6 +59,8 @@ enum Command {
     Patterns(PatternsArgs),
     /// SQL over the archive.
     Sql(SqlArgs),
+    /// What the archive holds, from its catalog.
+    Archive(ArchiveArgs),
     /// The loss audit: what each agent's batches became, and every counted refusal or drop.
     Audit(AuditArgs),
 }
@@ -109,7 +112,7 @@ struct ServerArgs {
 }
 
 /// How client commands print answers.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OutputFormat {
     /// Aligned columns for people.
     Table,
@@ -255,8 +258,55 @@ struct AuditArgs {
 struct SqlArgs {
     /// The query (read-only).
     query: String,
-    #[command(flatten)]
-    client: ClientArgs,
+    /// Query API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// Output format: aligned columns, the JSON answer, CSV with a header, or a JSON object
+    /// per row (both streamed as they arrive).
+    #[arg(long, value_enum, default_value = "table")]
+    output: SqlOutput,
+}
+
+/// How `sluice sql` prints its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SqlOutput {
+    /// Aligned columns for people.
+    Table,
+    /// The JSON answer.
+    Json,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON object per row.
+    Ndjson,
+}
+
+#[derive(Debug, Args)]
+struct ArchiveArgs {
+    #[command(subcommand)]
+    command: ArchiveCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// Per table: partitions, files, rows, bytes and the time range.
+    Stats(ClientArgs),
+    /// Compaction: with `--now`, merge every hour's small files at once and show the progress;
+    /// without, show how the latest round went.
+    Compact {
+        /// Compact everything now instead of waiting for the schedule.
+        #[arg(long)]
+        now: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Per hour partition: files, rows and bytes.
+    Ls {
+        /// One table only (logs, counters, gauges, timers, events, pattern_counts).
+        #[arg(long)]
+        table: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -297,6 +347,7 @@ fn main() -> std::process::ExitCode {
             Command::Search(args) => client::search(args).await,
             Command::Patterns(args) => patterns::patterns(args).await,
             Command::Sql(args) => client::sql(args).await,
+            Command::Archive(args) => archive::archive(args).await,
             Command::Audit(args) => client::audit(args).await,
         }
     });

@@ -107,11 +107,21 @@ impl Sluice {
 
     /// Starts `sluice up` on the given (agent, doppler, http) ports.
     pub async fn start_on(data_dir: &Path, ports: (u16, u16, u16)) -> Sluice {
-        Sluice::start_with(data_dir, ports, None, None).await
+        Sluice::start_with(data_dir, ports, None, None, &[]).await
     }
 
     /// Starts `sluice up` with a configuration file (flags still set the directory and ports).
     pub async fn start_with_config(data_dir: &Path, config: &str) -> Sluice {
+        Sluice::start_with_config_env(data_dir, config, &[]).await
+    }
+
+    /// [`Sluice::start_with_config`] with extra environment variables (`SLUICE_FAILPOINTS`,
+    /// say).
+    pub async fn start_with_config_env(
+        data_dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Sluice {
         let path = data_dir.with_extension("toml");
         std::fs::write(&path, config).unwrap();
         Sluice::start_with(
@@ -119,8 +129,25 @@ impl Sluice {
             (free_port(), free_port(), free_port()),
             Some(path),
             None,
+            env,
         )
         .await
+    }
+
+    /// Waits up to `timeout` for the process to end by itself (a failpoint's abort), and
+    /// returns whether it did.
+    pub async fn wait_exited(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.child.as_mut().map(Child::try_wait) {
+                None | Some(Ok(Some(_))) => {
+                    self.child = None;
+                    return true;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        false
     }
 
     async fn start_with(
@@ -128,6 +155,7 @@ impl Sluice {
         ports: (u16, u16, u16),
         config: Option<PathBuf>,
         source_ports: Option<(u16, u16, u16, u16)>,
+        env: &[(&str, &str)],
     ) -> Sluice {
         let source_ports =
             source_ports.unwrap_or_else(|| (free_port(), free_port(), free_port(), free_port()));
@@ -166,6 +194,7 @@ impl Sluice {
             .arg("--retention-flush-interval")
             .arg("1s")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -206,6 +235,10 @@ impl Sluice {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
+                // Unless a failpoint it was started with stopped it, as asked.
+                if self.log().contains("reached: aborting") {
+                    return;
+                }
                 panic!(
                     "sluice exited ({status}) before it was ready; its log:\n{}",
                     self.log()
@@ -301,6 +334,7 @@ impl Sluice {
             self.ports,
             self.config.clone(),
             Some(self.source_ports),
+            &[],
         )
         .await;
         *self = restarted;

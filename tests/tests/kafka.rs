@@ -1,6 +1,7 @@
 //! Sluice on a real Kafka-protocol broker (tansu, started by `scripts/services`): `sluice up`
 //! on the Kafka bus counts exactly across a `kill -9`, and every role started as its own
-//! process from one configuration file gives the same answers.
+//! process from one configuration file gives the same answers, and a standby retention
+//! process takes over the archive from a dead or paused one without losing or doubling a row.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -135,6 +136,142 @@ async fn every_role_as_its_own_process_gives_the_same_answers() {
             sluice.sql_number("SELECT count(*) FROM logs")
         })
         .await;
+}
+
+/// Sends `count` lines tagged `phase` as one source.
+async fn send_phase(sluice: &Sluice, phase: &str, count: usize) {
+    let mut client = sluice.ingress().await;
+    for batch in 0..count / 100 {
+        let envelopes = (0..100)
+            .map(|index| log_envelope("standby-app", format!("{phase} b{batch} n{index}")))
+            .collect();
+        send(&mut client, envelopes).await.unwrap();
+    }
+}
+
+fn signal(process: &RoleProcess, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(process.pid().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} failed");
+}
+
+/// Two retention processes on one archive: one writes, the other waits as a standby. The
+/// writer is killed: the standby takes over. The new writer is paused (`SIGSTOP`) past its
+/// lease: the other takes over, and the paused one, resumed, finds itself fenced and stops
+/// writing. Every line is archived exactly once throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_retention_takes_over_and_a_paused_writer_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    sluice_common::tls::ensure_local_ca(&data_dir.join("tls")).unwrap();
+    let (agent, doppler, http) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "data_dir = \"{}\"\n\n{}\n[agent]\nlisten = \"127.0.0.1:{agent}\"\ndopplers = [\"127.0.0.1:{doppler}\"]\n\n\
+         [agent.elasticsearch]\nenabled = false\n\n[agent.syslog]\nenabled = false\n\n[agent.host_metrics]\nenabled = false\n\n[agent.otlp]\nenabled = false\n\n\
+         [doppler]\nlisten = \"127.0.0.1:{doppler}\"\n\n[retention]\nflush_interval = \"1s\"\nlease_ttl = \"2s\"\n\n\
+         [query_api]\nlisten = \"127.0.0.1:{http}\"\n",
+        data_dir.display(),
+        kafka_section(&unique("standby"))
+    );
+    // One file per retention process, so each has its own log.
+    let (config_a, config_b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+    std::fs::write(&config_a, &config).unwrap();
+    std::fs::write(&config_b, &config).unwrap();
+
+    let _doppler = RoleProcess::start("doppler", &config_a);
+    wait_listening(&format!("127.0.0.1:{doppler}"), Duration::from_secs(60)).await;
+    let mut first = RoleProcess::start("retention", &config_a);
+    let _query_api = RoleProcess::start("query-api", &config_a);
+    let _agent = RoleProcess::start("agent", &config_a);
+    wait_listening(&format!("127.0.0.1:{agent}"), Duration::from_secs(60)).await;
+    wait_listening(&format!("127.0.0.1:{http}"), Duration::from_secs(60)).await;
+    let sluice = Sluice::attach(
+        &data_dir,
+        &format!("127.0.0.1:{agent}"),
+        &format!("http://127.0.0.1:{http}"),
+    );
+    let count = || sluice.sql_number("SELECT count(*) FROM logs WHERE source_id = 'standby-app'");
+
+    send_phase(&sluice, "one", 1_000).await;
+    sluice
+        .wait_for(
+            "rows the first writer archived",
+            1_000,
+            Duration::from_secs(60),
+            count,
+        )
+        .await;
+    let second = RoleProcess::start("retention", &config_b);
+
+    // The writer dies: the standby takes over and archives what follows.
+    first.kill_hard();
+    send_phase(&sluice, "two", 1_000).await;
+    sluice
+        .wait_for(
+            "rows after the writer died",
+            2_000,
+            Duration::from_secs(60),
+            count,
+        )
+        .await;
+    assert!(
+        second.log().contains("holds the archive's lease"),
+        "{}",
+        second.log()
+    );
+
+    // The first comes back as a standby; the writer is paused past its lease.
+    first.restart();
+    let standing_by = std::time::Instant::now();
+    while !first.log().contains("waiting as a standby") {
+        assert!(
+            standing_by.elapsed() < Duration::from_secs(60),
+            "{}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&second, "-STOP");
+    send_phase(&sluice, "three", 1_000).await;
+    sluice
+        .wait_for(
+            "rows after the writer paused",
+            3_000,
+            Duration::from_secs(60),
+            count,
+        )
+        .await;
+
+    // Resumed, the paused one is fenced; the one writing goes on.
+    signal(&second, "-CONT");
+    let fenced = std::time::Instant::now();
+    while !second.log().contains("stops writing") {
+        assert!(
+            fenced.elapsed() < Duration::from_secs(60),
+            "{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_phase(&sluice, "four", 500).await;
+    sluice
+        .wait_for(
+            "rows after the fence",
+            3_500,
+            Duration::from_secs(60),
+            count,
+        )
+        .await;
+    assert_eq!(
+        sluice
+            .sql_number("SELECT count(DISTINCT message) FROM logs WHERE source_id = 'standby-app'")
+            .await,
+        3_500
+    );
+    assert_eq!(count().await, 3_500);
 }
 
 /// A Kafka client that is not Sluice's (Python confluent-kafka, installed by

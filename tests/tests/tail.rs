@@ -394,15 +394,16 @@ async fn a_tail_resumed_at_its_cursor_gets_exactly_what_it_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_loses_no_indexed_line_and_is_told_the_exact_count_it_lost() {
     let dir = tempfile::tempdir().unwrap();
-    // Small bus segments, so that the bus forgets what the consumers are done with while the
-    // tail is not reading; a small tail queue, and a small ring in the shared live reader, so
+    // Small bus segments and no cache of the latest records in memory, so that the bus
+    // forgets what the consumers are done with while the tail is not reading; a small tail
+    // queue, and a small ring in the shared live reader, so
     // the tail falls behind it and reads the bus on its own again.
     let config = "[agent]\nmax_envelope_bytes = 65536\nflush_bytes = 131072\n\
                   [doppler]\nmax_message_bytes = 200000\nmax_pending_bytes = 4194304\n\
                   max_batch_envelopes = 1000\n\
                   [doppler.patterns]\nmax_template_bytes_per_batch = 16384\n\
                   [bus]\nmax_record_bytes = 262144\n\
-                  [bus.wal]\nsegment_bytes = 262144\nmax_disk_bytes = 67108864\n\
+                  [bus.wal]\nsegment_bytes = 262144\nmax_disk_bytes = 67108864\nread_cache_bytes = 0\n\
                   [query_api.tail]\nqueue_events = 16\nheartbeat = \"1s\"\nhub_records = 16\n";
     let sluice = Sluice::start_with_config(&dir.path().join("data"), config).await;
     // The reader's socket takes 4 KiB at a time, and it reads nothing until the bus has

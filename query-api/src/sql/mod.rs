@@ -6,6 +6,8 @@
 //! (`SET`, …) are refused at planning time with a 400.
 
 pub mod bounded;
+pub mod engine;
+pub mod format;
 
 use std::time::Instant;
 
@@ -129,7 +131,7 @@ pub async fn run_query(
     let started = Instant::now();
     let max_rows = limits.max_rows;
     let context = SessionContext::new();
-    sluice_retention::catalog::register_tables(&context, archive).await?;
+    sluice_retention::catalog::sql::register_tables(&context, archive).await?;
     let state = context.state();
     let recursion_limit = state.config().options().sql_parser.recursion_limit.get();
     let statement = parse(query, limits.max_bytes, recursion_limit)?;

@@ -1,0 +1,116 @@
+//! `GET /api/v1/archive/stats` and `GET /api/v1/archive/partitions?table=…`: what the
+//! archive's catalog holds (tables, partitions, files, rows, bytes), as of its latest version.
+
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use sluice_retention::catalog::stats::PartitionStats;
+
+use crate::AppState;
+use crate::routes::respond;
+
+/// `GET /api/v1/archive/stats`.
+pub async fn stats(State(state): State<AppState>) -> Response {
+    let result = state
+        .archive
+        .snapshot()
+        .await
+        .map(|snapshot| snapshot.stats());
+    respond(&state, "archive", result)
+}
+
+/// Parameters of `GET /api/v1/archive/partitions`.
+#[derive(Debug, Deserialize)]
+pub struct PartitionParams {
+    /// One table only.
+    table: Option<String>,
+}
+
+/// The answer of `GET /api/v1/archive/partitions`.
+#[derive(Debug, Serialize)]
+struct Partitions {
+    version: u64,
+    partitions: Vec<PartitionStats>,
+}
+
+/// `GET /api/v1/archive/partitions`.
+pub async fn partitions(
+    State(state): State<AppState>,
+    Query(params): Query<PartitionParams>,
+) -> Response {
+    let result = state.archive.snapshot().await.and_then(|snapshot| {
+        if let Some(table) = &params.table
+            && !sluice_retention::tables::Table::ALL
+                .iter()
+                .any(|known| known.name() == table)
+        {
+            return Err(sluice_common::SluiceError::invalid(format!(
+                "unknown table {table:?}; the archive's tables are logs, counters, gauges, timers, events and pattern_counts"
+            )));
+        }
+        Ok(Partitions {
+            version: snapshot.version,
+            partitions: snapshot.partitions(params.table.as_deref()),
+        })
+    });
+    respond(&state, "archive", result)
+}
+
+/// `POST /api/v1/archive/compact`: asks the archive's writer to compact everything it can
+/// now; answers the request's id, which `GET` reports progress under.
+pub async fn compact(State(state): State<AppState>) -> Response {
+    let result = sluice_retention::compaction::request(&state.archive.store).await;
+    respond(&state, "archive", result)
+}
+
+/// The answer of `GET /api/v1/archive/compact`.
+#[derive(Debug, Serialize)]
+struct CompactionState {
+    /// The latest round, if any ran.
+    progress: Option<sluice_retention::compaction::Progress>,
+}
+
+/// `GET /api/v1/archive/compact`: the latest compaction round's progress.
+pub async fn compaction(State(state): State<AppState>) -> Response {
+    let result = sluice_retention::compaction::progress(&state.archive.store)
+        .await
+        .map(|progress| CompactionState { progress });
+    respond(&state, "archive", result)
+}
+
+/// The answer of `GET /api/v1/archive/files`.
+#[derive(Debug, Serialize)]
+struct Files {
+    version: u64,
+    files: Vec<sluice_retention::catalog::DataFile>,
+}
+
+/// `GET /api/v1/archive/files?table=…`: every live file (path relative to the archive root,
+/// rows, bytes, time range), as the catalog holds them; what another reader of the archive
+/// (DuckDB, Spark) should read, rather than a listing of the bucket.
+pub async fn files(
+    State(state): State<AppState>,
+    Query(params): Query<PartitionParams>,
+) -> Response {
+    let result = state.archive.snapshot().await.and_then(|snapshot| {
+        if let Some(table) = &params.table
+            && !sluice_retention::tables::Table::ALL
+                .iter()
+                .any(|known| known.name() == table)
+        {
+            return Err(sluice_common::SluiceError::invalid(format!(
+                "unknown table {table:?}; the archive's tables are logs, counters, gauges, timers, events and pattern_counts"
+            )));
+        }
+        Ok(Files {
+            version: snapshot.version,
+            files: snapshot
+                .files
+                .values()
+                .filter(|file| params.table.as_ref().is_none_or(|table| *table == file.table))
+                .cloned()
+                .collect(),
+        })
+    });
+    respond(&state, "archive", result)
+}

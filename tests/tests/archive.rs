@@ -1,0 +1,255 @@
+//! The archive's catalog through `sluice up`: SQL reads what the catalog holds and nothing
+//! else, a file no flush committed is invisible at once and collected after the grace
+//! period, `sluice archive stats|ls` report what the catalog holds, and compaction leaves
+//! every row as it was, whichever step a crash interrupts.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sluice_tests::{Sluice, log_envelope, send, sluice_binary};
+
+/// Every Parquet file under `dir`.
+fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(parquet_files(&path));
+        } else if path
+            .extension()
+            .is_some_and(|extension| extension == "parquet")
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_sees_only_committed_files_and_the_collector_removes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[retention]\nflush_interval = \"1s\"\ngc_interval = \"1s\"\ngc_grace = \"3s\"\n";
+    let sluice = Sluice::start_with_config(&dir.path().join("data"), config).await;
+    let mut client = sluice.ingress().await;
+    for batch in 0..10 {
+        let envelopes = (0..100)
+            .map(|index| log_envelope("catalog-app", format!("catalog b{batch} n{index}")))
+            .collect();
+        send(&mut client, envelopes).await.unwrap();
+    }
+    let count = || sluice.sql_number("SELECT count(*) FROM logs WHERE source_id = 'catalog-app'");
+    sluice
+        .wait_for("archived rows", 1_000, Duration::from_secs(30), count)
+        .await;
+
+    // A flush that crashed before committing left a file beside the committed ones: a copy
+    // of one of them, so every row in it would count twice if SQL read it.
+    let logs = sluice.data_dir.join("archive").join("logs");
+    let committed = parquet_files(&logs);
+    assert!(!committed.is_empty(), "no file under {}", logs.display());
+    let orphan = committed[0].with_file_name("9999999999-1-0-00000000000000000000.parquet");
+    std::fs::copy(&committed[0], &orphan).unwrap();
+    assert_eq!(count().await, 1_000, "the uncommitted file was read");
+
+    // The collector deletes it once it is older than the grace period; SQL never changed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while orphan.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the uncommitted file is still there; log:\n{}",
+            sluice.log()
+        );
+        assert_eq!(count().await, 1_000);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let metrics = sluice.metrics_text().await;
+    assert!(
+        metrics.contains("sluice_retention_orphan_files_removed_total 1"),
+        "{metrics}"
+    );
+
+    // The catalog's totals are the SQL answer's, and the CLI prints them.
+    let stats: serde_json::Value = reqwest::get(format!("{}/api/v1/archive/stats", sluice.api))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let logs_stats = stats["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|table| table["table"] == "logs")
+        .unwrap();
+    assert_eq!(
+        logs_stats["rows"].as_u64().unwrap(),
+        sluice.sql_number("SELECT count(*) FROM logs").await
+    );
+    assert_eq!(
+        logs_stats["files"].as_u64().unwrap() as usize,
+        parquet_files(&logs).len()
+    );
+    for arguments in [vec!["stats"], vec!["ls", "--table", "logs"]] {
+        let output = std::process::Command::new(sluice_binary())
+            .arg("archive")
+            .args(&arguments)
+            .args(["--api", &sluice.api])
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{arguments:?}: {printed}");
+        assert!(printed.contains("logs"), "{arguments:?}: {printed}");
+    }
+    let (status, body) = {
+        let response = reqwest::get(format!(
+            "{}/api/v1/archive/partitions?table=nope",
+            sluice.api
+        ))
+        .await
+        .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown table"), "{body}");
+}
+
+/// Every row of `logs` as text, sorted: compared whole, it is a checksum of every column.
+async fn every_row(sluice: &Sluice) -> Vec<String> {
+    let (status, body) = sluice.sql("SELECT * FROM logs").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["truncated"], false);
+    let mut rows: Vec<String> = body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row.to_string())
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
+/// The catalog's (files, partitions) of `logs`.
+async fn logs_layout(sluice: &Sluice) -> (u64, u64) {
+    let stats: serde_json::Value = reqwest::get(format!("{}/api/v1/archive/stats", sluice.api))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|table| table["table"] == "logs")
+        .map(|table| {
+            (
+                table["files"].as_u64().unwrap(),
+                table["partitions"].as_u64().unwrap(),
+            )
+        })
+        .unwrap()
+}
+
+/// 50,000 lines over many flushes, compacted with a crash after each step of a compaction
+/// in turn (merged, uploaded, committed) and a restart: the count, the distinct count and
+/// every column of every row are what they were, no file is in the catalog twice, and the
+/// files left behind are collected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_changes_no_row_whichever_step_a_crash_interrupts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let base = "[retention]\nflush_interval = \"1s\"\nflush_rows = 2000\ngc_interval = \"1s\"\ngc_grace = \"2s\"\n";
+    let mut sluice = Sluice::start_with_config(
+        &data_dir,
+        &format!("{base}\n[retention.compaction]\nenabled = false\n"),
+    )
+    .await;
+    let mut client = sluice.ingress().await;
+    for batch in 0..50 {
+        let envelopes = (0..1_000)
+            .map(|index| {
+                log_envelope(
+                    ["api", "web", "worker"][index % 3],
+                    format!("compaction b{batch} n{index}"),
+                )
+            })
+            .collect();
+        send(&mut client, envelopes).await.unwrap();
+    }
+    let count = || sluice.sql_number("SELECT count(*) FROM logs");
+    sluice
+        .wait_for("archived rows", 50_000, Duration::from_secs(60), count)
+        .await;
+    let before = every_row(&sluice).await;
+    assert_eq!(before.len(), 50_000);
+    let (files_before, _) = logs_layout(&sluice).await;
+    assert!(files_before >= 10, "only {files_before} files to compact");
+    sluice.kill_hard();
+    drop(sluice);
+
+    // The hour is still being written: compact it once it holds two small files.
+    let compacting = format!(
+        "{base}\n[retention.compaction]\ninterval = \"1s\"\nmax_open_files = 2\ncpu_share = 1.0\n"
+    );
+    for point in [
+        "compaction-merged",
+        "compaction-uploaded",
+        "compaction-committed",
+    ] {
+        let mut crashing =
+            Sluice::start_with_config_env(&data_dir, &compacting, &[("SLUICE_FAILPOINTS", point)])
+                .await;
+        assert!(
+            crashing.wait_exited(Duration::from_secs(60)).await,
+            "{point} was never reached; log:\n{}",
+            crashing.log()
+        );
+        drop(crashing);
+        // Restarted without the crash point: every row as before, at once.
+        let sluice = Sluice::start_with_config(
+            &data_dir,
+            &format!("{base}\n[retention.compaction]\nenabled = false\n"),
+        )
+        .await;
+        assert_eq!(every_row(&sluice).await, before, "after a crash at {point}");
+        drop(sluice);
+    }
+
+    // Compaction runs to the end: one file per hour, the same rows, the replaced files
+    // collected.
+    let sluice = Sluice::start_with_config(&data_dir, &compacting).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let partitions = loop {
+        let (files, partitions) = logs_layout(&sluice).await;
+        if files == partitions {
+            break partitions;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not compacted; log:\n{}",
+            sluice.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(every_row(&sluice).await, before);
+    assert_eq!(
+        sluice
+            .sql_number("SELECT count(DISTINCT message) FROM logs")
+            .await,
+        50_000
+    );
+    let logs = sluice.data_dir.join("archive").join("logs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while parquet_files(&logs).len() as u64 > partitions {
+        assert!(
+            Instant::now() < deadline,
+            "files left behind: {:?}",
+            parquet_files(&logs)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
