@@ -30,6 +30,12 @@ pub struct RawIndexerConfig {
     /// Where the indexer serves `sluice.v1.IndexSearch` (gRPC, mutual TLS) to query APIs in
     /// other processes; unset means no search service (`sluice up` searches in process).
     pub listen: Option<SocketAddr>,
+    /// Hours whose every document is older than this are deleted (`7d`); unset keeps them.
+    /// The archive keeps rows by its own policies (`[[retention.expiry]]`).
+    pub max_age: Option<String>,
+    /// Past this many bytes on disk the oldest hours are deleted (never the newest), each
+    /// counted and logged; unset means no limit.
+    pub max_disk_bytes: Option<u64>,
 }
 
 fn default_commit_interval() -> String {
@@ -60,6 +66,10 @@ pub struct IndexerConfig {
     pub max_open_writers: usize,
     /// Search service address, if served.
     pub listen: Option<SocketAddr>,
+    /// Age past which an hour is deleted.
+    pub max_age: Option<Duration>,
+    /// Disk high-water mark.
+    pub max_disk_bytes: Option<u64>,
 }
 impl RawIndexerConfig {
     /// Checks every field; the index defaults to `<data_dir>/index`.
@@ -68,6 +78,24 @@ impl RawIndexerConfig {
         if self.writer_memory_bytes < 15_000_000 {
             return Err(SluiceError::invalid(
                 "indexer.writer_memory_bytes: Tantivy needs at least 15000000 bytes",
+            ));
+        }
+        let max_age = self
+            .max_age
+            .as_deref()
+            .map(|text| parse_duration("indexer.max_age", text))
+            .transpose()?;
+        if max_age.is_some_and(|age| age < Duration::from_secs(3600)) {
+            return Err(SluiceError::invalid(
+                "indexer.max_age: must be at least 1h (the index is kept by the hour)",
+            ));
+        }
+        if self
+            .max_disk_bytes
+            .is_some_and(|bytes| bytes < 64 * 1024 * 1024)
+        {
+            return Err(SluiceError::invalid(
+                "indexer.max_disk_bytes: must be at least 67108864 (64 MiB)",
             ));
         }
         Ok(IndexerConfig {
@@ -80,6 +108,8 @@ impl RawIndexerConfig {
             )?,
             max_open_writers: self.max_open_writers,
             listen: self.listen,
+            max_age,
+            max_disk_bytes: self.max_disk_bytes,
         })
     }
 }

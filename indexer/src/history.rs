@@ -132,7 +132,7 @@ impl Searcher {
             ));
         }
         let query = BooleanQuery::new(conditions);
-        let mut hours = self.store().list()?;
+        let mut hours = self.hours()?;
         if let Some(start) = request.start_ns {
             hours.retain(|hour| hour.end_nanos() > start);
         }
@@ -381,7 +381,7 @@ impl Searcher {
         ]);
         let order = if descending { Order::Desc } else { Order::Asc };
         let mut found: Vec<(i64, HistoryEntry)> = Vec::new();
-        for hour in self.store().list()? {
+        for hour in self.hours()? {
             if hour.end_nanos() <= start_ns || hour.start_nanos() >= end_ns {
                 continue;
             }
@@ -432,7 +432,7 @@ impl Searcher {
         let Some(query) = self.range_query(&[(partition, range)].into_iter().collect()) else {
             return Ok(census);
         };
-        for hour in self.store().list()? {
+        for hour in self.hours()? {
             let searcher = self.fresh_searcher(hour)?;
             let addresses = searcher
                 .search(query.as_ref(), &DocSetCollector)

@@ -1,6 +1,7 @@
 //! Metrics of the indexer (see `docs/telemetry.md`).
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sluice_common::telemetry::Telemetry;
 
@@ -37,6 +38,11 @@ pub struct IndexerMetrics {
     /// Restarts of the indexer after a failure (a full disk, say): it resumes from its last
     /// commit, re-reading what it had not committed from the bus.
     pub restarts: Counter,
+    /// Hours deleted, by reason (`age`: past `indexer.max_age`; `disk`: past
+    /// `indexer.max_disk_bytes`).
+    pub hours_deleted: Family<Vec<(String, String)>, Counter>,
+    /// Documents in the hours deleted, by reason.
+    pub documents_deleted: Family<Vec<(String, String)>, Counter>,
 }
 
 impl IndexerMetrics {
@@ -52,6 +58,16 @@ impl IndexerMetrics {
                 "sluice_indexer_restarts",
                 "Restarts after a failure; the indexer resumes from its last commit",
                 Counter::default(),
+            ),
+            hours_deleted: telemetry.register(
+                "sluice_indexer_hours_deleted",
+                "Index hours deleted, by reason: age (past indexer.max_age) or disk (past indexer.max_disk_bytes, oldest first)",
+                Family::default(),
+            ),
+            documents_deleted: telemetry.register(
+                "sluice_indexer_documents_deleted",
+                "Documents in the index hours deleted, by reason",
+                Family::default(),
             ),
             writers_evicted: telemetry.register(
                 "sluice_indexer_writers_evicted",

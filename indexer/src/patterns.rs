@@ -397,8 +397,7 @@ impl Searcher {
         let query = self.parse(&request.query)?;
         let fields = self.store().fields().clone();
         let hours: Vec<Hour> = self
-            .store()
-            .list()?
+            .hours()?
             .into_iter()
             .filter(|hour| hour.end_nanos() > start && hour.start_nanos() < end)
             .collect();

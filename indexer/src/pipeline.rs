@@ -33,6 +33,9 @@ use crate::patterns::{Templates, templates_path};
 use crate::schema::Origin;
 use crate::store::IndexStore;
 
+/// How often the indexer looks for hours to expire.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The bus consumer group of indexers.
 pub const CONSUMER_GROUP: &str = "indexer";
 
@@ -122,6 +125,9 @@ async fn run_once(
         max_open_writers: config.max_open_writers,
         last_commit: Instant::now(),
         last_size_update: Instant::now(),
+        max_age: config.max_age,
+        max_disk_bytes: config.max_disk_bytes,
+        last_expiry: None,
         metrics,
         committed: committed_sender,
         dedup: Deduplicator::new(DEDUP_CAPACITY),
@@ -343,6 +349,11 @@ struct IndexingStage {
     max_open_writers: usize,
     last_commit: Instant,
     last_size_update: Instant,
+    /// Expiry: hours past this age go.
+    max_age: Option<Duration>,
+    /// Expiry: past this many bytes the oldest hours go.
+    max_disk_bytes: Option<u64>,
+    last_expiry: Option<Instant>,
     metrics: IndexerMetrics,
     committed: watch::Sender<Positions>,
     dedup: Deduplicator,
@@ -366,9 +377,88 @@ impl IndexingStage {
             if self.last_commit.elapsed() >= self.commit_interval {
                 self.commit()?;
             }
+            if self
+                .last_expiry
+                .is_none_or(|last| last.elapsed() >= EXPIRY_INTERVAL)
+            {
+                self.expire()?;
+            }
         }
         self.commit()?;
         self.templates.save(&self.templates_path, true)
+    }
+
+    /// Deletes the hours past `max_age`, then, past `max_disk_bytes`, the oldest others but
+    /// the newest, each counted and logged. What an open writer of a deleted hour had not
+    /// committed goes with it.
+    fn expire(&mut self) -> Result<(), SluiceError> {
+        self.last_expiry = Some(Instant::now());
+        if self.max_age.is_none() && self.max_disk_bytes.is_none() {
+            return Ok(());
+        }
+        let hours = self.store.list()?;
+        let now = sluice_common::time::now_nanos();
+        let mut doomed: Vec<(Hour, &'static str)> = Vec::new();
+        if let Some(max_age) = self.max_age {
+            let cutoff = now.saturating_sub(i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX));
+            doomed.extend(
+                hours
+                    .iter()
+                    .filter(|hour| hour.end_nanos() <= cutoff)
+                    .map(|hour| (*hour, "age")),
+            );
+        }
+        if let Some(limit) = self.max_disk_bytes {
+            let mut total = self.store.disk_bytes();
+            for (hour, _) in &doomed {
+                total = total.saturating_sub(self.store.hour_bytes(*hour));
+            }
+            let candidates: Vec<Hour> = hours
+                .iter()
+                .take(hours.len().saturating_sub(1))
+                .filter(|hour| !doomed.iter().any(|(doomed, _)| doomed == *hour))
+                .copied()
+                .collect();
+            for hour in candidates {
+                if total <= limit {
+                    break;
+                }
+                total = total.saturating_sub(self.store.hour_bytes(hour));
+                doomed.push((hour, "disk"));
+            }
+        }
+        for (hour, reason) in doomed {
+            let documents = match self.hours.remove(&hour) {
+                Some(state) => {
+                    let count = state
+                        .index
+                        .reader()
+                        .map_or(0, |reader| reader.searcher().num_docs());
+                    // Its writer (and what it had not committed) goes first.
+                    drop(state);
+                    count
+                }
+                None => self
+                    .store
+                    .open(hour)
+                    .ok()
+                    .and_then(|index| index.reader().ok())
+                    .map_or(0, |reader| reader.searcher().num_docs()),
+            };
+            self.store.delete(hour)?;
+            let labels = vec![("reason".to_owned(), reason.to_owned())];
+            self.metrics.hours_deleted.get_or_create(&labels).inc();
+            self.metrics
+                .documents_deleted
+                .get_or_create(&labels)
+                .inc_by(documents);
+            if reason == "disk" {
+                warn!(hour = %hour.partition_name(), documents, limit = self.max_disk_bytes, "deleted an index hour: the index is past indexer.max_disk_bytes");
+            } else {
+                info!(hour = %hour.partition_name(), documents, "deleted an index hour past indexer.max_age");
+            }
+        }
+        Ok(())
     }
 
     fn hour_state(&mut self, hour: Hour) -> Result<&mut HourState, SluiceError> {
@@ -692,6 +782,8 @@ mod tests {
             close_idle_writer_after: Duration::from_secs(60),
             max_open_writers: 4,
             listen: None,
+            max_age: None,
+            max_disk_bytes: None,
         }
     }
 

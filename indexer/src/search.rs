@@ -204,6 +204,17 @@ impl Searcher {
         &self.store
     }
 
+    /// The hours on disk, oldest first; readers of hours that are gone (expired) are let go,
+    /// so their files leave the disk.
+    pub(crate) fn hours(&self) -> Result<Vec<Hour>, SluiceError> {
+        let hours = self.store.list()?;
+        self.readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|hour, _| hours.binary_search(hour).is_ok());
+        Ok(hours)
+    }
+
     pub(crate) fn reader(&self, hour: Hour) -> Result<IndexReader, SluiceError> {
         let mut readers = self
             .readers
@@ -264,8 +275,7 @@ impl Searcher {
         let start = request.start_ns.unwrap_or(i64::MIN);
         let end = request.end_ns.unwrap_or(i64::MAX);
         let mut hours: Vec<Hour> = self
-            .store
-            .list()?
+            .hours()?
             .into_iter()
             .filter(|hour| hour.end_nanos() > start && hour.start_nanos() < end)
             .collect();

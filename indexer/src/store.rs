@@ -90,21 +90,41 @@ impl IndexStore {
         })
     }
 
+    /// Bytes of `hour`'s partition on disk.
+    pub fn hour_bytes(&self, hour: Hour) -> u64 {
+        dir_bytes(&self.partition_dir(hour))
+    }
+
+    /// Deletes `hour`'s partition.
+    pub fn delete(&self, hour: Hour) -> Result<(), SluiceError> {
+        let dir = self.partition_dir(hour);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(SluiceError::internal(format!(
+                "failed to delete index partition {}: {error}",
+                dir.display()
+            ))),
+        }
+    }
+
     /// Bytes of every partition on disk.
     pub fn disk_bytes(&self) -> u64 {
-        fn size(path: &Path) -> u64 {
-            let Ok(entries) = std::fs::read_dir(path) else {
-                return 0;
-            };
-            entries
-                .filter_map(Result::ok)
-                .map(|entry| match entry.metadata() {
-                    Ok(metadata) if metadata.is_dir() => size(&entry.path()),
-                    Ok(metadata) => metadata.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        size(&self.root)
+        dir_bytes(&self.root)
     }
+}
+
+/// Bytes of every file under `path`.
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(metadata) if metadata.is_dir() => dir_bytes(&entry.path()),
+            Ok(metadata) => metadata.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

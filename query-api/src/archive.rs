@@ -114,3 +114,34 @@ pub async fn files(
     });
     respond(&state, "archive", result)
 }
+
+/// Parameters of `POST /api/v1/archive/expire`.
+#[derive(Debug, Deserialize)]
+pub struct ExpireParams {
+    /// Plan and report only.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /api/v1/archive/expire[?dry_run=true]`: asks the archive's writer to apply the
+/// `[[retention.expiry]]` policies now (or, dry, to report what they would remove); answers
+/// the request's id, which `GET` reports under.
+pub async fn expire(State(state): State<AppState>, Query(params): Query<ExpireParams>) -> Response {
+    let result = sluice_retention::expiry::request(&state.archive.store, params.dry_run).await;
+    respond(&state, "archive", result)
+}
+
+/// The answer of `GET /api/v1/archive/expire`.
+#[derive(Debug, Serialize)]
+struct ExpiryState {
+    /// The latest pass, if any ran.
+    report: Option<sluice_retention::expiry::Report>,
+}
+
+/// `GET /api/v1/archive/expire`: what the latest expiry pass removed (or would have).
+pub async fn expiry(State(state): State<AppState>) -> Response {
+    let result = sluice_retention::expiry::report(&state.archive.store)
+        .await
+        .map(|report| ExpiryState { report });
+    respond(&state, "archive", result)
+}

@@ -11,6 +11,7 @@
 //! | `GET /api/v1/archive/stats` | the archive's catalog: per table, partitions, files, rows, bytes and time range; files awaiting the collector |
 //! | `GET /api/v1/archive/partitions?table=` | the same per hour partition |
 //! | `GET /api/v1/archive/files?table=` | every live file: what another reader of the archive should read |
+//! | `POST /api/v1/archive/expire?dry_run=`, `GET /api/v1/archive/expire` | ask the writer to apply the expiry policies now (or report what they would remove); the latest pass's report |
 //! | `POST /api/v1/archive/compact`, `GET /api/v1/archive/compact` | ask the archive's writer to compact everything now; the latest round's progress |
 //! | `GET /healthz` | liveness |
 //! | `GET /metrics` | Prometheus text of every component in this process |

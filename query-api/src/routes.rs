@@ -48,6 +48,15 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/archive/partitions",
             get(crate::archive::partitions),
         )
+        .route("/api/v1/archive/files", get(crate::archive::files))
+        .route(
+            "/api/v1/archive/compact",
+            get(crate::archive::compaction).post(crate::archive::compact),
+        )
+        .route(
+            "/api/v1/archive/expire",
+            get(crate::archive::expiry).post(crate::archive::expire),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)

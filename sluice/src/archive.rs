@@ -88,6 +88,7 @@ pub async fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
             );
         }
         ArchiveCommand::Compact { now, client } => compact(now, &client).await?,
+        ArchiveCommand::Expire { dry_run, client } => expire(dry_run, &client).await?,
         ArchiveCommand::Ls { table, client } => {
             let mut url = format!(
                 "{}/api/v1/archive/partitions",
@@ -135,7 +136,10 @@ fn progress_line(progress: &Value) -> String {
     let (done, total) = (number("groups_done"), number("groups_total"));
     let width: u64 = 30;
     // Nothing to do is all done.
-    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
     format!(
         "[{}{}] {done}/{total} groups, {} files into {}, {} into {}",
         "#".repeat(filled as usize),
@@ -214,4 +218,83 @@ async fn compact(now: bool, client: &ClientArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// `sluice archive expire [--dry-run]`.
+async fn expire(dry_run: bool, client: &ClientArgs) -> anyhow::Result<()> {
+    let base = format!("{}/api/v1/archive/expire", client.api.trim_end_matches('/'));
+    let http = reqwest::Client::new();
+    let asked = call(http.post(&base).query(&[("dry_run", dry_run)]), &base).await?;
+    let id = asked
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let started = std::time::Instant::now();
+    let report = loop {
+        let body = call(http.get(&base), &base).await?;
+        let report = body.get("report").cloned().unwrap_or(Value::Null);
+        if report.get("request").and_then(Value::as_str) == Some(id.as_str())
+            && report.get("state").and_then(Value::as_str) == Some("done")
+        {
+            break report;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            anyhow::bail!(
+                "no retention process answered the request within 10 minutes (is one running on this archive?)"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    if client.output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let number = |key: &str| report.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let paths = |key: &str| -> Vec<String> {
+        report
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|paths| {
+                paths
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for path in paths("removed") {
+        println!(
+            "{} {path}",
+            if dry_run {
+                "would remove "
+            } else {
+                "removed      "
+            }
+        );
+    }
+    for path in paths("rewritten") {
+        println!(
+            "{} {path}",
+            if dry_run {
+                "would rewrite"
+            } else {
+                "rewrote      "
+            }
+        );
+    }
+    println!(
+        "{}{} files whole, {} rewritten without their expired rows: {} rows, {}",
+        if dry_run {
+            "dry run, nothing changed; would expire "
+        } else {
+            "expired "
+        },
+        number("files_removed"),
+        number("files_rewritten"),
+        number("rows_expired"),
+        human_bytes(report.get("bytes_released")),
+    );
+    Ok(())
 }

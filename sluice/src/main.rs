@@ -299,6 +299,15 @@ enum ArchiveCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Apply the `[[retention.expiry]]` policies now and print what left the archive; with
+    /// `--dry-run`, print what would leave and change nothing.
+    Expire {
+        /// Report only.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Per hour partition: files, rows and bytes.
     Ls {
         /// One table only (logs, counters, gauges, timers, events, pattern_counts).

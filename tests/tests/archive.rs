@@ -104,6 +104,22 @@ async fn sql_sees_only_committed_files_and_the_collector_removes_the_rest() {
         assert!(output.status.success(), "{arguments:?}: {printed}");
         assert!(printed.contains("logs"), "{arguments:?}: {printed}");
     }
+    // Compacted on request, with the progress printed: one file per hour, the same rows.
+    let before = sluice.sql_number("SELECT count(*) FROM logs").await;
+    let printed = archive_cli(&sluice, &["compact", "--now"]);
+    assert!(printed.contains("compacted in"), "{printed}");
+    let (files, partitions) = logs_layout(&sluice).await;
+    assert_eq!(files, partitions, "{printed}");
+    assert_eq!(sluice.sql_number("SELECT count(*) FROM logs").await, before);
+    let listed: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/archive/files?table=logs", sluice.api))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(listed["files"].as_array().unwrap().len() as u64, files);
+
     let (status, body) = {
         let response = reqwest::get(format!(
             "{}/api/v1/archive/partitions?table=nope",
@@ -252,4 +268,160 @@ async fn compaction_changes_no_row_whichever_step_a_crash_interrupts() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// `count` log lines of `source_id`, `age` old.
+fn old_lines(source_id: &str, age: Duration, count: usize) -> Vec<sluice_proto::v2::Envelope> {
+    let at = sluice_common::time::now_nanos() - i64::try_from(age.as_nanos()).unwrap();
+    (0..count)
+        .map(|index| {
+            let mut envelope = log_envelope(source_id, format!("{source_id} line {index}"));
+            envelope.timestamp = at + i64::try_from(index).unwrap();
+            envelope
+        })
+        .collect()
+}
+
+fn archive_cli(sluice: &Sluice, arguments: &[&str]) -> String {
+    let output = std::process::Command::new(sluice_binary())
+        .arg("archive")
+        .args(arguments)
+        .args(["--api", &sluice.api])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{arguments:?}: {printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    printed
+}
+
+/// Rows past their policy leave SQL and then the store; a source with a longer policy and
+/// newer rows stay; a dry run changes nothing; the index drops its hours past its own age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_removes_what_its_policy_says_and_a_dry_run_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[indexer]\nmax_age = \"5d\"\n\n\
+                  [retention]\nflush_interval = \"1s\"\ngc_interval = \"1s\"\ngc_grace = \"1s\"\n\
+                  expiry_interval = \"1h\"\n\n\
+                  [retention.compaction]\nenabled = false\n\n\
+                  [[retention.expiry]]\ntable = \"logs\"\nsource_id = \"audit-*\"\nmax_age = \"400d\"\n\n\
+                  [[retention.expiry]]\ntable = \"logs\"\nmax_age = \"5d\"\n";
+    let sluice = Sluice::start_with_config(&dir.path().join("data"), config).await;
+    let mut client = sluice.ingress().await;
+    let day = Duration::from_secs(86_400);
+    // Ten days old: one source past its policy, one within it, in the same hour's files.
+    send(&mut client, old_lines("expired-app", day * 10, 1_000))
+        .await
+        .unwrap();
+    send(&mut client, old_lines("audit-app", day * 10, 500))
+        .await
+        .unwrap();
+    // Twenty days old, alone in its hour: its files go whole.
+    send(&mut client, old_lines("expired-app", day * 20, 500))
+        .await
+        .unwrap();
+    send(&mut client, old_lines("fresh-app", Duration::ZERO, 1_000))
+        .await
+        .unwrap();
+    let count = |source: &'static str| {
+        let sluice = &sluice;
+        async move {
+            sluice
+                .sql_number(&format!(
+                    "SELECT count(*) FROM logs WHERE source_id = '{source}'"
+                ))
+                .await
+        }
+    };
+    sluice
+        .wait_for("archived rows", 3_000, Duration::from_secs(30), || {
+            sluice.sql_number("SELECT count(*) FROM logs")
+        })
+        .await;
+    let files_before = parquet_files(&sluice.data_dir.join("archive").join("logs"));
+
+    let dry = archive_cli(&sluice, &["expire", "--dry-run"]);
+    assert!(
+        dry.contains("would remove") && dry.contains("would rewrite"),
+        "{dry}"
+    );
+    assert!(dry.contains("1500 rows"), "{dry}");
+    assert_eq!(
+        count("expired-app").await,
+        1_500,
+        "the dry run changed something"
+    );
+    assert_eq!(
+        parquet_files(&sluice.data_dir.join("archive").join("logs")),
+        files_before
+    );
+
+    let done = archive_cli(&sluice, &["expire"]);
+    assert!(done.contains("1500 rows"), "{done}");
+    assert_eq!(count("expired-app").await, 0);
+    assert_eq!(count("audit-app").await, 500);
+    assert_eq!(count("fresh-app").await, 1_000);
+    // The old hours' files left the store too, once the collector's grace passed: the
+    // twenty-day-old hour holds none, the ten-day-old one only its rewritten file.
+    let hour_dir = |age: Duration| {
+        let hour = sluice_common::time::Hour::of_nanos(
+            sluice_common::time::now_nanos() - i64::try_from(age.as_nanos()).unwrap(),
+        );
+        format!("date={}/hour={}", hour.date_string(), hour.hour_string())
+    };
+    let fresh = hour_dir(Duration::ZERO);
+    let old: Vec<&PathBuf> = files_before
+        .iter()
+        .filter(|file| !file.to_string_lossy().contains(&fresh))
+        .collect();
+    assert!(!old.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while old.iter().any(|file| file.exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "expired files still in the store: {old:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let logs = sluice.data_dir.join("archive").join("logs");
+    assert!(parquet_files(&logs.join(hour_dir(day * 20))).is_empty());
+    assert_eq!(parquet_files(&logs.join(hour_dir(day * 10))).len(), 1);
+
+    // The index keeps 5 days: the old hours' 2,000 documents left it, the fresh ones stay.
+    sluice
+        .wait_for(
+            "documents deleted from the index",
+            2_000,
+            Duration::from_secs(60),
+            || async {
+                let text = sluice.metrics_text().await;
+                sluice_tests::metric_sample(
+                    &text,
+                    "sluice_indexer_documents_deleted_total{reason=\"age\"}",
+                ) as u64
+            },
+        )
+        .await;
+    assert_eq!(sluice.search_total("\"fresh-app line\"").await, 1_000);
+    let (status, body) = {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/search", sluice.api))
+            .query(&[
+                ("query", "\"expired-app line\""),
+                ("start", "0"),
+                ("limit", "1"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 0, "{body}");
 }
