@@ -90,6 +90,14 @@ pub struct RawCompactionConfig {
     /// An hour still being written is merged once it holds this many small files.
     #[serde(default = "default_compaction_max_open_files")]
     pub max_open_files: usize,
+    /// Zstd level of compacted files (flushes use `retention.zstd_level`, kept low so they
+    /// keep up; compaction runs in the background and can afford more).
+    #[serde(default = "default_compaction_zstd_level")]
+    pub zstd_level: i32,
+}
+
+fn default_compaction_zstd_level() -> i32 {
+    15
 }
 
 fn default_true() -> bool {
@@ -272,6 +280,11 @@ impl RawRetentionConfig {
         if compaction.max_open_files < 2 {
             return Err(SluiceError::invalid(
                 "retention.compaction.max_open_files: must be at least 2",
+            ));
+        }
+        if !(1..=22).contains(&compaction.zstd_level) {
+            return Err(SluiceError::invalid(
+                "retention.compaction.zstd_level: must be between 1 and 22",
             ));
         }
         let compaction_interval =
