@@ -206,7 +206,7 @@ impl Searcher {
 
     /// The hours on disk, oldest first; readers of hours that are gone (expired) are let go,
     /// so their files leave the disk.
-    pub(crate) fn hours(&self) -> Result<Vec<Hour>, SluiceError> {
+    pub fn hours(&self) -> Result<Vec<Hour>, SluiceError> {
         let hours = self.store.list()?;
         self.readers
             .lock()

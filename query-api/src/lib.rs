@@ -20,6 +20,7 @@
 
 pub mod archive;
 pub mod audit;
+pub mod cold;
 pub mod config;
 pub mod loggregator;
 pub mod metrics;

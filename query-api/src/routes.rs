@@ -146,7 +146,16 @@ async fn search(State(state): State<AppState>, Query(params): Query<SearchParams
                 .map(parse_histogram_interval)
                 .transpose()?,
         };
-        state.search.search(request).await
+        let mut answer = state.search.search(request.clone()).await?;
+        // Hours of the range the index does not hold are answered from the archive.
+        if let crate::search::SearchBackend::Local(searcher) = &state.search {
+            let searcher = std::sync::Arc::clone(searcher);
+            let index_hours = tokio::task::spawn_blocking(move || searcher.hours())
+                .await
+                .map_err(|error| SluiceError::internal(format!("search task failed: {error}")))??;
+            crate::cold::add_archive_hours(&state, &request, index_hours, &mut answer).await?;
+        }
+        Ok(answer)
     }
     .await;
     respond(&state, "search", result)

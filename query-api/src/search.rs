@@ -71,6 +71,9 @@ pub struct SearchAnswer {
     /// Per-indexer outcome, when the search was fanned out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub indexers: Option<IndexersReport>,
+    /// Which hours the index answered and which the archive did (see `crate::cold`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<crate::cold::Sources>,
 }
 
 impl SearchBackend {
@@ -120,6 +123,7 @@ impl SearchBackend {
                     histogram: response.histogram,
                     partial: false,
                     indexers: None,
+                    sources: None,
                 })
             }
             SearchBackend::Remote { indexers, timeout } => {
@@ -155,6 +159,7 @@ async fn fan_out(
         histogram: None,
         partial: false,
         indexers: None,
+        sources: None,
     };
     let mut counts = request.histogram_interval_ns.map(|_| Counts::new());
     for response in answers {

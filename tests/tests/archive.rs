@@ -425,3 +425,108 @@ async fn expiry_removes_what_its_policy_says_and_a_dry_run_nothing() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["total"], 0, "{body}");
 }
+
+/// A search: its total, its hits' messages (in order) and the answer.
+async fn search_all(sluice: &Sluice, query: &str) -> (u64, Vec<String>, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/v1/search", sluice.api))
+        .query(&[
+            ("query", query),
+            ("start", "0"),
+            ("limit", "1000"),
+            ("histogram", "1h"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let messages = body["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hit| format!("{} {}", hit["timestamp"], hit["message"]))
+        .collect();
+    (body["total"].as_u64().unwrap(), messages, body)
+}
+
+/// Once the index lets an hour go, the same searches answer the same lines from the archive,
+/// and say which hours came from where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_across_the_index_edge_answers_the_same_lines_from_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let base = "[retention]\nflush_interval = \"1s\"\n";
+    let mut sluice = Sluice::start_with_config(&data_dir, base).await;
+    let mut client = sluice.ingress().await;
+    let day = Duration::from_secs(86_400);
+    let mut old = old_lines("edge-app", day * 10, 300);
+    for (index, envelope) in old.iter_mut().enumerate() {
+        let word = ["timeout", "refused", "ok"][index % 3];
+        envelope.message = Some(sluice_proto::v2::envelope::Message::Log(
+            sluice_proto::v2::Log {
+                payload: format!("request {index} to db-{} {word} after retry", index % 4)
+                    .into_bytes(),
+                r#type: 0,
+            },
+        ));
+    }
+    send(&mut client, old).await.unwrap();
+    send(&mut client, old_lines("edge-now", Duration::ZERO, 50))
+        .await
+        .unwrap();
+    sluice
+        .wait_for("archived rows", 350, Duration::from_secs(30), || {
+            sluice.sql_number("SELECT count(*) FROM logs")
+        })
+        .await;
+    let queries = [
+        "timeout",
+        "\"timeout after\"",
+        "source_id:edge-app NOT refused",
+        "db OR line",
+        "REQUEST",
+    ];
+    let mut before = Vec::new();
+    for query in queries {
+        let (total, hits, body) = search_all(&sluice, query).await;
+        assert!(total > 0, "{query}: {body}");
+        assert!(
+            body["sources"]["archive"].as_array().unwrap().is_empty(),
+            "{body}"
+        );
+        before.push((total, hits, body["histogram"].clone()));
+    }
+    sluice.kill_hard();
+    drop(sluice);
+
+    // The index keeps 5 days now: the ten-day-old hour leaves it.
+    let sluice =
+        Sluice::start_with_config(&data_dir, &format!("[indexer]\nmax_age = \"5d\"\n\n{base}"))
+            .await;
+    sluice
+        .wait_for(
+            "the old hour deleted from the index",
+            1,
+            Duration::from_secs(60),
+            || async {
+                let text = sluice.metrics_text().await;
+                sluice_tests::metric_sample(
+                    &text,
+                    "sluice_indexer_hours_deleted_total{reason=\"age\"}",
+                ) as u64
+            },
+        )
+        .await;
+    for (query, (total, hits, histogram)) in queries.iter().zip(before) {
+        let (after_total, after_hits, body) = search_all(&sluice, query).await;
+        assert_eq!(after_total, total, "{query}: {body}");
+        assert_eq!(after_hits, hits, "{query}");
+        assert_eq!(body["histogram"], histogram, "{query}");
+        assert_eq!(
+            body["sources"]["archive"].as_array().unwrap().len(),
+            1,
+            "{body}"
+        );
+    }
+}

@@ -395,6 +395,87 @@ impl Matcher {
     }
 }
 
+/// `text` as an SQL string literal.
+fn sql_text(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// What separates words for Tantivy's default tokenizer: anything not a letter or digit.
+const NOT_WORD: &str = r"[^\p{Alphabetic}\p{N}]";
+
+impl Matcher {
+    /// The same selection as an SQL predicate over the archive's `logs` table: message words
+    /// and phrases as case-blind matches between word boundaries of the tokenizer, fields and
+    /// tags as whole values, and Tantivy's boolean rules.
+    fn sql(&self) -> String {
+        match self {
+            Matcher::All => "TRUE".to_owned(),
+            Matcher::Nothing => "FALSE".to_owned(),
+            Matcher::Term(target, name, value) => match target {
+                Target::Message => format!(
+                    "regexp_like(message, {})",
+                    sql_text(&format!(
+                        "(?i)(^|{NOT_WORD}){}($|{NOT_WORD})",
+                        regex::escape(value)
+                    ))
+                ),
+                Target::SourceId => format!("source_id = {}", sql_text(value)),
+                Target::InstanceId => format!("instance_id = {}", sql_text(value)),
+                Target::LogType => format!("log_type = {}", sql_text(value)),
+                Target::Tags => format!(
+                    "tags[{}] = {}",
+                    sql_text(name.as_deref().unwrap_or_default()),
+                    sql_text(value)
+                ),
+            },
+            Matcher::Phrase(words) if words.is_empty() => "FALSE".to_owned(),
+            Matcher::Phrase(words) => {
+                let joined: Vec<String> = words.iter().map(|word| regex::escape(word)).collect();
+                format!(
+                    "regexp_like(message, {})",
+                    sql_text(&format!(
+                        "(?i)(^|{NOT_WORD}){}($|{NOT_WORD})",
+                        joined.join(&format!("{NOT_WORD}+"))
+                    ))
+                )
+            }
+            Matcher::Boolean(clauses) => {
+                let of = |wanted: Occur| -> Vec<String> {
+                    clauses
+                        .iter()
+                        .filter(|(occur, _)| *occur == wanted)
+                        .map(|(_, clause)| format!("({})", clause.sql()))
+                        .collect()
+                };
+                let (musts, shoulds) = (of(Occur::Must), of(Occur::Should));
+                let nots: Vec<String> = of(Occur::MustNot)
+                    .into_iter()
+                    .map(|clause| format!("NOT coalesce({clause}, FALSE)"))
+                    .collect();
+                let mut all = if !musts.is_empty() {
+                    musts
+                } else if !shoulds.is_empty() {
+                    vec![format!("({})", shoulds.join(" OR "))]
+                } else {
+                    return "FALSE".to_owned();
+                };
+                all.extend(nots);
+                all.join(" AND ")
+            }
+        }
+    }
+}
+
+/// `query` (the search language) as an SQL predicate over the archive's `logs` table, with the
+/// meaning it has in the index; constructs a tail filter refuses are refused the same way.
+pub fn sql_predicate(query: &str, searcher: &Searcher) -> Result<String, SluiceError> {
+    if query.trim().is_empty() {
+        return Ok("TRUE".to_owned());
+    }
+    let parsed = searcher.parse(query)?;
+    Ok(Matcher::of(parsed.as_ref(), searcher.schema())?.sql())
+}
+
 fn target(field: Field, schema: &Schema) -> Result<Target, SluiceError> {
     Ok(match schema.get_field_name(field) {
         "message" => Target::Message,

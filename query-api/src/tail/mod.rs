@@ -4,7 +4,7 @@
 
 pub mod cursor;
 pub mod engine;
-mod filter;
+pub(crate) mod filter;
 pub mod hub;
 pub mod metrics;
 
