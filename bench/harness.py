@@ -993,6 +993,15 @@ max_tails_per_client = 128
     def sql(self, data_dir, api):
         import duckdb
 
+        # As an archive that has been retained for a while is: compacted (the phases since the
+        # last compaction added many small files).
+        request = http_json(f"{api}/api/v1/archive/compact", {})["id"]
+
+        def compacted():
+            progress = http_json(f"{api}/api/v1/archive/compact").get("progress") or {}
+            return progress.get("request") == request and progress.get("state") == "done"
+
+        wait_for("compaction before SQL", compacted, 1800)
         archive = os.path.join(data_dir, "archive")
         # Both read the catalog's live files (the directory also holds replaced ones until the
         # collector deletes them).

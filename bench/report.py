@@ -347,7 +347,8 @@ def markdown(report, made, bottlenecks):
         w("")
         w(f"Sluice's times are whole HTTP requests to `POST /api/v1/sql` (plan, list files, execute, JSON); "
           f"DuckDB {s['duckdb_version']} runs in the harness's process over `read_parquet` of the same "
-          f"files with hive partitions. \"A day\" is {s['day']}.")
+          f"files with hive partitions (the catalog's live files, after `sluice archive compact --now`). "
+          f"\"A day\" is {s['day']}.")
         w("")
         w("| query | Sluice (ms) | DuckDB (ms) | Sluice / DuckDB | rows |")
         w("|---|---|---|---|---|")

@@ -179,7 +179,9 @@ pub async fn add_archive_hours(
     answer.total += total;
     answer.partitions_searched += cold.len();
     answer.hits.extend(found.rows.iter().map(hit_of_row));
-    answer.hits.sort_by_key(|hit| std::cmp::Reverse(hit.timestamp));
+    answer
+        .hits
+        .sort_by_key(|hit| std::cmp::Reverse(hit.timestamp));
     answer.hits.truncate(request.limit);
     sources.archive = cold.iter().map(|hour| hour.partition_name()).collect();
     answer.sources = Some(sources);

@@ -17,6 +17,14 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    let spread = args
+        .spread
+        .as_deref()
+        .map(|text| sluice_common::config::parse_duration("--spread", text))
+        .transpose()?;
+    if spread.is_some() && args.count.is_none() {
+        bail!("--spread needs --count (lines read from stdin are stamped when sent)");
+    }
     let tls_dir = args.data_dir.join("tls");
     let paths = TlsPaths {
         ca_cert: tls_dir.join("ca.pem"),
@@ -37,8 +45,21 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
         .with_context(|| format!("failed to connect to the agent at {}", args.agent))?;
     let mut client = IngressClient::new(channel);
 
-    let make = |line: String| Envelope {
-        timestamp: sluice_common::time::now_nanos(),
+    let started = sluice_common::time::now_nanos();
+    let span = spread.map_or(0, |spread| {
+        i64::try_from(spread.as_nanos()).unwrap_or(i64::MAX)
+    });
+    let total = args.count.unwrap_or(1).max(1);
+    let stamp = |index: u64| {
+        if span == 0 {
+            return sluice_common::time::now_nanos();
+        }
+        // Line `index` of `total`, evenly from `span` ago up to now.
+        let step = span as f64 / total as f64;
+        started - span + (step * index as f64) as i64
+    };
+    let make = |line: String, timestamp: i64| Envelope {
+        timestamp,
         source_id: args.source_id.clone(),
         instance_id: args.instance_id.clone(),
         message: Some(envelope::Message::Log(Log {
@@ -72,10 +93,13 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
     match args.count {
         Some(count) => {
             for index in 1..=count {
-                pending.push(make(format!(
-                    "sluice emit line {index} of {count} from {}",
-                    args.source_id
-                )));
+                pending.push(make(
+                    format!(
+                        "sluice emit line {index} of {count} from {}",
+                        args.source_id
+                    ),
+                    stamp(index),
+                ));
                 if pending.len() >= args.batch {
                     flush(&mut pending, &mut sent).await?;
                 }
@@ -85,7 +109,7 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
             let stdin = std::io::stdin();
             for line in stdin.lock().lines() {
                 let line = line.context("failed to read stdin")?;
-                pending.push(make(line));
+                pending.push(make(line, sluice_common::time::now_nanos()));
                 if pending.len() >= args.batch {
                     flush(&mut pending, &mut sent).await?;
                 }

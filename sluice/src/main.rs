@@ -145,6 +145,11 @@ struct EmitArgs {
     /// Envelopes per request.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// With `--count`: spread the lines' timestamps evenly over this long before now
+    /// (`7d`, `12h`), oldest first, as a week of history would be; without, each line is
+    /// stamped when sent.
+    #[arg(long)]
+    spread: Option<String>,
     /// Agent ingress address.
     #[arg(long, default_value = "127.0.0.1:3458")]
     agent: String,
