@@ -26,6 +26,22 @@ pub struct PartitionParams {
     table: Option<String>,
 }
 
+/// Refuses a `table=` that names no table of the archive.
+fn known_table(table: Option<&str>) -> Result<(), sluice_common::SluiceError> {
+    match table {
+        Some(table)
+            if !sluice_retention::tables::Table::ALL
+                .iter()
+                .any(|known| known.name() == table) =>
+        {
+            Err(sluice_common::SluiceError::invalid(format!(
+                "unknown table {table:?}; the archive's tables are logs, counters, gauges, timers, events and pattern_counts"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The answer of `GET /api/v1/archive/partitions`.
 #[derive(Debug, Serialize)]
 struct Partitions {
@@ -39,15 +55,7 @@ pub async fn partitions(
     Query(params): Query<PartitionParams>,
 ) -> Response {
     let result = state.archive.snapshot().await.and_then(|snapshot| {
-        if let Some(table) = &params.table
-            && !sluice_retention::tables::Table::ALL
-                .iter()
-                .any(|known| known.name() == table)
-        {
-            return Err(sluice_common::SluiceError::invalid(format!(
-                "unknown table {table:?}; the archive's tables are logs, counters, gauges, timers, events and pattern_counts"
-            )));
-        }
+        known_table(params.table.as_deref())?;
         Ok(Partitions {
             version: snapshot.version,
             partitions: snapshot.partitions(params.table.as_deref()),
@@ -93,21 +101,18 @@ pub async fn files(
     Query(params): Query<PartitionParams>,
 ) -> Response {
     let result = state.archive.snapshot().await.and_then(|snapshot| {
-        if let Some(table) = &params.table
-            && !sluice_retention::tables::Table::ALL
-                .iter()
-                .any(|known| known.name() == table)
-        {
-            return Err(sluice_common::SluiceError::invalid(format!(
-                "unknown table {table:?}; the archive's tables are logs, counters, gauges, timers, events and pattern_counts"
-            )));
-        }
+        known_table(params.table.as_deref())?;
         Ok(Files {
             version: snapshot.version,
             files: snapshot
                 .files
                 .values()
-                .filter(|file| params.table.as_ref().is_none_or(|table| *table == file.table))
+                .filter(|file| {
+                    params
+                        .table
+                        .as_ref()
+                        .is_none_or(|table| *table == file.table)
+                })
                 .cloned()
                 .collect(),
         })

@@ -15,10 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
-use sluice_common::SluiceError;
 use tracing::{info, warn};
 
 use crate::catalog::{Catalog, Change, CommitError, Writer, now_ms};
@@ -81,14 +79,7 @@ pub async fn collect(
     let cutoff =
         chrono::DateTime::from_timestamp_millis(now.saturating_sub(grace_ms)).unwrap_or_default();
     for table in Table::ALL {
-        let prefix = ObjectPath::from(table.name());
-        let objects: Vec<object_store::ObjectMeta> = store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|error| {
-                SluiceError::unavailable(format!("failed to list {prefix}: {error}"))
-            })?;
+        let objects = crate::catalog::objects::list(&store, table.name()).await?;
         for object in objects {
             let path = object.location.as_ref();
             if snapshot.files.contains_key(path)

@@ -39,6 +39,7 @@ use tracing::{info, warn};
 
 use crate::catalog::import::hour_of_path;
 use crate::catalog::lease::Lease;
+use crate::catalog::objects;
 use crate::catalog::{Catalog, Change, CommitError, DataFile, Snapshot, Writer};
 use crate::metrics::RetentionMetrics;
 use crate::tables::Table;
@@ -402,52 +403,18 @@ pub struct Progress {
     pub updated_at_ms: i64,
 }
 
-async fn read_object<T: serde::de::DeserializeOwned>(
-    store: &Arc<dyn ObjectStore>,
-    path: &str,
-) -> Result<Option<T>, SluiceError> {
-    let path = ObjectPath::from(path);
-    match store.get(&path).await {
-        Ok(result) => {
-            let bytes = result.bytes().await.map_err(|error| {
-                SluiceError::unavailable(format!("failed to read {path}: {error}"))
-            })?;
-            Ok(serde_json::from_slice(&bytes).ok())
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(error) => Err(SluiceError::unavailable(format!(
-            "failed to read {path}: {error}"
-        ))),
-    }
-}
-
-async fn write_object<T: Serialize>(
-    store: &Arc<dyn ObjectStore>,
-    path: &str,
-    value: &T,
-) -> Result<(), SluiceError> {
-    let body =
-        serde_json::to_vec(value).map_err(|error| SluiceError::internal(error.to_string()))?;
-    let path = ObjectPath::from(path);
-    store
-        .put(&path, PutPayload::from(body))
-        .await
-        .map(|_| ())
-        .map_err(|error| SluiceError::unavailable(format!("failed to write {path}: {error}")))
-}
-
 /// Asks the archive's writer to compact everything it can now; returns the request's id.
 pub async fn request(store: &Arc<dyn ObjectStore>) -> Result<Request, SluiceError> {
     let request = Request {
-        id: format!("{:x}", sluice_common::time::now_nanos()),
+        id: objects::request_id(),
     };
-    write_object(store, REQUEST, &request).await?;
+    objects::write(store, REQUEST, &request).await?;
     Ok(request)
 }
 
 /// The latest round's progress, if any round ran.
 pub async fn progress(store: &Arc<dyn ObjectStore>) -> Result<Option<Progress>, SluiceError> {
-    read_object(store, PROGRESS).await
+    objects::read(store, PROGRESS).await
 }
 
 /// Compacts what is due every `settings.interval`, and everything at once when asked
@@ -472,7 +439,7 @@ pub async fn run(
     let mut next_round = Instant::now();
     loop {
         // Look for a request every second while waiting for the next scheduled round.
-        let asked = match read_object::<Request>(&store, REQUEST).await {
+        let asked = match objects::read::<Request>(&store, REQUEST).await {
             Ok(Some(request)) if request.id != answered => Some(request.id),
             Ok(_) => None,
             Err(error) => {
@@ -505,7 +472,7 @@ pub async fn run(
             let mut progress = progress.clone();
             progress.updated_at_ms = crate::catalog::now_ms();
             async move {
-                if let Err(error) = write_object(&store, PROGRESS, &progress).await {
+                if let Err(error) = objects::write(&store, PROGRESS, &progress).await {
                     warn!(error = %error, "failed to record compaction progress");
                 }
             }

@@ -24,6 +24,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::catalog::lease::Lease;
+use crate::catalog::objects;
 use crate::catalog::{Catalog, Change, CommitError, DataFile, Snapshot, Writer};
 use crate::metrics::RetentionMetrics;
 use crate::tables::Table;
@@ -377,39 +378,16 @@ pub struct Request {
 /// Asks the archive's writer to run expiry now.
 pub async fn request(store: &Arc<dyn ObjectStore>, dry_run: bool) -> Result<Request, SluiceError> {
     let request = Request {
-        id: format!("{:x}", sluice_common::time::now_nanos()),
+        id: objects::request_id(),
         dry_run,
     };
-    let body =
-        serde_json::to_vec(&request).map_err(|error| SluiceError::internal(error.to_string()))?;
-    store
-        .put(&ObjectPath::from(REQUEST), PutPayload::from(body))
-        .await
-        .map_err(|error| SluiceError::unavailable(format!("failed to write {REQUEST}: {error}")))?;
+    objects::write(store, REQUEST, &request).await?;
     Ok(request)
-}
-
-async fn read<T: serde::de::DeserializeOwned>(
-    store: &Arc<dyn ObjectStore>,
-    path: &str,
-) -> Result<Option<T>, SluiceError> {
-    match store.get(&ObjectPath::from(path)).await {
-        Ok(result) => {
-            let bytes = result.bytes().await.map_err(|error| {
-                SluiceError::unavailable(format!("failed to read {path}: {error}"))
-            })?;
-            Ok(serde_json::from_slice(&bytes).ok())
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(error) => Err(SluiceError::unavailable(format!(
-            "failed to read {path}: {error}"
-        ))),
-    }
 }
 
 /// The latest pass's report, if any ran.
 pub async fn report(store: &Arc<dyn ObjectStore>) -> Result<Option<Report>, SluiceError> {
-    read(store, REPORT).await
+    objects::read(store, REPORT).await
 }
 
 /// Runs expiry every `interval`, and at once when asked, until `stop` fires or the lease is
@@ -438,7 +416,7 @@ pub async fn run(
         if stop.is_requested() || !lease.is_held() {
             return;
         }
-        let asked = match read::<Request>(&store, REQUEST).await {
+        let asked = match objects::read::<Request>(&store, REQUEST).await {
             Ok(Some(request)) if request.id != answered => Some(request),
             Ok(_) => None,
             Err(error) => {
@@ -486,11 +464,7 @@ pub async fn run(
                     .unwrap_or_default();
                 done.state = "done".to_owned();
                 done.updated_at_ms = crate::catalog::now_ms();
-                if let Ok(body) = serde_json::to_vec(&done)
-                    && let Err(error) = store
-                        .put(&ObjectPath::from(REPORT), PutPayload::from(body))
-                        .await
-                {
+                if let Err(error) = objects::write(&store, REPORT, &done).await {
                     warn!(error = %error, "failed to record the expiry report");
                 }
             }

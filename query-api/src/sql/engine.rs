@@ -219,7 +219,16 @@ async fn execute(
             let _ = first.send(Err(error));
         }
     };
-    let planned = tokio::time::timeout_at(deadline, plan(&archive, &query, &limits)).await;
+    let planned = tokio::time::timeout_at(
+        deadline,
+        plan(
+            &archive,
+            &query,
+            limits.max_bytes,
+            Some(limits.memory_bytes),
+        ),
+    )
+    .await;
     let (mut stream, schema) = match planned {
         Ok(Ok(planned)) => planned,
         Ok(Err(error)) => {
@@ -307,27 +316,33 @@ async fn execute(
     }
 }
 
-/// Parses, plans and starts `query` in a session with the memory limit.
-async fn plan(
+/// A started query: its stream of batches and their schema.
+type Started = (
+    SendableRecordBatchStream,
+    datafusion::arrow::datatypes::SchemaRef,
+);
+
+/// Parses `query` (at most `max_bytes` long), plans it and starts it in a fresh session over
+/// the archive's latest snapshot, with a memory pool of `memory_bytes` when given. Anything
+/// that fails before execution (unknown tables or columns, DDL or DML) is the query's fault.
+pub(super) async fn plan(
     archive: &Archive,
     query: &str,
-    limits: &EngineLimits,
-) -> Result<
-    (
-        SendableRecordBatchStream,
-        datafusion::arrow::datatypes::SchemaRef,
-    ),
-    SluiceError,
-> {
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit(limits.memory_bytes, 1.0)
+    max_bytes: usize,
+    memory_bytes: Option<usize>,
+) -> Result<Started, SluiceError> {
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(memory_bytes) = memory_bytes {
+        runtime = runtime.with_memory_limit(memory_bytes, 1.0);
+    }
+    let runtime = runtime
         .build_arc()
         .map_err(|error| SluiceError::internal(format!("failed to set up SQL: {error}")))?;
     let context = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
     sluice_retention::catalog::sql::register_tables(&context, archive).await?;
     let state = context.state();
     let recursion_limit = state.config().options().sql_parser.recursion_limit.get();
-    let statement = parse(query, limits.max_bytes, recursion_limit)?;
+    let statement = parse(query, max_bytes, recursion_limit)?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

@@ -14,8 +14,6 @@ use std::time::Instant;
 use datafusion::arrow::json::ArrayWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{SQLOptions, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use futures::StreamExt;
 use serde::Serialize;
@@ -130,29 +128,7 @@ pub async fn run_query(
 ) -> Result<SqlResponse, SluiceError> {
     let started = Instant::now();
     let max_rows = limits.max_rows;
-    let context = SessionContext::new();
-    sluice_retention::catalog::sql::register_tables(&context, archive).await?;
-    let state = context.state();
-    let recursion_limit = state.config().options().sql_parser.recursion_limit.get();
-    let statement = parse(query, limits.max_bytes, recursion_limit)?;
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    // Anything that fails before execution (unknown tables or columns, DDL or DML refused by
-    // the options above) is the query's fault.
-    let plan = state
-        .statement_to_plan(statement)
-        .await
-        .map_err(|error| SluiceError::invalid(error.to_string()))?;
-    options
-        .verify_plan(&plan)
-        .map_err(|error| SluiceError::invalid(error.to_string()))?;
-    let frame = context
-        .execute_logical_plan(plan)
-        .await
-        .map_err(|error| SluiceError::invalid(error.to_string()))?;
-    let schema = frame.schema().as_arrow().clone();
+    let (mut stream, schema) = engine::plan(archive, query, limits.max_bytes, None).await?;
     let columns = schema
         .fields()
         .iter()
@@ -161,7 +137,6 @@ pub async fn run_query(
             r#type: field.data_type().to_string(),
         })
         .collect();
-    let mut stream: SendableRecordBatchStream = frame.execute_stream().await.map_err(classify)?;
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut rows = 0;
     let mut truncated = false;

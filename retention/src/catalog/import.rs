@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
@@ -71,14 +70,7 @@ pub async fn old_layout(store: &Arc<dyn ObjectStore>) -> Result<Option<Change>, 
     };
     let mut add = Vec::new();
     for table in Table::ALL {
-        let prefix = ObjectPath::from(table.name());
-        let objects: Vec<object_store::ObjectMeta> = store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|error| {
-                SluiceError::unavailable(format!("failed to list {prefix}: {error}"))
-            })?;
+        let objects = crate::catalog::objects::list(store, table.name()).await?;
         for object in objects {
             let committed =
                 commit_of_file(&object.location).is_some_and(|commit| commit <= checkpoint.commit);

@@ -25,6 +25,7 @@
 
 pub mod import;
 pub mod lease;
+pub mod objects;
 pub mod sql;
 pub mod stats;
 pub mod view;
