@@ -1,7 +1,7 @@
 //! Measures how the `logs` table's files would compress under other Parquet settings: reads
 //! the Parquet files given (an hour's worth, say), merges and sorts them as compaction does,
-//! and prints the bytes of each column and in all under each setting, beside `zstd -3` of the
-//! raw messages. How compaction's settings were chosen (see `retention/src/compaction.rs`).
+//! and prints the bytes of each column and in all under each setting (and the time it took),
+//! beside `zstd -3` of the raw messages in that order. How compaction's settings were chosen (see `retention/src/compaction.rs`).
 //!
 //! ```text
 //! cargo run --release -p sluice-retention --example encodings -- <file.parquet>...
@@ -96,75 +96,87 @@ fn main() {
         zstd3 as f64 / raw.len() as f64
     );
 
-    let base = |level: i32| {
-        WriterProperties::builder()
+    let sorted = sort(&["source_id", "timestamp"]);
+    let distinct = |name: &str| {
+        let column = sorted.column_by_name(name).expect("column");
+        let values = column.as_any().downcast_ref::<StringArray>().expect("text");
+        let set: std::collections::HashSet<&str> = values.iter().flatten().collect();
+        set.len() as u64
+    };
+    let candidate = |level: i32, message_level: i32, page: usize, ndv: bool| {
+        let mut builder = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(level).expect("level")))
             .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(1 << 20))
-    };
-    let orders: [(&str, RecordBatch); 4] = [
-        ("as written", merged.clone()),
-        ("source, time", sort(&["source_id", "timestamp"])),
-        (
-            "source, pattern, time",
-            sort(&["source_id", "pattern_id", "timestamp"]),
-        ),
-        ("pattern, time", sort(&["pattern_id", "timestamp"])),
-    ];
-    for (order, batch) in &orders {
-        for level in [3, 9, 15] {
-            for (name, properties) in [
-                ("defaults", base(level).build()),
-                (
-                    "delta times, 8 MiB pages",
-                    base(level)
-                        .set_column_encoding(
-                            ColumnPath::from("timestamp"),
-                            Encoding::DELTA_BINARY_PACKED,
-                        )
-                        .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
-                        .set_column_encoding(
-                            ColumnPath::from("sequence"),
-                            Encoding::DELTA_BINARY_PACKED,
-                        )
-                        .set_column_dictionary_enabled(ColumnPath::from("sequence"), false)
-                        .set_data_page_size_limit(8 << 20)
-                        .set_dictionary_page_size_limit(8 << 20)
-                        .build(),
-                ),
-                (
-                    "+ messages without a dictionary",
-                    base(level)
-                        .set_column_encoding(
-                            ColumnPath::from("timestamp"),
-                            Encoding::DELTA_BINARY_PACKED,
-                        )
-                        .set_column_dictionary_enabled(ColumnPath::from("timestamp"), false)
-                        .set_column_encoding(
-                            ColumnPath::from("sequence"),
-                            Encoding::DELTA_BINARY_PACKED,
-                        )
-                        .set_column_dictionary_enabled(ColumnPath::from("sequence"), false)
-                        .set_column_dictionary_enabled(ColumnPath::from("message"), false)
-                        .set_data_page_size_limit(8 << 20)
-                        .set_dictionary_page_size_limit(8 << 20)
-                        .build(),
-                ),
-            ] {
-                let bytes = encode(batch, properties);
-                let sizes = columns(&bytes);
-                let detail: Vec<String> = sizes
-                    .iter()
-                    .map(|(column, size)| format!("{column} {size}"))
-                    .collect();
-                println!(
-                    "{order:>22} | zstd {level:>2} | {name:<32} | {:>10} bytes, {:.3} of zstd -3 | {}",
-                    bytes.len(),
-                    bytes.len() as f64 / zstd3 as f64,
-                    detail.join(", ")
-                );
+            .set_max_row_group_row_count(Some(256 * 1024))
+            .set_data_page_size_limit(page)
+            .set_dictionary_page_size_limit(page)
+            .set_column_compression(
+                ColumnPath::from("message"),
+                Compression::ZSTD(ZstdLevel::try_new(message_level).expect("level")),
+            );
+        for column in ["timestamp", "sequence"] {
+            builder = builder
+                .set_column_dictionary_enabled(ColumnPath::from(column), false)
+                .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
+        }
+        for column in ["source_id", "instance_id"] {
+            builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column), true);
+            if ndv {
+                builder = builder
+                    .set_column_bloom_filter_max_ndv(ColumnPath::from(column), distinct(column));
             }
         }
+        builder.build()
+    };
+    let by_pattern = sort(&["source_id", "pattern_id", "timestamp"]);
+    let defaults = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(15).expect("level")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .build();
+    for (name, batch, properties) in [
+        ("defaults at zstd 15", &sorted, defaults),
+        (
+            "zstd 15, 8 MiB pages",
+            &sorted,
+            candidate(15, 15, 8 << 20, true),
+        ),
+        (
+            "zstd 15, 32 MiB pages",
+            &sorted,
+            candidate(15, 15, 32 << 20, true),
+        ),
+        (
+            "zstd 12, 8 MiB pages",
+            &sorted,
+            candidate(12, 12, 8 << 20, true),
+        ),
+        (
+            "zstd 15, messages 16, 32 MiB pages",
+            &sorted,
+            candidate(15, 16, 32 << 20, true),
+        ),
+        (
+            "by pattern, zstd 15, 8 MiB pages",
+            &by_pattern,
+            candidate(15, 15, 8 << 20, true),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let bytes = encode(batch, properties);
+        let elapsed = started.elapsed();
+        let sizes = columns(&bytes);
+        let detail: Vec<String> = sizes
+            .iter()
+            .map(|(column, size)| format!("{column} {size}"))
+            .collect();
+        println!(
+            "{name:<40} | {:>10} bytes, {:.3} of zstd -3 | {:.1} s | {}",
+            bytes.len(),
+            bytes.len() as f64 / zstd3 as f64,
+            elapsed.as_secs_f64(),
+            detail.join(", ")
+        );
     }
 }
 

@@ -296,7 +296,7 @@ impl RawRetentionConfig {
                 cpu_share: compaction.cpu_share,
                 interval: compaction_interval.max(Duration::from_millis(100)),
                 max_open_files: compaction.max_open_files,
-                zstd_level: self.zstd_level,
+                zstd_level: compaction.zstd_level,
             });
         let mut rules = Vec::new();
         for (index, rule) in self.expiry.into_iter().enumerate() {
@@ -348,3 +348,23 @@ impl RawRetentionConfig {
 }
 
 sluice_common::default_from_empty_table!(RawRetentionConfig, RawCompactionConfig);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validated(text: &str) -> RetentionConfig {
+        let raw: RawRetentionConfig = toml::from_str(text).expect("config");
+        raw.validate(Path::new("/tmp/sluice")).expect("valid")
+    }
+
+    #[test]
+    fn compacted_files_use_the_compaction_level_and_flushes_their_own() {
+        let config = validated("");
+        assert_eq!(config.zstd_level, 3);
+        assert_eq!(config.compaction.expect("on by default").zstd_level, 15);
+        let config = validated("zstd_level = 5\n[compaction]\nzstd_level = 12\n");
+        assert_eq!(config.zstd_level, 5);
+        assert_eq!(config.compaction.expect("on").zstd_level, 12);
+    }
+}

@@ -243,7 +243,11 @@ async fn run_active(
         Arc::clone(lease),
         config.expiry.clone(),
         config.expiry_interval,
-        config.zstd_level,
+        // A rewritten file keeps the layout compaction gives it, and so its level.
+        config
+            .compaction
+            .as_ref()
+            .map_or(config.zstd_level, |compaction| compaction.zstd_level),
         metrics.clone(),
         stop_compacting.subscribe(),
     ));
