@@ -1,5 +1,6 @@
 //! `sluice archive stats|ls`: what the archive's catalog holds, through the query API.
 
+use crate::output::outln;
 use serde_json::Value;
 
 use crate::client::call;
@@ -50,7 +51,7 @@ pub async fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
             let url = format!("{}/api/v1/archive/stats", client.api.trim_end_matches('/'));
             let body = call(reqwest::Client::new().get(&url), &url).await?;
             if client.output == OutputFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                outln!("{}", serde_json::to_string_pretty(&body)?);
                 return Ok(());
             }
             let headers: Vec<String> = [
@@ -79,8 +80,8 @@ pub async fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&headers, &rows, 120);
-            println!(
+            print_table(&headers, &rows, 120)?;
+            outln!(
                 "catalog version {}, {} files ({}) waiting for the collector",
                 cell(body.get("version")),
                 cell(body.get("garbage_files")),
@@ -104,7 +105,7 @@ pub async fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
             }
             let body = call(request, &url).await?;
             if client.output == OutputFormat::Json {
-                println!("{}", serde_json::to_string_pretty(&body)?);
+                outln!("{}", serde_json::to_string_pretty(&body)?);
                 return Ok(());
             }
             let headers: Vec<String> = ["table", "partition", "files", "rows", "bytes"]
@@ -123,8 +124,8 @@ pub async fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&headers, &rows, 120);
-            println!("{} partitions", rows.len());
+            print_table(&headers, &rows, 120)?;
+            outln!("{} partitions", rows.len());
         }
     }
     Ok(())
@@ -162,14 +163,14 @@ async fn compact(now: bool, client: &ClientArgs) -> anyhow::Result<()> {
         let body = call(http.get(&url), &url).await?;
         match body.get("progress").filter(|progress| !progress.is_null()) {
             Some(progress) if client.output == OutputFormat::Json => {
-                println!("{}", serde_json::to_string_pretty(progress)?);
+                outln!("{}", serde_json::to_string_pretty(progress)?);
             }
-            Some(progress) => println!(
+            Some(progress) => outln!(
                 "latest round {}: {}",
                 cell(progress.get("state")),
                 progress_line(progress)
             ),
-            None => println!("no compaction round has run yet"),
+            None => outln!("no compaction round has run yet"),
         }
         return Ok(());
     }
@@ -201,9 +202,9 @@ async fn compact(now: bool, client: &ClientArgs) -> anyhow::Result<()> {
                     eprintln!();
                 }
                 if client.output == OutputFormat::Json {
-                    println!("{}", serde_json::to_string_pretty(&progress)?);
+                    outln!("{}", serde_json::to_string_pretty(&progress)?);
                 } else {
-                    println!(
+                    outln!(
                         "compacted in {:.1} s: {}",
                         started.elapsed().as_secs_f64(),
                         progress_line(&progress)
@@ -247,7 +248,7 @@ async fn expire(dry_run: bool, client: &ClientArgs) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
     if client.output == OutputFormat::Json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let number = |key: &str| report.get(key).and_then(Value::as_u64).unwrap_or(0);
@@ -265,7 +266,7 @@ async fn expire(dry_run: bool, client: &ClientArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     };
     for path in paths("removed") {
-        println!(
+        outln!(
             "{} {path}",
             if dry_run {
                 "would remove "
@@ -275,7 +276,7 @@ async fn expire(dry_run: bool, client: &ClientArgs) -> anyhow::Result<()> {
         );
     }
     for path in paths("rewritten") {
-        println!(
+        outln!(
             "{} {path}",
             if dry_run {
                 "would rewrite"
@@ -284,7 +285,7 @@ async fn expire(dry_run: bool, client: &ClientArgs) -> anyhow::Result<()> {
             }
         );
     }
-    println!(
+    outln!(
         "{}{} files whole, {} rewritten without their expired rows: {} rows, {}",
         if dry_run {
             "dry run, nothing changed; would expire "

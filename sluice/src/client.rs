@@ -1,5 +1,6 @@
 //! The client commands `emit`, `search`, `sql` and `audit` (`tail` is in `tail.rs`).
 
+use crate::output::outln;
 use std::io::BufRead;
 
 use anyhow::{Context, anyhow, bail};
@@ -118,11 +119,11 @@ pub async fn emit(args: EmitArgs) -> anyhow::Result<()> {
     }
     flush(&mut pending, &mut sent).await?;
     match args.output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => outln!(
             "{}",
             serde_json::json!({"sent": sent, "source_id": args.source_id})
         ),
-        OutputFormat::Table => println!("sent {sent} envelopes from source_id {}", args.source_id),
+        OutputFormat::Table => outln!("sent {sent} envelopes from source_id {}", args.source_id),
     }
     Ok(())
 }
@@ -167,7 +168,7 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/search", args.client.api.trim_end_matches('/'));
     let body = call(reqwest::Client::new().get(&url).query(&params), &url).await?;
     match args.client.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Table => {
             let hits = body
                 .get("hits")
@@ -186,8 +187,8 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
                         .collect()
                 })
                 .collect();
-            print_table(&headers, &rows, 160);
-            println!(
+            print_table(&headers, &rows, 160)?;
+            outln!(
                 "{} of {} matching lines ({} ms)",
                 hits.len(),
                 cell(body.get("total")),
@@ -258,7 +259,7 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
     }
     match args.output {
         SqlOutput::Json | SqlOutput::Csv | SqlOutput::Ndjson => {
-            println!("{}", serde_json::to_string_pretty(&body)?);
+            outln!("{}", serde_json::to_string_pretty(&body)?);
         }
         SqlOutput::Table => {
             let headers: Vec<String> = body
@@ -280,12 +281,12 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
                         .collect()
                 })
                 .unwrap_or_default();
-            print_table(&headers, &rows, 120);
+            print_table(&headers, &rows, 120)?;
             let truncated = body
                 .get("truncated")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            println!(
+            outln!(
                 "{} rows{} ({} ms)",
                 rows.len(),
                 if truncated { ", truncated" } else { "" },
@@ -319,9 +320,9 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     };
     match args.client.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Table => {
-            println!("{} to {}", cell(body.get("start")), cell(body.get("end")));
+            outln!("{} to {}", cell(body.get("start")), cell(body.get("end")));
             let headers: Vec<String> = ["agent_id", "first", "last", "batches", "missing"]
                 .map(str::to_owned)
                 .to_vec();
@@ -340,7 +341,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
                     .collect()
                 })
                 .collect();
-            print_table(&headers, &rows, 160);
+            print_table(&headers, &rows, 160)?;
             let headers: Vec<String> =
                 ["source_id", "agent_id", "archived", "indexable", "indexed"]
                     .map(str::to_owned)
@@ -367,11 +368,11 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
                     ]);
                 }
             }
-            println!();
-            print_table(&headers, &rows, 160);
+            outln!();
+            print_table(&headers, &rows, 160)?;
             let counted = list("refused_or_dropped");
             if !counted.is_empty() {
-                println!();
+                outln!();
                 let headers: Vec<String> = ["stage", "metric", "labels", "count"]
                     .map(str::to_owned)
                     .to_vec();
@@ -389,9 +390,9 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                print_table(&headers, &rows, 160);
+                print_table(&headers, &rows, 160)?;
             }
-            println!(
+            outln!(
                 "\n{} batches missing, {} given up (clients told), {} unexplained",
                 cell(body.get("batches_missing")),
                 cell(body.get("batches_given_up")),

@@ -1,8 +1,22 @@
-//! Printing answers as aligned tables.
+//! Printing answers: lines, and aligned tables.
+
+/// `println!` that hands the write's error to the caller instead of panicking, so a reader
+/// that goes away (`sluice search … | head`) ends the command quietly (see `main`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+pub(crate) use outln;
 
 /// Prints `rows` under `headers` with columns padded to their widest cell. Cells are cut at
 /// `max_width` characters so one long log line does not wreck the table.
-pub fn print_table(headers: &[String], rows: &[Vec<String>], max_width: usize) {
+pub fn print_table(
+    headers: &[String],
+    rows: &[Vec<String>],
+    max_width: usize,
+) -> std::io::Result<()> {
     let cut = |cell: &str| -> String {
         let single_line = cell.replace(['\n', '\r'], " ");
         if single_line.chars().count() > max_width {
@@ -46,10 +60,11 @@ pub fn print_table(headers: &[String], rows: &[Vec<String>], max_width: usize) {
             .collect::<Vec<_>>()
             .join("  ")
     };
-    println!("{}", line(headers));
+    outln!("{}", line(headers));
     for row in &rows {
-        println!("{}", line(row));
+        outln!("{}", line(row));
     }
+    Ok(())
 }
 
 /// A JSON value as a table cell: strings bare, null empty, the rest as JSON.

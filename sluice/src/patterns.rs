@@ -1,6 +1,7 @@
 //! `sluice patterns`: the patterns of the lines a query matches, as a table with a sparkline
 //! per pattern (or the API's JSON with `--output json`).
 
+use crate::output::outln;
 use serde_json::Value;
 
 use crate::client::{call, warn_unavailable};
@@ -28,13 +29,13 @@ pub async fn patterns(args: PatternsArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/patterns", args.client.api.trim_end_matches('/'));
     let body = call(reqwest::Client::new().get(&url).query(&params), &url).await?;
     match args.client.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&body)?),
-        OutputFormat::Table => print(&body, args.compare.is_some()),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&body)?),
+        OutputFormat::Table => print(&body, args.compare.is_some())?,
     }
     Ok(())
 }
 
-fn print(body: &Value, compared: bool) {
+fn print(body: &Value, compared: bool) -> std::io::Result<()> {
     let patterns = body
         .get("patterns")
         .and_then(Value::as_array)
@@ -66,7 +67,7 @@ fn print(body: &Value, compared: bool) {
             row
         })
         .collect();
-    print_table(&headers, &rows, 200);
+    print_table(&headers, &rows, 200)?;
     let mut summary = format!(
         "{} patterns of {} matching lines ({} to {}",
         cell(body.get("pattern_count")),
@@ -83,14 +84,15 @@ fn print(body: &Value, compared: bool) {
         ));
     }
     summary.push_str(&format!(", {} ms)", cell(body.get("took_ms"))));
-    println!("{summary}");
+    outln!("{summary}");
     let unpatterned = body.get("unpatterned").and_then(Value::as_u64).unwrap_or(0);
     if unpatterned > 0 {
-        println!(
+        outln!(
             "{unpatterned} matching lines have no pattern (events, or indexed before patterns were mined)"
         );
     }
     warn_unavailable(body);
+    Ok(())
 }
 
 /// `new`, or `rose 40×` / `fell 0.1×` / `steady`.

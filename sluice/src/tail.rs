@@ -1,6 +1,7 @@
 //! `sluice tail`: prints a live tail, reconnecting by itself and resuming at its cursor, so a
 //! broken connection or a restarted query API costs no line and repeats none.
 
+use crate::output::outln;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -196,7 +197,7 @@ async fn stream_once(
             }
             match kind {
                 "message" if !data.is_empty() => {
-                    print_envelope(&data, args.client.output);
+                    print_envelope(&data, args.client.output)?;
                     state.printed += 1;
                     if args.count.is_some_and(|count| state.printed >= count) {
                         return Ok(Ended::Done);
@@ -224,16 +225,16 @@ async fn stream_once(
     Ok(Ended::Broken("the query API ended the stream".to_owned()))
 }
 
-fn print_envelope(data: &str, output: OutputFormat) {
+fn print_envelope(data: &str, output: OutputFormat) -> std::io::Result<()> {
     match output {
-        OutputFormat::Json => println!("{data}"),
+        OutputFormat::Json => outln!("{data}"),
         OutputFormat::Table => {
             let value: Value = serde_json::from_str(data).unwrap_or(Value::Null);
             let text = match value.get("message") {
                 Some(message) => cell(Some(message)),
                 None => value.to_string(),
             };
-            println!(
+            outln!(
                 "{}  {}/{}  {}",
                 cell(value.get("time")),
                 cell(value.get("source_id")),
@@ -242,6 +243,7 @@ fn print_envelope(data: &str, output: OutputFormat) {
             );
         }
     }
+    Ok(())
 }
 
 /// Lines that are not envelopes go to stderr, so stdout stays the envelopes alone.

@@ -104,6 +104,18 @@ async fn sql_sees_only_committed_files_and_the_collector_removes_the_rest() {
         assert!(output.status.success(), "{arguments:?}: {printed}");
         assert!(printed.contains("logs"), "{arguments:?}: {printed}");
     }
+    // A reader that goes away (`sluice archive stats | head -0`) ends the command quietly.
+    let mut child = std::process::Command::new(sluice_binary())
+        .args(["archive", "stats", "--api", &sluice.api])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let complaint = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{complaint}");
+    assert!(!complaint.contains("panicked"), "{complaint}");
     // Compacted on request, with the progress printed: one file per hour, the same rows.
     let before = sluice.sql_number("SELECT count(*) FROM logs").await;
     let printed = archive_cli(&sluice, &["compact", "--now"]);
