@@ -15,6 +15,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod failpoint;
+pub mod glob;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

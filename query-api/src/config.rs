@@ -1,6 +1,7 @@
 //! The query API's section of the configuration file, `[query_api]`, and its validation.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -38,6 +39,9 @@ pub struct RawQueryApiConfig {
     /// `[query_api.sql]`: how SQL queries run.
     #[serde(default)]
     pub sql: RawSqlConfig,
+    /// `[query_api.auth]`: who may call the API.
+    #[serde(default)]
+    pub auth: RawAuthConfig,
 }
 
 /// `[query_api.sql]`.
@@ -100,6 +104,18 @@ pub struct RawTailConfig {
     pub hub_records: usize,
 }
 
+/// `[query_api.auth]`: API tokens.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthConfig {
+    /// Require a bearer token (`sluice tokens create`) on every route but `/healthz`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The token file; `<data_dir>/auth/tokens.json` by default.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+}
+
 fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -153,10 +169,12 @@ pub struct QueryApiConfig {
     pub tail: crate::tail::TailLimits,
     /// SQL's limits.
     pub sql: crate::sql::engine::EngineLimits,
+    /// The token file every request is checked against, when tokens are required.
+    pub tokens_file: Option<PathBuf>,
 }
 impl RawQueryApiConfig {
     /// Checks every field.
-    pub fn validate(self) -> Result<QueryApiConfig, SluiceError> {
+    pub fn validate(self, data_dir: &Path) -> Result<QueryApiConfig, SluiceError> {
         positive("query_api.max_search_limit", self.max_search_limit)?;
         positive("query_api.max_sql_rows", self.max_sql_rows)?;
         positive("query_api.max_sql_bytes", self.max_sql_bytes)?;
@@ -212,6 +230,11 @@ impl RawQueryApiConfig {
                 max_concurrent: self.sql.max_concurrent,
                 threads: self.sql.threads,
             },
+            tokens_file: self.auth.enabled.then(|| {
+                self.auth
+                    .tokens_file
+                    .unwrap_or_else(|| data_dir.join("auth").join("tokens.json"))
+            }),
         })
     }
 }

@@ -17,9 +17,13 @@
 //! | `GET /metrics` | Prometheus text of every component in this process |
 //!
 //! Errors are JSON `{"error": "…"}` with a status from the error taxonomy: bad input is 4xx.
+//!
+//! With `[query_api.auth] enabled = true`, every route but `/healthz` needs
+//! `Authorization: Bearer <token>` (`sluice tokens create`); see [`auth`].
 
 pub mod archive;
 pub mod audit;
+pub mod auth;
 pub mod cold;
 pub mod config;
 pub mod loggregator;
@@ -66,6 +70,8 @@ pub struct AppState {
     pub config: QueryApiConfig,
     /// This component's counters.
     pub metrics: metrics::QueryMetrics,
+    /// Checks every request's token, when tokens are required.
+    pub gate: Option<auth::Gate>,
 }
 
 /// The bus live tails read, or why this process cannot read it.
@@ -87,7 +93,18 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
     let searcher = Arc::new(Searcher::new(&index_dir));
+    let gate = match &config.tokens_file {
+        Some(path) => {
+            let authenticator =
+                sluice_auth::Authenticator::open(sluice_auth::TokenFile::at(path.clone()))?;
+            authenticator.spawn_reloader();
+            tracing::info!(tokens_file = %path.display(), "query api requires tokens");
+            Some(auth::Gate::new(authenticator, &telemetry))
+        }
+        None => None,
+    };
     let state = AppState {
+        gate,
         search: search::SearchBackend::new(
             &config.indexers,
             config.indexer_timeout,

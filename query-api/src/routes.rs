@@ -59,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.gate.clone(),
+            crate::auth::authorize,
+        ))
         .with_state(state)
 }
 

@@ -47,30 +47,7 @@ pub struct Policy {
     pub rules: Vec<Rule>,
 }
 
-/// Whether `text` matches `pattern` (`*`: any run of characters, `?`: one character).
-pub fn matches(pattern: &str, text: &str) -> bool {
-    let (pattern, text): (Vec<char>, Vec<char>) =
-        (pattern.chars().collect(), text.chars().collect());
-    let (mut p, mut t) = (0, 0);
-    let (mut star, mut resume) = (None, 0);
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some(p);
-            resume = t;
-            p += 1;
-        } else if let Some(position) = star {
-            p = position + 1;
-            resume += 1;
-            t = resume;
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|character| *character == '*')
-}
+pub use sluice_common::glob::matches;
 
 impl Policy {
     fn rules_for(&self, table: Table) -> impl Iterator<Item = &Rule> {
@@ -483,18 +460,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_match_with_stars_and_question_marks() {
-        assert!(matches("audit-*", "audit-eu"));
-        assert!(matches("audit-*", "audit-"));
-        assert!(!matches("audit-*", "web"));
-        assert!(matches("*", ""));
-        assert!(matches("a?c", "abc"));
-        assert!(!matches("a?c", "ac"));
-        assert!(matches("*-db-*", "eu-db-1"));
-        assert!(!matches("*-db-*", "eu-web-1"));
-    }
 
     #[test]
     fn a_row_takes_the_first_rule_that_matches_its_table_and_source() {

@@ -49,7 +49,7 @@ pub async fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
     match args.command {
         ArchiveCommand::Stats(client) => {
             let url = format!("{}/api/v1/archive/stats", client.api.trim_end_matches('/'));
-            let body = call(reqwest::Client::new().get(&url), &url).await?;
+            let body = call(client.http()?.get(&url), &url).await?;
             if client.output == OutputFormat::Json {
                 outln!("{}", serde_json::to_string_pretty(&body)?);
                 return Ok(());
@@ -95,7 +95,7 @@ pub async fn archive(args: ArchiveArgs) -> anyhow::Result<()> {
                 "{}/api/v1/archive/partitions",
                 client.api.trim_end_matches('/')
             );
-            let request = reqwest::Client::new().get(&url);
+            let request = client.http()?.get(&url);
             let request = match &table {
                 Some(table) => request.query(&[("table", table)]),
                 None => request,
@@ -158,7 +158,7 @@ async fn compact(now: bool, client: &ClientArgs) -> anyhow::Result<()> {
         "{}/api/v1/archive/compact",
         client.api.trim_end_matches('/')
     );
-    let http = reqwest::Client::new();
+    let http = client.http()?;
     if !now {
         let body = call(http.get(&url), &url).await?;
         match body.get("progress").filter(|progress| !progress.is_null()) {
@@ -224,7 +224,7 @@ async fn compact(now: bool, client: &ClientArgs) -> anyhow::Result<()> {
 /// `sluice archive expire [--dry-run]`.
 async fn expire(dry_run: bool, client: &ClientArgs) -> anyhow::Result<()> {
     let base = format!("{}/api/v1/archive/expire", client.api.trim_end_matches('/'));
-    let http = reqwest::Client::new();
+    let http = client.http()?;
     let asked = call(http.post(&base).query(&[("dry_run", dry_run)]), &base).await?;
     let id = asked
         .get("id")

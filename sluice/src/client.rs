@@ -166,7 +166,7 @@ pub async fn search(args: SearchArgs) -> anyhow::Result<()> {
         params.push(("end", end.clone()));
     }
     let url = format!("{}/api/v1/search", args.client.api.trim_end_matches('/'));
-    let body = call(reqwest::Client::new().get(&url).query(&params), &url).await?;
+    let body = call(args.client.http()?.get(&url).query(&params), &url).await?;
     match args.client.output {
         OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Table => {
@@ -226,7 +226,9 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
     };
     if let Some(format) = streamed {
         // Written out as it arrives: a large answer never sits in memory here.
-        let response = reqwest::Client::new()
+        let response = args
+            .credentials
+            .http()?
             .post(&url)
             .query(&[("format", format)])
             .json(&serde_json::json!({"query": args.query}))
@@ -250,7 +252,9 @@ pub async fn sql(args: SqlArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let request = reqwest::Client::new()
+    let request = args
+        .credentials
+        .http()?
         .post(&url)
         .json(&serde_json::json!({"query": args.query}));
     let body = call(request, &url).await?;
@@ -312,7 +316,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         params.push(("end", end.clone()));
     }
     let url = format!("{}/api/v1/audit", args.client.api.trim_end_matches('/'));
-    let body = call(reqwest::Client::new().get(&url).query(&params), &url).await?;
+    let body = call(args.client.http()?.get(&url).query(&params), &url).await?;
     let list = |key: &str| {
         body.get(key)
             .and_then(Value::as_array)

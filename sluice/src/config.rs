@@ -148,7 +148,7 @@ impl RawConfig {
             bus: self.bus.validate(&data_dir)?,
             indexer: self.indexer.validate(&data_dir)?,
             retention: self.retention.validate(&data_dir)?,
-            query_api: self.query_api.validate()?,
+            query_api: self.query_api.validate(&data_dir)?,
             telemetry_listen: self.telemetry.listen,
             data_dir,
         })

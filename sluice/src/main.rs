@@ -12,6 +12,7 @@ mod output;
 mod patterns;
 mod server;
 mod tail;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ enum Command {
     Archive(ArchiveArgs),
     /// The loss audit: what each agent's batches became, and every counted refusal or drop.
     Audit(AuditArgs),
+    /// API tokens: create, list, revoke (`[query_api.auth]`).
+    Tokens(tokens::TokensArgs),
 }
 
 /// Options shared by the server roles; flags override the config file.
@@ -120,7 +123,7 @@ enum OutputFormat {
     Json,
 }
 
-/// Where a client finds Sluice and its certificates.
+/// Where a client finds Sluice and its credentials.
 #[derive(Debug, Args)]
 struct ClientArgs {
     /// Query API base URL.
@@ -129,6 +132,64 @@ struct ClientArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     output: OutputFormat,
+    #[command(flatten)]
+    credentials: Credentials,
+}
+
+impl ClientArgs {
+    /// An HTTP client that sends the token with every request.
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        self.credentials.http()
+    }
+}
+
+/// The token a client sends.
+#[derive(Debug, Args)]
+struct Credentials {
+    /// API token; else `$SLUICE_TOKEN`; else the admin token `sluice up` keeps in
+    /// `<data-dir>/auth/admin.token`, if there is one.
+    #[arg(long)]
+    token: Option<String>,
+    /// Data directory of the `sluice up` to use the admin token of.
+    #[arg(long, default_value = "./sluice-data")]
+    data_dir: PathBuf,
+}
+
+impl Credentials {
+    /// The token to send, if any.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
+        if let Ok(token) = std::env::var("SLUICE_TOKEN")
+            && !token.trim().is_empty()
+        {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        let path = tokens::admin_token_path(&self.data_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(anyhow::anyhow!(
+                "failed to read {}: {error}",
+                path.display()
+            )),
+        }
+    }
+
+    /// An HTTP client that sends the token with every request.
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = self.token()? {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow::anyhow!("the token holds characters a header cannot"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -270,6 +331,8 @@ struct SqlArgs {
     /// per row (both streamed as they arrive).
     #[arg(long, value_enum, default_value = "table")]
     output: SqlOutput,
+    #[command(flatten)]
+    credentials: Credentials,
 }
 
 /// How `sluice sql` prints its answer.
@@ -363,6 +426,7 @@ fn main() -> std::process::ExitCode {
             Command::Sql(args) => client::sql(args).await,
             Command::Archive(args) => archive::archive(args).await,
             Command::Audit(args) => client::audit(args).await,
+            Command::Tokens(args) => tokens::tokens(args),
         }
     });
     match result {

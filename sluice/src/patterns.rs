@@ -27,7 +27,7 @@ pub async fn patterns(args: PatternsArgs) -> anyhow::Result<()> {
         }
     }
     let url = format!("{}/api/v1/patterns", args.client.api.trim_end_matches('/'));
-    let body = call(reqwest::Client::new().get(&url).query(&params), &url).await?;
+    let body = call(args.client.http()?.get(&url).query(&params), &url).await?;
     match args.client.output {
         OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&body)?),
         OutputFormat::Table => print(&body, args.compare.is_some())?,

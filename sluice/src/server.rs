@@ -145,8 +145,11 @@ fn spawn_query_api(
     tls: TlsMaterial,
     telemetry: Telemetry,
     shutdown: Shutdown,
-) -> RoleHandle {
-    spawn_role(
+) -> anyhow::Result<RoleHandle> {
+    if let Some(tokens_file) = &config.query_api.tokens_file {
+        crate::tokens::ensure_admin_token(tokens_file, &config.data_dir)?;
+    }
+    Ok(spawn_role(
         "query-api",
         sluice_query_api::run(
             config.query_api.clone(),
@@ -157,7 +160,7 @@ fn spawn_query_api(
             telemetry,
             shutdown,
         ),
-    )
+    ))
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -281,7 +284,7 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
             tls.clone(),
             telemetry.clone(),
             serving_shutdown.clone(),
-        ),
+        )?,
     ];
     if let Some(listen) = config.telemetry_listen {
         serving.push(spawn_role(
@@ -407,7 +410,7 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
                 ),
                 BusConfig::Kafka { .. } => TailBus::Bus(open_bus(&config, &telemetry).await?),
             };
-            spawn_query_api(&config, tail_bus, load_tls(&config)?, telemetry, shutdown)
+            spawn_query_api(&config, tail_bus, load_tls(&config)?, telemetry, shutdown)?
         }
     };
     let mut handles = vec![handle];

@@ -36,7 +36,7 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
         cursor: args.cursor.clone(),
         printed: 0,
     };
-    let client = reqwest::Client::new();
+    let client = args.client.http()?;
     let mut backoff = Duration::from_millis(200);
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
