@@ -13,6 +13,11 @@ use serde::Deserialize;
 use sluice_common::SluiceError;
 use sluice_common::config::{parse_duration, positive};
 
+pub use crate::sources::elasticsearch::config::{
+    ElasticsearchSourceConfig, RawElasticsearchSourceConfig,
+};
+pub use crate::sources::otlp::config::{OtlpSourceConfig, RawOtlpSourceConfig};
+
 /// `[agent]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,46 +97,6 @@ pub struct RawAgentConfig {
     /// The OTLP source (logs and metrics over gRPC and HTTP/protobuf).
     #[serde(default)]
     pub otlp: RawOtlpSourceConfig,
-}
-
-/// `[agent.otlp]`: OTLP logs and metrics receivers.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawOtlpSourceConfig {
-    /// Serve it (every source is on unless turned off).
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// OTLP/gRPC address (plaintext).
-    #[serde(default = "default_otlp_grpc_listen")]
-    pub grpc_listen: SocketAddr,
-    /// OTLP/HTTP address (protobuf).
-    #[serde(default = "default_otlp_http_listen")]
-    pub http_listen: SocketAddr,
-    /// Resource attribute whose value becomes the source_id.
-    #[serde(default = "default_source_id_attribute")]
-    pub source_id_attribute: String,
-    /// Quantiles estimated from explicit-bucket histograms, each a gauge `<name>.p<q>`.
-    #[serde(default = "default_histogram_quantiles")]
-    pub histogram_quantiles: Vec<f64>,
-    /// Largest export accepted, in bytes (as sent and after decompression).
-    #[serde(default = "default_otlp_max_message_bytes")]
-    pub max_message_bytes: usize,
-}
-
-fn default_otlp_grpc_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 4317))
-}
-fn default_otlp_http_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 4318))
-}
-fn default_source_id_attribute() -> String {
-    "service.name".to_owned()
-}
-fn default_histogram_quantiles() -> Vec<f64> {
-    vec![0.5, 0.9, 0.99]
-}
-fn default_otlp_max_message_bytes() -> usize {
-    16 * 1024 * 1024
 }
 
 /// One `[[agent.files]]`: files to follow, by glob.
@@ -220,35 +185,9 @@ fn default_host_source_id() -> String {
     "host".to_owned()
 }
 
-/// `[agent.elasticsearch]`: an Elasticsearch-compatible `_bulk` endpoint over HTTP.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawElasticsearchSourceConfig {
-    /// Serve it (every source is on unless turned off).
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// HTTP address.
-    #[serde(default = "default_elasticsearch_listen")]
-    pub listen: SocketAddr,
-    /// A document field (dotted path, e.g. `service.name`) whose value becomes the source_id;
-    /// documents without it use their index name.
-    #[serde(default)]
-    pub source_id_field: Option<String>,
-    /// Largest request body, in bytes, as sent and again after gzip decompression.
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-}
-
 fn default_true() -> bool {
     true
 }
-fn default_elasticsearch_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9200))
-}
-fn default_max_body_bytes() -> usize {
-    100 * 1024 * 1024
-}
-
 /// `[agent.syslog]`: syslog over TCP (octet counting or newline framing), UDP and TLS, all on
 /// one port (a TCP connection that opens with a TLS handshake is served over TLS).
 #[derive(Debug, Clone, Deserialize)]
@@ -322,36 +261,6 @@ fn default_max_pending_share() -> f64 {
 }
 fn default_max_pending_envelopes() -> usize {
     100_000
-}
-
-fn validate_elasticsearch(
-    raw: RawElasticsearchSourceConfig,
-) -> Result<Option<ElasticsearchSourceConfig>, SluiceError> {
-    if !raw.enabled {
-        return Ok(None);
-    }
-    if raw.max_body_bytes == 0 {
-        return Err(SluiceError::invalid(
-            "agent.elasticsearch.max_body_bytes: must be at least 1",
-        ));
-    }
-    let source_id_field = match raw.source_id_field {
-        None => None,
-        Some(field) => {
-            let path: Vec<String> = field.split('.').map(str::to_owned).collect();
-            if path.iter().any(String::is_empty) {
-                return Err(SluiceError::invalid(format!(
-                    "agent.elasticsearch.source_id_field: {field:?} is not a dotted field path"
-                )));
-            }
-            Some(path)
-        }
-    };
-    Ok(Some(ElasticsearchSourceConfig {
-        listen: raw.listen,
-        source_id_field,
-        max_body_bytes: raw.max_body_bytes,
-    }))
 }
 
 fn validate_syslog(raw: RawSyslogSourceConfig) -> Result<Option<SyslogSourceConfig>, SluiceError> {
@@ -487,38 +396,6 @@ fn validate_files(raw: Vec<RawFileInput>) -> Result<Vec<FileInputConfig>, Sluice
         .collect()
 }
 
-fn validate_otlp(raw: RawOtlpSourceConfig) -> Result<Option<OtlpSourceConfig>, SluiceError> {
-    if !raw.enabled {
-        return Ok(None);
-    }
-    if raw.grpc_listen == raw.http_listen {
-        return Err(SluiceError::invalid(
-            "agent.otlp: grpc_listen and http_listen must differ",
-        ));
-    }
-    if let Some(bad) = raw
-        .histogram_quantiles
-        .iter()
-        .find(|quantile| !(0.0..=1.0).contains(*quantile))
-    {
-        return Err(SluiceError::invalid(format!(
-            "agent.otlp.histogram_quantiles: {bad} is not between 0 and 1"
-        )));
-    }
-    if raw.source_id_attribute.trim().is_empty() || raw.max_message_bytes == 0 {
-        return Err(SluiceError::invalid(
-            "agent.otlp: source_id_attribute must not be empty and max_message_bytes not 0",
-        ));
-    }
-    Ok(Some(OtlpSourceConfig {
-        grpc_listen: raw.grpc_listen,
-        http_listen: raw.http_listen,
-        source_id_attribute: raw.source_id_attribute,
-        histogram_quantiles: raw.histogram_quantiles,
-        max_message_bytes: raw.max_message_bytes,
-    }))
-}
-
 /// Validated `[agent]`.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -566,21 +443,6 @@ pub struct AgentConfig {
     pub files: Vec<FileInputConfig>,
     /// The OTLP source, when on.
     pub otlp: Option<OtlpSourceConfig>,
-}
-
-/// Validated `[agent.otlp]`.
-#[derive(Debug, Clone)]
-pub struct OtlpSourceConfig {
-    /// OTLP/gRPC address.
-    pub grpc_listen: SocketAddr,
-    /// OTLP/HTTP address.
-    pub http_listen: SocketAddr,
-    /// Resource attribute naming the source_id.
-    pub source_id_attribute: String,
-    /// Quantiles estimated from histograms.
-    pub histogram_quantiles: Vec<f64>,
-    /// Largest export.
-    pub max_message_bytes: usize,
 }
 
 /// Where a followed file without a checkpoint begins.
@@ -636,17 +498,6 @@ pub struct HostMetricsSourceConfig {
     pub interval: Duration,
     /// source_id of the gauges.
     pub source_id: String,
-}
-
-/// Validated `[agent.elasticsearch]`.
-#[derive(Debug, Clone)]
-pub struct ElasticsearchSourceConfig {
-    /// HTTP address.
-    pub listen: SocketAddr,
-    /// Field naming the source_id, as path segments.
-    pub source_id_field: Option<Vec<String>>,
-    /// Largest body, compressed and decompressed.
-    pub max_body_bytes: usize,
 }
 
 /// Validated `[agent.syslog]`.
@@ -711,12 +562,12 @@ impl RawAgentConfig {
             max_pending_share: self.max_pending_share,
             max_waiting_bytes: self.max_waiting_bytes,
             state_dir: data_dir.join("agent"),
-            elasticsearch: validate_elasticsearch(self.elasticsearch)?,
+            elasticsearch: self.elasticsearch.validate(data_dir)?,
             syslog: validate_syslog(self.syslog)?,
             host_metrics: validate_host_metrics(self.host_metrics)?,
             prometheus: validate_prometheus(self.prometheus)?,
             files: validate_files(self.files)?,
-            otlp: validate_otlp(self.otlp)?,
+            otlp: self.otlp.validate(data_dir)?,
         })
     }
 }

@@ -49,11 +49,13 @@ pub async fn run(
     let forwarder = forwarder::Forwarder::start(&config, agent_id, &tls, metrics.clone())?;
     let mut sources = tokio::task::JoinSet::new();
     if let Some(source_config) = config.elasticsearch.clone() {
+        let authenticator = sources::auth::open(source_config.tokens_file.as_ref())?;
         let source = sources::elasticsearch::ElasticsearchSource::new(
             source_config,
             Arc::clone(&forwarder),
             config.max_envelope_bytes,
             metrics.clone(),
+            authenticator,
         );
         sources.spawn(source.serve(shutdown.clone()));
     }
@@ -92,11 +94,13 @@ pub async fn run(
         sources.spawn(source.serve(shutdown.clone()));
     }
     if let Some(source_config) = config.otlp.clone() {
+        let authenticator = sources::auth::open(source_config.tokens_file.as_ref())?;
         let source = sources::otlp::OtlpSource::new(
             source_config,
             Arc::clone(&forwarder),
             config.max_envelope_bytes,
             metrics.clone(),
+            authenticator,
         );
         sources.spawn(source.serve(shutdown.clone()));
     }

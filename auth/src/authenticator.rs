@@ -4,6 +4,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use sluice_common::SluiceError;
 
 use crate::store::{TokenFile, unix_now};
@@ -143,10 +144,8 @@ impl Authenticator {
     ) -> Result<Identity, Refusal> {
         let result = self.check(authorization);
         if let Err(refusal) = result {
-            let id = authorization
-                .map(bearer)
-                .and_then(token::id_of)
-                .unwrap_or("-");
+            let presented = authorization.map(bearer).unwrap_or_default();
+            let id = token::id_of(&presented).unwrap_or("-");
             self.log_failure(refusal, id, peer);
         }
         result
@@ -154,6 +153,7 @@ impl Authenticator {
 
     fn check(&self, authorization: Option<&str>) -> Result<Identity, Refusal> {
         let presented = bearer(authorization.ok_or(Refusal::Missing)?);
+        let presented = presented.as_str();
         let id = token::id_of(presented).ok_or(Refusal::Malformed)?;
         let find = || {
             let tokens = Arc::clone(&self.tokens.read().unwrap_or_else(|e| e.into_inner()).1);
@@ -201,12 +201,31 @@ impl Authenticator {
     }
 }
 
-/// The token of `Bearer <token>` (the scheme in any case), or the value itself.
-fn bearer(value: &str) -> &str {
+/// The token an `Authorization` value carries, as the clients of each protocol send one:
+/// `Bearer <token>`; `Basic base64(user:token)` (any user; Elasticsearch clients'
+/// `basic_auth`); `ApiKey base64(id:token)` (their `api_key=(id, token)`) or `ApiKey <token>`;
+/// or the bare token.
+fn bearer(value: &str) -> String {
     let value = value.trim();
-    match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => value,
+    let Some((scheme, rest)) = value.split_once(' ') else {
+        return value.to_owned();
+    };
+    let rest = rest.trim();
+    let decoded_secret = || {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        text.split_once(':').map(|(_, secret)| secret.to_owned())
+    };
+    if scheme.eq_ignore_ascii_case("bearer") {
+        rest.to_owned()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        decoded_secret().unwrap_or_default()
+    } else if scheme.eq_ignore_ascii_case("apikey") {
+        decoded_secret().unwrap_or_else(|| rest.to_owned())
+    } else {
+        String::new()
     }
 }
 
@@ -253,6 +272,17 @@ mod tests {
         assert_eq!(
             authenticator.authenticate(Some("Basic dXNlcjpwYXNz"), "test"),
             Err(Refusal::Malformed)
+        );
+        // The shapes Elasticsearch clients send: basic_auth and api_key.
+        let encode = |text: String| base64::engine::general_purpose::STANDARD.encode(text);
+        let basic = format!("Basic {}", encode(format!("sluice:{text}")));
+        assert!(authenticator.authenticate(Some(&basic), "test").is_ok());
+        let api_key = format!("ApiKey {}", encode(format!("{}:{text}", record.id)));
+        assert!(authenticator.authenticate(Some(&api_key), "test").is_ok());
+        assert!(
+            authenticator
+                .authenticate(Some(&format!("ApiKey {text}")), "test")
+                .is_ok()
         );
         file.revoke(&record.id).unwrap();
         authenticator.reload_if_changed();

@@ -54,6 +54,77 @@ async fn wait_search(sluice: &Sluice, query: &str, expected: u64) {
         .await;
 }
 
+/// A new token of `data_dir` with `rights`, made with `sluice tokens create`.
+fn token(data_dir: &std::path::Path, rights: &str) -> String {
+    let output = Command::new(sluice_tests::sluice_binary())
+        .args([
+            "tokens",
+            "create",
+            "--name",
+            rights,
+            "--rights",
+            rights,
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// With `require_token`, the clients send a token the ways they document credentials
+/// (`api_key`, `basic_auth`, `bearer_auth`, opensearch-py's `http_auth`) and every document
+/// arrives; no credential, a wrong one or a read-only token is refused (401, 403) and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_clients_send_tokens_the_ways_they_document() {
+    let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let sluice =
+        Sluice::start_with_config(&data_dir, "[agent.elasticsearch]\nrequire_token = true\n").await;
+    let (ingest, read_only) = (token(&data_dir, "ingest"), token(&data_dir, "read"));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/es_auth.py");
+    let address = sluice.elasticsearch.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args([address, ingest, read_only])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "es_auth.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let delivered = serde_json::json!({"ok": 100, "errors": 0});
+    for way in ["apikey", "basic", "bearer", "opensearch"] {
+        assert_eq!(report[way], delivered, "{way}: {report}");
+    }
+    assert_eq!(report["anonymous"], "401", "{report}");
+    assert_eq!(report["wrong"], "401", "{report}");
+    assert_eq!(report["read_only"], "403", "{report}");
+    wait_search(&sluice, "secured", 400).await;
+    assert!(
+        rejected(
+            &sluice,
+            "source=\"elasticsearch\",reason=\"unauthenticated\""
+        )
+        .await
+            >= 2
+    );
+    assert!(rejected(&sluice, "source=\"elasticsearch\",reason=\"forbidden\"").await >= 1);
+}
+
 /// The Python `elasticsearch` client (`helpers.bulk`, gzip bodies, its product check) and
 /// `opensearch-py` (`create` actions) deliver every document; one undatable document fails
 /// alone with a per-item error.
@@ -797,6 +868,46 @@ async fn followed_files_survive_rotation_and_restarts_exactly_once() {
         4,
     )
     .await;
+}
+
+/// With `require_token`, the OpenTelemetry SDK's exporters carry the token in their `headers`
+/// setting over gRPC and HTTP and every line arrives; exports without it are refused and
+/// counted, and none of their lines is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opentelemetry_exporters_send_a_bearer_token_in_their_headers() {
+    let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let sluice = Sluice::start_with_config(&data_dir, "[agent.otlp]\nrequire_token = true\n").await;
+    let ingest = token(&data_dir, "ingest");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/otel_auth.py");
+    let (grpc, http) = (sluice.otlp_grpc.clone(), sluice.otlp_http.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args([grpc, http, ingest, "200".to_owned()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "otel_auth.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for transport in ["grpc", "http"] {
+        wait_search(&sluice, &format!("otlpauth{transport}"), 200).await;
+    }
+    // The refused exports went first: had they been kept, they would be found by now.
+    for transport in ["grpc", "http"] {
+        assert_eq!(
+            sluice.search_total(&format!("otlpanon{transport}")).await,
+            0
+        );
+    }
+    assert!(rejected(&sluice, "source=\"otlp\",reason=\"unauthenticated\"").await >= 2);
 }
 
 /// The OpenTelemetry Python SDK exports logs and metrics over OTLP/gRPC and OTLP/HTTP: every

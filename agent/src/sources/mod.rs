@@ -1,6 +1,7 @@
 //! Agent sources, one folder each with the same shape: `mod.rs` (declarations only),
 //! `source.rs` (the server or reader), `tests.rs`.
 
+pub(crate) mod auth;
 pub mod elasticsearch;
 pub mod files;
 pub mod host;

@@ -3,6 +3,7 @@
 //! The mapping of documents onto envelopes is documented in [`bulk`].
 
 pub mod bulk;
+pub mod config;
 mod source;
 #[cfg(test)]
 mod tests;

@@ -28,12 +28,15 @@ use sluice_proto::v2::Envelope;
 use super::bulk::{self, Item, Mapping};
 use crate::forwarder::{Forwarder, Ticket};
 use crate::metrics::AgentMetrics;
+use crate::sources::auth::Refused;
 
 const SOURCE: &str = "elasticsearch";
 /// The version `GET /` reports: clients check the major version and the product header.
 const VERSION: &str = "8.17.0";
 
 struct Shared {
+    /// Checks every request's credential, when tokens are required.
+    authenticator: Option<Arc<sluice_auth::Authenticator>>,
     forwarder: Arc<Forwarder>,
     metrics: AgentMetrics,
     mapping: Mapping,
@@ -54,8 +57,10 @@ impl ElasticsearchSource {
         forwarder: Arc<Forwarder>,
         max_envelope_bytes: usize,
         metrics: AgentMetrics,
+        authenticator: Option<Arc<sluice_auth::Authenticator>>,
     ) -> ElasticsearchSource {
         let shared = Arc::new(Shared {
+            authenticator,
             forwarder,
             metrics,
             mapping: Mapping {
@@ -71,12 +76,15 @@ impl ElasticsearchSource {
     pub async fn serve(self, mut shutdown: Shutdown) -> Result<(), SluiceError> {
         let listener =
             sluice_common::listen(self.config.listen, "elasticsearch bulk source").await?;
-        axum::serve(sluice_common::http_nodelay(listener), router(self.shared))
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await
-            .map_err(|error| {
-                SluiceError::internal(format!("elasticsearch bulk source failed: {error}"))
-            })
+        axum::serve(
+            sluice_common::http_nodelay(listener),
+            router(self.shared).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+        .map_err(|error| {
+            SluiceError::internal(format!("elasticsearch bulk source failed: {error}"))
+        })
     }
 }
 
@@ -88,8 +96,58 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_bulk", any(bulk_without_index))
         .route("/{index}/_bulk", any(bulk_with_index))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            authenticate,
+        ))
         .layer(axum::middleware::map_response(product_header))
         .with_state(shared)
+}
+
+/// With `require_token`, every request needs a token with the ingest right (401 or 403 in
+/// Elasticsearch's shape otherwise, counted as refusals by reason).
+async fn authenticate(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(authenticator) = &shared.authenticator else {
+        return next.run(request).await;
+    };
+    let peer = crate::sources::auth::peer_of(&request);
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or("\u{0}"));
+    match crate::sources::auth::check(Some(authenticator), authorization, &peer) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            shared.metrics.source_refused(SOURCE, refused.reason());
+            let path = request.uri().path().to_owned();
+            let Refused::Unauthenticated(message) = refused else {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "security_exception",
+                    &format!(
+                        "action [indices:data/write/bulk] is unauthorized: {}",
+                        refused.message()
+                    ),
+                );
+            };
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "security_exception",
+                &format!("{message} for REST request [{path}]"),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(
+                    "Basic realm=\"security\", charset=\"UTF-8\", ApiKey, Bearer",
+                ),
+            );
+            response
+        }
+    }
 }
 
 async fn product_header(mut response: Response) -> Response {

@@ -2,6 +2,7 @@
 //! (127.0.0.1:4318), as the OpenTelemetry SDKs and Collector export them. The mapping is
 //! documented in [`mapping`].
 
+pub mod config;
 pub mod mapping;
 mod source;
 #[cfg(test)]

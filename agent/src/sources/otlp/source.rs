@@ -35,10 +35,13 @@ use tonic::{Request, Status};
 use super::mapping::{self, Mapped, Mapping};
 use crate::forwarder::{Forwarder, Ticket};
 use crate::metrics::AgentMetrics;
+use crate::sources::auth::Refused;
 
 const SOURCE: &str = "otlp";
 
 struct Shared {
+    /// Checks every export's token, when tokens are required.
+    authenticator: Option<Arc<sluice_auth::Authenticator>>,
     forwarder: Arc<Forwarder>,
     metrics: AgentMetrics,
     mapping: Mapping,
@@ -59,8 +62,10 @@ impl OtlpSource {
         forwarder: Arc<Forwarder>,
         max_envelope_bytes: usize,
         metrics: AgentMetrics,
+        authenticator: Option<Arc<sluice_auth::Authenticator>>,
     ) -> OtlpSource {
         let shared = Arc::new(Shared {
+            authenticator,
             forwarder,
             metrics,
             mapping: Mapping {
@@ -121,11 +126,18 @@ async fn serve_http(
     let router = Router::new()
         .route("/v1/logs", post(http_logs))
         .route("/v1/metrics", post(http_metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            http_authenticate,
+        ))
         .with_state(shared);
-    axum::serve(sluice_common::http_nodelay(listener), router)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-        .map_err(|error| SluiceError::internal(format!("otlp http source failed: {error}")))
+    axum::serve(
+        sluice_common::http_nodelay(listener),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.wait().await })
+    .await
+    .map_err(|error| SluiceError::internal(format!("otlp http source failed: {error}")))
 }
 
 /// Forwards what a mapping kept and waits until it is durable; counts what it refused.
@@ -166,6 +178,54 @@ async fn deliver(shared: &Shared, mut mapped: Mapped) -> Result<(i64, String), S
     Ok((refused, message))
 }
 
+/// With `require_token`, an OTLP/HTTP export needs a token with the ingest right: 401 or 403
+/// otherwise, counted, before the body is read.
+async fn http_authenticate(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = crate::sources::auth::peer_of(&request);
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or("\u{0}"));
+    match crate::sources::auth::check(shared.authenticator.as_deref(), authorization, &peer) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            shared.metrics.source_refused(SOURCE, refused.reason());
+            let status = match refused {
+                Refused::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                Refused::Forbidden(_) => StatusCode::FORBIDDEN,
+            };
+            plain(status, refused.message())
+        }
+    }
+}
+
+/// The same for an OTLP/gRPC export: `UNAUTHENTICATED` or `PERMISSION_DENIED`.
+fn grpc_authenticate<T>(shared: &Shared, request: &Request<T>) -> Result<(), Status> {
+    if shared.authenticator.is_none() {
+        return Ok(());
+    }
+    let peer = request
+        .remote_addr()
+        .map_or_else(|| "-".to_owned(), |address| address.to_string());
+    let authorization = request
+        .metadata()
+        .get("authorization")
+        .map(|value| value.to_str().unwrap_or("\u{0}"));
+    crate::sources::auth::check(shared.authenticator.as_deref(), authorization, &peer).map_err(
+        |refused| {
+            shared.metrics.source_refused(SOURCE, refused.reason());
+            match refused {
+                Refused::Unauthenticated(_) => Status::unauthenticated(refused.message()),
+                Refused::Forbidden(_) => Status::permission_denied(refused.message()),
+            }
+        },
+    )
+}
+
 #[derive(Clone)]
 struct Receiver(Arc<Shared>);
 
@@ -175,6 +235,7 @@ impl LogsService for Receiver {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, Status> {
+        grpc_authenticate(&self.0, &request)?;
         let mapped = mapping::logs(
             request.get_ref(),
             &self.0.mapping,
@@ -196,6 +257,7 @@ impl MetricsService for Receiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
+        grpc_authenticate(&self.0, &request)?;
         let mapped = mapping::metrics(
             request.get_ref(),
             &self.0.mapping,
