@@ -54,6 +54,30 @@ async fn wait_search(sluice: &Sluice, query: &str, expected: u64) {
         .await;
 }
 
+/// Runs `tests/python/<name>` with the clients' Python and `args`, and returns the JSON it
+/// printed (failing with its output if it failed).
+async fn run_python(python: String, name: &str, args: Vec<String>) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{name} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// A new token of `data_dir` with `rights`, made with `sluice tokens create`.
 fn token(data_dir: &std::path::Path, rights: &str) -> String {
     let output = Command::new(sluice_tests::sluice_binary())
@@ -88,24 +112,8 @@ async fn elasticsearch_clients_send_tokens_the_ways_they_document() {
     let sluice =
         Sluice::start_with_config(&data_dir, "[agent.elasticsearch]\nrequire_token = true\n").await;
     let (ingest, read_only) = (token(&data_dir, "ingest"), token(&data_dir, "read"));
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/es_auth.py");
     let address = sluice.elasticsearch.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args([address, ingest, read_only])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "es_auth.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = run_python(python, "es_auth.py", vec![address, ingest, read_only]).await;
     let delivered = serde_json::json!({"ok": 100, "errors": 0});
     for way in ["apikey", "basic", "bearer", "opensearch"] {
         assert_eq!(report[way], delivered, "{way}: {report}");
@@ -133,25 +141,8 @@ async fn elasticsearch_and_opensearch_clients_deliver_every_document() {
     let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data")).await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/es_clients.py");
     let address = sluice.elasticsearch.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .arg(address)
-            .arg("1000")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "es_clients.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = run_python(python, "es_clients.py", vec![address, "1000".to_owned()]).await;
     assert_eq!(report["info"], "8.17.0", "{report}");
     assert_eq!(report["es_ok"], 1000, "{report}");
     assert_eq!(
@@ -880,23 +871,16 @@ async fn opentelemetry_exporters_send_a_bearer_token_in_their_headers() {
     let data_dir = dir.path().join("data");
     let sluice = Sluice::start_with_config(&data_dir, "[agent.otlp]\nrequire_token = true\n").await;
     let ingest = token(&data_dir, "ingest");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/otel_auth.py");
     let (grpc, http) = (sluice.otlp_grpc.clone(), sluice.otlp_http.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args([grpc, http, ingest, "200".to_owned()])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "otel_auth.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = run_python(
+        python,
+        "otel_auth.py",
+        vec![grpc, http, ingest, "200".to_owned()],
+    )
+    .await;
+    for name in ["otlpauthgrpc", "otlpauthhttp"] {
+        assert_eq!(report[name], true, "{name}: {report}");
+    }
     for transport in ["grpc", "http"] {
         wait_search(&sluice, &format!("otlpauth{transport}"), 200).await;
     }
@@ -918,26 +902,8 @@ async fn the_opentelemetry_sdk_exports_logs_and_metrics_over_grpc_and_http() {
     let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start(&dir.path().join("data")).await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/otel_export.py");
     let (grpc, http) = (sluice.otlp_grpc.clone(), sluice.otlp_http.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .arg(grpc)
-            .arg(http)
-            .arg("500")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "otel_export.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = run_python(python, "otel_export.py", vec![grpc, http, "500".to_owned()]).await;
     for key in [
         "grpc_logs_flushed",
         "http_logs_flushed",
