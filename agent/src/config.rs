@@ -25,6 +25,12 @@ pub struct RawAgentConfig {
     /// Address of the Loggregator v2 ingress (gRPC, mTLS).
     #[serde(default = "default_agent_listen")]
     pub listen: SocketAddr,
+    /// For platform agents trusted to say whose records they send (their client certificate
+    /// is the trust): the Loggregator ingress files each envelope under the tenant this tag
+    /// names (Cloud Foundry's `organization_id`), the default tenant where it is missing.
+    /// Unset: every envelope of this ingress belongs to the default tenant.
+    #[serde(default)]
+    pub tenant_tag: Option<String>,
     /// Dopplers to forward to, as `host:port`.
     #[serde(default = "default_dopplers")]
     pub dopplers: Vec<String>,
@@ -401,6 +407,8 @@ fn validate_files(raw: Vec<RawFileInput>) -> Result<Vec<FileInputConfig>, Sluice
 pub struct AgentConfig {
     /// Ingress listen address.
     pub listen: SocketAddr,
+    /// The Loggregator ingress's tenant tag.
+    pub tenant_tag: Option<String>,
     /// Doppler addresses.
     pub dopplers: Vec<String>,
     /// Envelopes per batch.
@@ -542,8 +550,18 @@ impl RawAgentConfig {
                 "agent.dopplers: name at least one doppler",
             ));
         }
+        if self
+            .tenant_tag
+            .as_deref()
+            .is_some_and(|tag| tag.trim().is_empty())
+        {
+            return Err(SluiceError::invalid(
+                "agent.tenant_tag: name a tag, or leave the key out",
+            ));
+        }
         Ok(AgentConfig {
             listen: self.listen,
+            tenant_tag: self.tenant_tag,
             dopplers: self.dopplers,
             flush_envelopes: self.flush_envelopes,
             flush_bytes: self.flush_bytes,

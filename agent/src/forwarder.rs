@@ -34,6 +34,7 @@ use std::time::Duration;
 use crate::config::AgentConfig;
 use prost::Message;
 use sluice_common::SluiceError;
+use sluice_common::tenancy;
 use sluice_common::tls::TlsMaterial;
 use sluice_proto::v1::AgentBatch;
 use sluice_proto::v1::doppler_ingress_client::DopplerIngressClient;
@@ -53,6 +54,8 @@ pub struct Ticket {
 struct TicketInner {
     /// The source that took the request: its share of the pending limits is charged.
     source: &'static str,
+    /// Whose records these are.
+    tenancy: Tenancy,
     failure: Mutex<Option<tonic::Status>>,
     done: Mutex<Option<oneshot::Sender<Result<(), tonic::Status>>>>,
 }
@@ -76,13 +79,59 @@ impl Drop for TicketInner {
     }
 }
 
+/// The tenant a request's envelopes are stamped with (see `sluice_common::tenancy`): whatever a
+/// client wrote in the reserved tag is replaced, so no sender can name a tenant it was not
+/// given.
+#[derive(Debug, Clone)]
+pub enum Tenancy {
+    /// One tenant for every envelope: the default one, or the authenticated sender's.
+    Fixed(Arc<str>),
+    /// For trusted platform senders: each envelope's tenant is the value of this tag (Cloud
+    /// Foundry's `organization_id`), the default tenant where it is missing or not a valid
+    /// tenant name.
+    FromTag(Arc<str>),
+}
+
+impl Tenancy {
+    /// The default tenant.
+    pub fn default_tenant() -> Tenancy {
+        Tenancy::Fixed(Arc::from(tenancy::DEFAULT_TENANT))
+    }
+
+    fn stamp(&self, envelope: &mut Envelope) {
+        match self {
+            Tenancy::Fixed(tenant) => tenancy::stamp(envelope, tenant),
+            Tenancy::FromTag(tag) => {
+                let tenant = envelope
+                    .tags
+                    .get(&**tag)
+                    .filter(|value| tenancy::valid_name(value))
+                    .cloned();
+                tenancy::stamp(
+                    envelope,
+                    tenant.as_deref().unwrap_or(tenancy::DEFAULT_TENANT),
+                );
+            }
+        }
+    }
+}
+
 impl Ticket {
-    /// A ticket for a request `source` took, and the receiver that resolves when it
-    /// completes.
+    /// A ticket for a request `source` took for the default tenant, and the receiver that
+    /// resolves when it completes.
     pub fn new(source: &'static str) -> (Ticket, oneshot::Receiver<Result<(), tonic::Status>>) {
+        Ticket::with_tenancy(source, Tenancy::default_tenant())
+    }
+
+    /// Like [`Ticket::new`], for the records of the tenant `tenancy` names.
+    pub fn with_tenancy(
+        source: &'static str,
+        tenancy: Tenancy,
+    ) -> (Ticket, oneshot::Receiver<Result<(), tonic::Status>>) {
         let (done, receiver) = oneshot::channel();
         let inner = TicketInner {
             source,
+            tenancy,
             failure: Mutex::new(None),
             done: Mutex::new(Some(done)),
         };
@@ -395,6 +444,7 @@ impl Forwarder {
         let now = sluice_common::time::now_nanos();
         let (mut too_old, mut too_far_ahead) = (0, 0);
         for envelope in &mut envelopes {
+            ticket.inner.tenancy.stamp(envelope);
             match self.window.apply(envelope, now) {
                 Some(OutOfWindow::Past) => too_old += 1,
                 Some(OutOfWindow::Future) => too_far_ahead += 1,

@@ -88,8 +88,11 @@ impl TokenFile {
         if new.name.trim().is_empty() {
             return Err(SluiceError::invalid("a token needs a name"));
         }
-        if new.tenant.trim().is_empty() {
-            return Err(SluiceError::invalid("a token needs a tenant"));
+        if !sluice_common::tenancy::valid_name(&new.tenant) {
+            return Err(SluiceError::invalid(format!(
+                "tenant {:?}: a tenant is 1 to 64 of ASCII letters, digits, '-', '_' and '.'",
+                new.tenant
+            )));
         }
         if new.rights.is_empty() {
             return Err(SluiceError::invalid("a token needs at least one right"));

@@ -8,8 +8,8 @@ use sluice_common::SluiceError;
 /// What every token's text starts with (so a leaked one is recognisable, as GitHub's are).
 pub(crate) const PREFIX: &str = "sluice_";
 
-/// The tenant of every record until the sender's tenant is set at ingest.
-pub const DEFAULT_TENANT: &str = "default";
+pub use sluice_common::tenancy::DEFAULT_TENANT;
+use sluice_common::tenancy::Scope;
 
 /// What an identity may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -101,10 +101,17 @@ impl Identity {
         self.rights.contains(&right)
     }
 
-    /// Whether it reaches less than everything: another tenant than the default one, or
-    /// some sources only.
-    pub fn is_narrowed(&self) -> bool {
-        self.tenant != DEFAULT_TENANT || !self.sources.is_empty()
+    /// The records it may read: `None` for an administrator of the default tenant that is not
+    /// narrowed to some sources (the operator, who sees every tenant), otherwise its tenant's,
+    /// of its sources.
+    pub fn scope(&self) -> Option<Scope> {
+        if self.tenant == DEFAULT_TENANT && self.sources.is_empty() && self.can(Right::Admin) {
+            return None;
+        }
+        Some(Scope {
+            tenant: self.tenant.clone(),
+            sources: self.sources.clone(),
+        })
     }
 
     /// Whether it may read `source_id` of its tenant.
@@ -207,7 +214,7 @@ mod tests {
             sources: vec!["web-*".into()],
             rights: vec![Right::Read],
         };
-        assert!(identity.is_narrowed());
+        assert!(identity.scope().is_some());
         assert!(identity.may_read_source("web-1"));
         assert!(!identity.may_read_source("db-1"));
         assert!(identity.can(Right::Read) && !identity.can(Right::Admin));

@@ -18,6 +18,7 @@ pub mod failpoint;
 pub mod glob;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tenancy;
 pub mod time;
 pub mod tls;
 

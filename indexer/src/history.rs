@@ -11,6 +11,7 @@ use std::ops::Bound;
 
 use sluice_bus::Partition;
 use sluice_common::SluiceError;
+use sluice_common::tenancy::Scope;
 use sluice_common::time::Hour;
 use sluice_proto::v2::{Envelope, Event, Log, envelope, log};
 use tantivy::collector::{Count, DocSetCollector, TopDocs};
@@ -56,6 +57,9 @@ pub enum HistoryOrder {
 pub struct HistoryRequest<'a> {
     /// The documents to select (a tail's selectors and text filter, as an index query).
     pub query: &'a dyn Query,
+    /// The records the reader may see (`None`: every tenant's); applied to each hour with
+    /// that hour's schema.
+    pub scope: Option<&'a Scope>,
     /// Only envelopes stamped at or after this time (ns), when set.
     pub start_ns: Option<i64>,
     /// The bus ranges, per partition; partitions not named are not searched.
@@ -137,7 +141,7 @@ impl Searcher {
             hours.retain(|hour| hour.end_nanos() > start);
         }
         match request.order {
-            HistoryOrder::NewestByTime => self.newest(&query, &hours, request.limit),
+            HistoryOrder::NewestByTime => self.newest(&query, request.scope, &hours, request.limit),
             HistoryOrder::OldestByPosition => self.oldest(request, &query, &hours),
         }
     }
@@ -203,16 +207,18 @@ impl Searcher {
     fn newest(
         &self,
         query: &dyn Query,
+        scope: Option<&Scope>,
         hours: &[Hour],
         limit: usize,
     ) -> Result<History, SluiceError> {
         let mut history = History::default();
         for hour in hours.iter().rev() {
             let searcher = self.fresh_searcher(*hour)?;
+            let query = crate::scope::scoped(query.box_clone(), scope, searcher.schema())?;
             let wanted = limit.saturating_sub(history.entries.len()).max(1);
             let (count, top) = searcher
                 .search(
-                    query,
+                    query.as_ref(),
                     &(
                         Count,
                         TopDocs::with_limit(wanted)
@@ -251,9 +257,10 @@ impl Searcher {
             let searcher = searchers
                 .entry(*hour)
                 .or_insert(self.fresh_searcher(*hour)?);
+            let query = crate::scope::scoped(query.box_clone(), request.scope, searcher.schema())?;
             let (count, top) = searcher
                 .search(
-                    query,
+                    query.as_ref(),
                     &(
                         Count,
                         TopDocs::with_limit(request.limit)
@@ -288,6 +295,7 @@ impl Searcher {
                     .map_or(0, |range| range.from.index);
                 let single = HistoryRequest {
                     query: request.query,
+                    scope: request.scope,
                     start_ns: request.start_ns,
                     ranges: [(
                         partition,
@@ -341,12 +349,13 @@ impl Searcher {
         log_types: &[&str],
         limit: usize,
         descending: bool,
+        scope: Option<&Scope>,
     ) -> Result<Vec<HistoryEntry>, SluiceError> {
         if limit == 0 || log_types.is_empty() || start_ns >= end_ns {
             return Ok(Vec::new());
         }
         let fields = self.store().fields().clone();
-        let query = BooleanQuery::new(vec![
+        let query: Box<dyn Query> = Box::new(BooleanQuery::new(vec![
             (
                 Occur::Must,
                 Box::new(TermQuery::new(
@@ -378,7 +387,7 @@ impl Searcher {
                         .collect(),
                 )),
             ),
-        ]);
+        ]));
         let order = if descending { Order::Desc } else { Order::Asc };
         let mut found: Vec<(i64, HistoryEntry)> = Vec::new();
         for hour in self.hours()? {
@@ -386,9 +395,10 @@ impl Searcher {
                 continue;
             }
             let searcher = self.fresh_searcher(hour)?;
+            let query = crate::scope::scoped(query.box_clone(), scope, searcher.schema())?;
             let top = searcher
                 .search(
-                    &query,
+                    query.as_ref(),
                     &TopDocs::with_limit(limit).order_by_fast_field::<i64>("timestamp", order),
                 )
                 .map_err(|error| history_failed(hour, &error))?;
@@ -668,6 +678,7 @@ mod tests {
         let searcher = Searcher::new(dir.path());
         let history = searcher
             .history(&HistoryRequest {
+                scope: None,
                 query: &AllQuery,
                 start_ns: None,
                 ranges: range(1, 1, 3),
@@ -696,6 +707,7 @@ mod tests {
         // a query narrow it.
         let limited = searcher
             .history(&HistoryRequest {
+                scope: None,
                 query: &AllQuery,
                 start_ns: None,
                 ranges: range(0, 0, 4),
@@ -713,6 +725,7 @@ mod tests {
         let query = searcher.parse("source_id:a").expect("query");
         let narrowed = searcher
             .history(&HistoryRequest {
+                scope: None,
                 query: query.as_ref(),
                 start_ns: Some(all[3].1.timestamp),
                 ranges: range(0, 0, 4),
@@ -745,6 +758,7 @@ mod tests {
             loop {
                 let page = searcher
                     .history(&HistoryRequest {
+                        scope: None,
                         query: &AllQuery,
                         start_ns: None,
                         ranges: range(from.offset, from.index, 4),
@@ -878,6 +892,7 @@ mod concurrent {
         for _ in 0..2_000 {
             let page = searcher
                 .history(&HistoryRequest {
+                    scope: None,
                     query: &AllQuery,
                     start_ns: None,
                     ranges: [(

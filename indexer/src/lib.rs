@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod patterns;
 pub mod pipeline;
 pub mod schema;
+pub mod scope;
 pub mod search;
 pub mod service;
 pub mod store;

@@ -222,6 +222,8 @@ pub struct PatternsRequest {
     pub end_ns: Option<i64>,
     /// Also count per step of this many ns (aligned to multiples of it since the epoch).
     pub step_ns: Option<i64>,
+    /// The records the reader may see (`None`: every tenant's).
+    pub scope: Option<sluice_common::tenancy::Scope>,
 }
 
 /// One pattern's lines in the range.
@@ -408,9 +410,11 @@ impl Searcher {
         let mut all: HashMap<String, (Group, Hour)> = HashMap::new();
         for hour in &hours {
             let searcher = self.fresh_searcher(*hour)?;
+            let query =
+                crate::scope::scoped(query.box_clone(), request.scope.as_ref(), searcher.schema())?;
             let bounded: Box<dyn Query> = if start > hour.start_nanos() || end < hour.end_nanos() {
                 Box::new(BooleanQuery::new(vec![
-                    (Occur::Must, query.box_clone()),
+                    (Occur::Must, query),
                     (
                         Occur::Must,
                         Box::new(RangeQuery::new(
@@ -420,7 +424,7 @@ impl Searcher {
                     ),
                 ]))
             } else {
-                query.box_clone()
+                query
             };
             let groups = searcher.search(&bounded, &collector).map_err(|error| {
                 SluiceError::internal(format!(
@@ -574,6 +578,7 @@ mod tests {
         // Asked before anything is indexed: nothing, and no stale view afterwards.
         let empty = searcher
             .patterns(&PatternsRequest {
+                scope: None,
                 query: "*".into(),
                 start_ns: None,
                 end_ns: None,
@@ -584,6 +589,7 @@ mod tests {
         index(dir.path());
         let answer = searcher
             .patterns(&PatternsRequest {
+                scope: None,
                 query: "*".into(),
                 start_ns: None,
                 end_ns: None,
@@ -610,6 +616,7 @@ mod tests {
         assert_eq!(ids, vec![2, 3]);
         let only = searcher
             .patterns(&PatternsRequest {
+                scope: None,
                 query: format!("pattern_id:{}", sluice_patterns::format_id(3)),
                 start_ns: None,
                 end_ns: None,

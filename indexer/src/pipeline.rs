@@ -877,6 +877,7 @@ mod tests {
 
     fn total(dir: &Path) -> u64 {
         let request = SearchRequest {
+            scope: None,
             query: "replayed".into(),
             start_ns: None,
             end_ns: None,

@@ -12,6 +12,7 @@
 //! | `bus_partition`, `bus_offset` | u64, indexed, fast | the bus record the envelope came in |
 //! | `bus_index` | u64, indexed, fast | the envelope's position in its batch (with the two above, its identity: live tails resume by it) |
 //! | `pattern_id` | raw string, stored, fast | the log line's pattern, as its doppler mined it (16 hex digits) |
+//! | `tenant` | raw string, indexed | the record's tenant (`sluice_common::tenancy`): every read of a scoped reader adds it to the query (`scope.rs`); hours indexed before it existed hold the default tenant's records only |
 //!
 //! Only log and event envelopes are indexed; counters, gauges and timers go to the archive.
 
@@ -60,6 +61,8 @@ pub struct Fields {
     pub bus_batch_envelopes: Field,
     /// `pattern_id`.
     pub pattern_id: Field,
+    /// `tenant`.
+    pub tenant: Field,
 }
 
 /// Where a document came from on the bus.
@@ -106,6 +109,7 @@ impl Fields {
         let bus_index = builder.add_u64_field("bus_index", INDEXED | FAST);
         let bus_batch_envelopes = builder.add_u64_field("bus_batch_envelopes", FAST);
         let pattern_id = builder.add_text_field("pattern_id", STRING | STORED | FAST);
+        let tenant = builder.add_text_field("tenant", STRING);
         Fields {
             schema: builder.build(),
             timestamp,
@@ -122,6 +126,7 @@ impl Fields {
             bus_index,
             bus_batch_envelopes,
             pattern_id,
+            tenant,
         }
     }
 
@@ -146,6 +151,7 @@ impl Fields {
         document.add_i64(self.timestamp, envelope.timestamp);
         document.add_text(self.source_id, &envelope.source_id);
         document.add_text(self.instance_id, &envelope.instance_id);
+        document.add_text(self.tenant, sluice_common::tenancy::tenant_of(envelope));
         document.add_text(self.log_type, log_type);
         document.add_text(self.message, message);
         document.add_bool(self.invalid_utf8, invalid_utf8);

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::Serialize;
+use sluice_common::tenancy::Scope;
 use sluice_common::time::Hour;
 use sluice_common::{ErrorKind, SluiceError};
 use tantivy::collector::{Count, TopDocs};
@@ -32,6 +33,8 @@ pub struct SearchRequest {
     pub limit: usize,
     /// Also count the matches per bucket of this many ns (a date histogram).
     pub histogram_interval_ns: Option<i64>,
+    /// The records the reader may see (`None`: every tenant's).
+    pub scope: Option<Scope>,
 }
 
 /// One matching document.
@@ -285,6 +288,8 @@ impl Searcher {
         let mut hits = Vec::new();
         for hour in &hours {
             let searcher = self.fresh_searcher(*hour)?;
+            let query =
+                crate::scope::scoped(query.box_clone(), request.scope.as_ref(), searcher.schema())?;
             // Only partitions that the range cuts need the timestamp condition.
             let bounded: Box<dyn Query> = if start > hour.start_nanos() || end < hour.end_nanos() {
                 let range = RangeQuery::new(
@@ -292,11 +297,11 @@ impl Searcher {
                     Bound::Excluded(Term::from_field_i64(fields.timestamp, end)),
                 );
                 Box::new(BooleanQuery::new(vec![
-                    (Occur::Must, query.box_clone()),
+                    (Occur::Must, query),
                     (Occur::Must, Box::new(range)),
                 ]))
             } else {
-                query.box_clone()
+                query
             };
             let wanted = request.limit.saturating_sub(hits.len());
             let failed = |error: tantivy::TantivyError| {
@@ -501,6 +506,7 @@ mod tests {
 
     fn request(query: &str, interval_ns: Option<i64>) -> SearchRequest {
         SearchRequest {
+            scope: None,
             query: query.into(),
             start_ns: None,
             end_ns: None,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sluice_common::SluiceError;
 use sluice_common::shutdown::Shutdown;
+use sluice_common::tenancy::Scope;
 use sluice_common::tls::TlsMaterial;
 use sluice_proto::v1 as wire;
 use sluice_proto::v1::index_search_server::{IndexSearch, IndexSearchServer};
@@ -47,6 +48,7 @@ impl IndexSearch for SearchService {
             end_ns: request.end_ns,
             limit: request.limit as usize,
             histogram_interval_ns: request.histogram_interval_ns,
+            scope: scope_from_wire(request.scope),
         };
         let searcher = Arc::clone(&self.searcher);
         let response = tokio::task::spawn_blocking(move || searcher.search(&request))
@@ -65,6 +67,7 @@ impl IndexSearch for SearchService {
             start_ns: request.start_ns,
             end_ns: request.end_ns,
             step_ns: request.step_ns,
+            scope: scope_from_wire(request.scope),
         };
         let searcher = Arc::clone(&self.searcher);
         let response = tokio::task::spawn_blocking(move || searcher.patterns(&request))
@@ -72,6 +75,22 @@ impl IndexSearch for SearchService {
             .map_err(|error| Status::internal(format!("pattern task failed: {error}")))??;
         Ok(Response::new(patterns_to_wire(response)))
     }
+}
+
+/// A reader's scope off the wire.
+pub fn scope_from_wire(scope: Option<wire::ReaderScope>) -> Option<Scope> {
+    scope.map(|scope| Scope {
+        tenant: scope.tenant,
+        sources: scope.sources,
+    })
+}
+
+/// A reader's scope on the wire.
+pub fn scope_to_wire(scope: Option<&Scope>) -> Option<wire::ReaderScope> {
+    scope.map(|scope| wire::ReaderScope {
+        tenant: scope.tenant.clone(),
+        sources: scope.sources.clone(),
+    })
 }
 
 /// The wire form of a search answer.

@@ -201,8 +201,8 @@ pub async fn audit(state: &AppState, request: AuditRequest) -> Result<AuditRespo
     );
     let archive = state.archive.clone();
     let (by_source, by_agent) = tokio::spawn(async move {
-        let by_source = crate::sql::run_query(&archive, &per_source, limits).await?;
-        let by_agent = crate::sql::run_query(&archive, &per_agent, limits).await?;
+        let by_source = crate::sql::run_query(&archive, &per_source, limits, None).await?;
+        let by_agent = crate::sql::run_query(&archive, &per_agent, limits, None).await?;
         Ok::<_, SluiceError>((by_source, by_agent))
     })
     .await
@@ -308,6 +308,7 @@ async fn indexed(
             start_ns: Some(request.start_ns),
             end_ns: Some(request.end_ns),
             limit: 1,
+            scope: None,
             histogram_interval_ns: None,
         })
         .await?;

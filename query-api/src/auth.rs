@@ -1,14 +1,18 @@
 //! Who may call the API: every route but `/healthz` needs a bearer token when
 //! `[query_api.auth]` is on; what a token may do is checked here, before any handler runs.
 //!
-//! Tokens narrowed to a tenant other than the default one, or to some sources, are refused on
-//! every data route: records carry no tenant yet and the engines do not yet filter by source
-//! scope, so refusing is the only answer that cannot leak.
+//! A token's scope (its tenant, its sources) goes on to the handlers as a [`Reader`], and each
+//! engine applies it below anything the caller's query can express: a term of the Tantivy
+//! query (`sluice_indexer::scope`), the live tail's filter, views under the SQL tables
+//! (`sql/scope.rs`). The operator's routes (the loss audit, the archive's files and
+//! operations, `/metrics`) show every tenant's figures, so only an unscoped identity (an
+//! administrator of the default tenant) may call them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sluice_auth::{Authenticator, Identity, Right};
 use sluice_common::telemetry::Telemetry;
+use sluice_common::tenancy::Scope;
 
 /// The authenticator and the refusals it counts.
 #[derive(Clone)]
@@ -51,6 +56,11 @@ impl Gate {
         }
         response
     }
+}
+
+/// Routes whose answers cover every tenant.
+fn operators_only(path: &str) -> bool {
+    path == "/metrics" || path == "/api/v1/audit" || path.starts_with("/api/v1/archive/")
 }
 
 /// The right a route needs: operating the archive is admin work, the rest is reading.
@@ -106,16 +116,42 @@ pub async fn authorize(
             ),
         );
     }
-    if identity.is_narrowed() {
+    if identity.scope().is_some() && operators_only(request.uri().path()) {
+        tracing::warn!(token_id = %identity.token_id, path = request.uri().path(), "refused: an operator's route for a scoped token");
         return gate.refuse(
             "scope",
             StatusCode::FORBIDDEN,
             format!(
-                "token {} is narrowed (tenant {:?}, sources {:?}); this query API does not yet filter reads by such scopes, so it refuses them",
-                identity.token_id, identity.tenant, identity.sources
+                "token {} is scoped to tenant {:?}{}; {} covers every tenant and takes an administrator of the default tenant",
+                identity.token_id,
+                identity.tenant,
+                if identity.sources.is_empty() {
+                    String::new()
+                } else {
+                    format!(", sources {:?}", identity.sources)
+                },
+                request.uri().path()
             ),
         );
     }
     request.extensions_mut().insert(identity);
     next.run(request).await
+}
+
+/// What the caller may read, for the handlers: `scope` is `None` when authentication is off or
+/// the caller is the operator, who sees every tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Reader {
+    /// The records the caller may see.
+    pub scope: Option<Scope>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Reader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Reader, Self::Rejection> {
+        Ok(Reader {
+            scope: parts.extensions.get::<Identity>().and_then(Identity::scope),
+        })
+    }
 }

@@ -121,6 +121,7 @@ pub async fn add_archive_hours(
         &state.archive,
         &format!("SELECT count(*) AS n {selection}"),
         limits,
+        request.scope.as_ref(),
     )
     .await?;
     let total = counted
@@ -137,6 +138,7 @@ pub async fn add_archive_hours(
             request.limit
         ),
         limits,
+        request.scope.as_ref(),
     )
     .await?;
     if let Some(interval) = request
@@ -154,6 +156,7 @@ pub async fn add_archive_hours(
                 max_bytes: usize::MAX,
                 max_rows: sluice_indexer::histogram::MAX_BUCKETS,
             },
+            request.scope.as_ref(),
         )
         .await?;
         let mut counts: sluice_indexer::histogram::Counts = answer

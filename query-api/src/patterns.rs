@@ -46,6 +46,8 @@ pub struct PatternsQuery {
     pub factor: f64,
     /// Patterns listed at most.
     pub limit: usize,
+    /// The records the caller may see (`None`: every tenant's).
+    pub scope: Option<sluice_common::tenancy::Scope>,
 }
 
 /// One step's count.
@@ -158,6 +160,7 @@ impl SearchBackend {
                     start_ns: request.start_ns,
                     end_ns: request.end_ns,
                     step_ns: request.step_ns,
+                    scope: sluice_indexer::service::scope_to_wire(request.scope.as_ref()),
                 };
                 let (answers, unavailable) =
                     ask_indexers(indexers, *timeout, "pattern count", |mut client| {
@@ -304,6 +307,7 @@ pub async fn answer(
         start_ns: Some(query.start_ns),
         end_ns: Some(query.end_ns),
         step_ns: Some(query.step_ns),
+        scope: query.scope.clone(),
     });
     let baseline_range = query
         .compare_ns
@@ -317,6 +321,7 @@ pub async fn answer(
                     start_ns: Some(start),
                     end_ns: Some(end),
                     step_ns: None,
+                    scope: query.scope.clone(),
                 })
                 .await?,
         ),

@@ -18,6 +18,7 @@ use sluice_common::time::parse_time_nanos;
 use sluice_indexer::SearchRequest;
 
 use crate::AppState;
+use crate::auth::Reader;
 
 /// The API's router over `state`.
 pub fn router(state: AppState) -> Router {
@@ -130,7 +131,11 @@ fn parse_histogram_interval(text: &str) -> Result<i64, SluiceError> {
         .map_err(|_| SluiceError::invalid(format!("histogram: interval {text:?} is too long")))
 }
 
-async fn search(State(state): State<AppState>, Query(params): Query<SearchParams>) -> Response {
+async fn search(
+    State(state): State<AppState>,
+    reader: Reader,
+    Query(params): Query<SearchParams>,
+) -> Response {
     let result = async {
         let limit = params.limit.unwrap_or(100);
         if limit == 0 || limit > state.config.max_search_limit {
@@ -149,6 +154,7 @@ async fn search(State(state): State<AppState>, Query(params): Query<SearchParams
                 .as_deref()
                 .map(parse_histogram_interval)
                 .transpose()?,
+            scope: reader.scope,
         };
         let mut answer = state.search.search(request.clone()).await?;
         // Hours of the range the index does not hold are answered from the archive.
@@ -181,7 +187,11 @@ struct PatternsParams {
 /// Steps a range is cut into when `step` is not given.
 const DEFAULT_STEPS: i64 = 60;
 
-async fn patterns(State(state): State<AppState>, Query(params): Query<PatternsParams>) -> Response {
+async fn patterns(
+    State(state): State<AppState>,
+    reader: Reader,
+    Query(params): Query<PatternsParams>,
+) -> Response {
     let result = async {
         let now = sluice_common::time::now_nanos();
         let end = parse_time_param("end", params.end.as_ref())?.unwrap_or(now);
@@ -213,6 +223,7 @@ async fn patterns(State(state): State<AppState>, Query(params): Query<PatternsPa
                 .transpose()?,
             factor: params.factor.unwrap_or(2.0),
             limit: params.limit.unwrap_or(100),
+            scope: reader.scope,
         };
         crate::patterns::answer(&state.search, query).await
     }
@@ -234,6 +245,7 @@ fn duration_nanos(name: &str, text: &str) -> Result<i64, SluiceError> {
 
 async fn tail(
     State(state): State<AppState>,
+    reader: Reader,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -260,7 +272,8 @@ async fn tail(
                 .map(str::to_owned)
         });
         let start = tail_start(since.as_deref(), last.as_deref(), cursor.as_deref())?;
-        let filter = crate::tail::TailFilter::from_pairs(pairs, &state.query_language)?;
+        let filter =
+            crate::tail::TailFilter::from_pairs(pairs, &state.query_language)?.within(reader.scope);
         state.tails.open(client.ip(), filter, start).await
     }
     .await;
@@ -438,6 +451,7 @@ struct SqlBody {
 /// parameter or the `Accept` header asks for (see `crate::sql::format`).
 async fn sql(
     State(state): State<AppState>,
+    reader: Reader,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Bytes,
@@ -467,7 +481,12 @@ async fn sql(
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok());
     let started = match (query, crate::sql::format::Format::choose(parameter, accept)) {
-        (Ok(query), Ok(format)) => state.sql.start(&state.archive, query, format).await,
+        (Ok(query), Ok(format)) => {
+            state
+                .sql
+                .start(&state.archive, query, format, reader.scope)
+                .await
+        }
         (Err(error), _) | (_, Err(error)) => Err(error),
     };
     match started {

@@ -145,6 +145,7 @@ async fn fan_out(
         end_ns: request.end_ns,
         limit: u32::try_from(request.limit).unwrap_or(u32::MAX),
         histogram_interval_ns: request.histogram_interval_ns,
+        scope: sluice_indexer::service::scope_to_wire(request.scope.as_ref()),
     };
     let (answers, unavailable) = ask_indexers(indexers, timeout, "search", |mut client| {
         let wire_request = wire_request.clone();

@@ -567,7 +567,9 @@ mod tests {
     /// Every row of `query`, as text, in order.
     async fn rows(archive: &Archive, query: &str) -> String {
         let context = SessionContext::new();
-        register_tables(&context, archive).await.expect("tables");
+        register_tables(&context, archive, None)
+            .await
+            .expect("tables");
         let batches = context
             .sql(query)
             .await

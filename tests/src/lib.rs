@@ -525,13 +525,23 @@ pub async fn tail_with(
     api: &str,
     params: &[(&str, &str)],
 ) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
-    let response = reqwest::Client::new()
-        .get(format!("{api}/api/v1/tail"))
-        .query(params)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200, "tail {params:?}");
+    events(&format!("{api}/api/v1/tail"), params, None).await
+}
+
+/// Subscribes to a server-sent event stream at `url` (a tail, `/v2/read`) with these query
+/// parameters, as the holder of `token` when given; the receiver gets each unnamed event's
+/// JSON data.
+pub async fn events(
+    url: &str,
+    params: &[(&str, &str)],
+    token: Option<&str>,
+) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let mut request = reqwest::Client::new().get(url).query(params);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{url} {params:?}");
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = response.bytes_stream();
@@ -556,6 +566,19 @@ pub async fn tail_with(
         }
     });
     receiver
+}
+
+/// The body of `GET url` as the holder of `token`.
+pub async fn text_as(url: &str, token: &str) -> String {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The S3 server `scripts/services start s3` runs: `(endpoint, bucket, key id, secret)`.

@@ -1,7 +1,7 @@
 //! API tokens through `sluice up` with `[query_api.auth]` on: the admin token it makes and
 //! the client commands use, tokens made, listed and revoked with `sluice tokens`, refusals
-//! (no token, a wrong one, a missing right, a scope the API cannot yet enforce) answered 401
-//! or 403 and counted, and a revocation refused within a second.
+//! (no token, a wrong one, a missing right, an operator's route for a scoped token) answered
+//! 401 or 403 and counted, and a revocation refused within a second.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -136,7 +136,8 @@ async fn tokens_guard_every_route_and_a_revoked_one_is_refused_within_a_second()
     assert_eq!(compact.status().as_u16(), 403);
     assert!(compact.text().await.unwrap().contains("admin right"));
 
-    // A token narrowed to some sources is refused rather than answered unfiltered.
+    // A token narrowed to some sources reads only those (none of them here), and the
+    // operator's routes, which cover every source, are refused to it.
     let (ok, narrowed, complaint) = sluice_cli(
         &data_dir,
         &["tokens", "create", "--name", "dev", "--source", "web-*"],
@@ -144,7 +145,15 @@ async fn tokens_guard_every_route_and_a_revoked_one_is_refused_within_a_second()
     );
     assert!(ok, "{complaint}");
     let (status, body) = search_status(&sluice.api, Some(narrowed.trim())).await;
-    assert_eq!(status, 403, "{body}");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"total\":0"), "{body}");
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", sluice.api))
+        .bearer_auth(narrowed.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status().as_u16(), 403);
 
     // Revoked: refused within a second.
     let id = reader

@@ -220,6 +220,7 @@ impl Topology {
                 end_ns: None,
                 limit: 1,
                 histogram_interval_ns: None,
+                scope: None,
             })
             .await
             .unwrap();

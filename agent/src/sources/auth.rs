@@ -7,6 +7,8 @@ use std::sync::Arc;
 use sluice_auth::{Authenticator, Right, TokenFile};
 use sluice_common::SluiceError;
 
+use crate::forwarder::Tenancy;
+
 /// Why a sender was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -47,17 +49,21 @@ pub(crate) fn open(
     Ok(Some(authenticator))
 }
 
-/// Checks an `Authorization` value (or gRPC `authorization` metadata) for the ingest right.
+/// Checks an `Authorization` value (or gRPC `authorization` metadata) for the ingest right;
+/// the sender's records belong to the token's tenant (to the default tenant when the source
+/// takes anyone).
 pub(crate) fn check(
     authenticator: Option<&Authenticator>,
     authorization: Option<&str>,
     peer: &str,
-) -> Result<(), Refused> {
+) -> Result<Tenancy, Refused> {
     let Some(authenticator) = authenticator else {
-        return Ok(());
+        return Ok(Tenancy::default_tenant());
     };
     match authenticator.authenticate(authorization, peer) {
-        Ok(identity) if identity.can(Right::Ingest) => Ok(()),
+        Ok(identity) if identity.can(Right::Ingest) => {
+            Ok(Tenancy::Fixed(Arc::from(identity.tenant.as_str())))
+        }
         Ok(identity) => Err(Refused::Forbidden(identity.token_id)),
         Err(refusal) => Err(Refused::Unauthenticated(refusal.message())),
     }

@@ -32,6 +32,9 @@ pub struct LogCacheRead {
     pub limit: usize,
     /// Newest first.
     pub descending: bool,
+    /// The records the caller may see (`None`: every tenant's); a source outside it reads as
+    /// one with no envelopes, as Log Cache answers for a source it does not know.
+    pub scope: Option<sluice_common::tenancy::Scope>,
 }
 
 const KINDS: [(&str, &str); 5] = [
@@ -54,6 +57,7 @@ impl LogCacheRead {
             kinds: Vec::new(),
             limit: 100,
             descending: false,
+            scope: None,
         };
         let number = |key: &str, value: &str| {
             value.parse::<i64>().map_err(|_| {
@@ -143,8 +147,16 @@ pub async fn read(state: &AppState, read: LogCacheRead) -> Result<Value, SluiceE
         let searcher = std::sync::Arc::clone(&state.query_language);
         let source_id = read.source_id.clone();
         let (range, limit, descending) = (read.range, read.limit, read.descending);
+        let scope = read.scope.clone();
         let entries = tokio::task::spawn_blocking(move || {
-            searcher.read_source(&source_id, range, &log_types, limit, descending)
+            searcher.read_source(
+                &source_id,
+                range,
+                &log_types,
+                limit,
+                descending,
+                scope.as_ref(),
+            )
         })
         .await
         .map_err(|error| SluiceError::internal(format!("index read failed: {error}")))??;
@@ -199,7 +211,8 @@ async fn archived(
         max_bytes: state.config.max_sql_bytes.max(query.len()),
         max_rows: rows,
     };
-    let response = crate::sql::run_query(&state.archive, &query, limits).await?;
+    let response =
+        crate::sql::run_query(&state.archive, &query, limits, read.scope.as_ref()).await?;
     let text = |row: &serde_json::Map<String, Value>, key: &str| {
         row.get(key)
             .and_then(Value::as_str)

@@ -16,18 +16,21 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
+use crate::auth::Reader;
 use crate::routes::ApiError;
 
 /// `GET /v2/read`.
 pub async fn v2_read(
     State(state): State<AppState>,
+    reader: Reader,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let pairs: Vec<(String, String)> = crate::routes::query_pairs(raw.as_deref());
     let opened = async {
-        let mut selection = read::ReadSelection::from_pairs(pairs, &state.query_language)?;
+        let mut selection =
+            read::ReadSelection::from_pairs(pairs, &state.query_language)?.within(reader.scope);
         selection.cursor = headers
             .get("last-event-id")
             .and_then(|value| value.to_str().ok())
@@ -100,12 +103,14 @@ pub async fn v2_read(
 /// `GET /api/v1/read/{source_id}`.
 pub async fn log_cache_read(
     State(state): State<AppState>,
+    reader: Reader,
     Path(source_id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let pairs: Vec<(String, String)> = crate::routes::query_pairs(raw.as_deref());
     let result = async {
-        let request = log_cache::LogCacheRead::from_pairs(source_id, &pairs)?;
+        let mut request = log_cache::LogCacheRead::from_pairs(source_id, &pairs)?;
+        request.scope = reader.scope;
         log_cache::read(&state, request).await
     }
     .await;

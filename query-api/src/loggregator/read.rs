@@ -116,6 +116,23 @@ impl ReadSelection {
         })
     }
 
+    /// The same selection within `scope`: the filter never selects outside it, and only
+    /// readers of one scope share a shard (a shard's stream is one filter's).
+    pub fn within(mut self, scope: Option<sluice_common::tenancy::Scope>) -> ReadSelection {
+        if !self.shard.is_empty()
+            && let Some(scope) = &scope
+        {
+            self.shard = format!(
+                "{}\n{}\n{}",
+                scope.tenant,
+                scope.sources.join(","),
+                self.shard
+            );
+        }
+        self.filter = self.filter.within(scope);
+        self
+    }
+
     /// The narrowing by counter and gauge names, applied to what the filter took.
     pub fn narrowing(&self) -> Narrowing {
         Narrowing {

@@ -14,13 +14,16 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement;
 use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sluice_common::telemetry::Telemetry;
+use sluice_common::tenancy::Scope;
 use sluice_common::{ErrorKind, SluiceError};
 use sluice_retention::store::Archive;
+use sqlparser::ast::Statement as SqlStatement;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::format::{Encoder, Format};
@@ -132,6 +135,7 @@ impl SqlEngine {
         archive: &Archive,
         query: String,
         format: Format,
+        scope: Option<Scope>,
     ) -> Result<Answer, SluiceError> {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             self.metrics.stopped("busy");
@@ -154,7 +158,15 @@ impl SqlEngine {
         runtime.spawn(async move {
             let _permit = permit;
             metrics.running.inc();
-            let outcome = execute(archive, query, format, limits, sender, first_sender).await;
+            let outcome = execute(
+                archive,
+                (query, scope),
+                format,
+                limits,
+                sender,
+                first_sender,
+            )
+            .await;
             metrics.running.dec();
             if let Err(reason) = outcome {
                 metrics.stopped(reason);
@@ -204,7 +216,7 @@ fn out_of_memory(limits: &EngineLimits, error: &DataFusionError) -> SluiceError 
 /// before it) on `first`.
 async fn execute(
     archive: Archive,
-    query: String,
+    (query, scope): (String, Option<Scope>),
     format: Format,
     limits: EngineLimits,
     sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -226,6 +238,7 @@ async fn execute(
             &query,
             limits.max_bytes,
             Some(limits.memory_bytes),
+            scope.as_ref(),
         ),
     )
     .await;
@@ -317,6 +330,18 @@ async fn execute(
 }
 
 /// A started query: its stream of batches and their schema.
+/// Whether `statement` is an `EXPLAIN` of any form.
+fn explains(statement: &Statement) -> bool {
+    match statement {
+        Statement::Explain(_) => true,
+        Statement::Statement(inner) => matches!(
+            **inner,
+            SqlStatement::Explain { .. } | SqlStatement::ExplainTable { .. }
+        ),
+        _ => false,
+    }
+}
+
 type Started = (
     SendableRecordBatchStream,
     datafusion::arrow::datatypes::SchemaRef,
@@ -325,11 +350,16 @@ type Started = (
 /// Parses `query` (at most `max_bytes` long), plans it and starts it in a fresh session over
 /// the archive's latest snapshot, with a memory pool of `memory_bytes` when given. Anything
 /// that fails before execution (unknown tables or columns, DDL or DML) is the query's fault.
+///
+/// A `scope` gives the session views of the tables that hold only its records
+/// (`sluice_retention::catalog::sql::register_tables`); the session has no
+/// `information_schema`, no URL tables and no DDL, so the views are all it can name.
 pub(super) async fn plan(
     archive: &Archive,
     query: &str,
     max_bytes: usize,
     memory_bytes: Option<usize>,
+    scope: Option<&Scope>,
 ) -> Result<Started, SluiceError> {
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(memory_bytes) = memory_bytes {
@@ -339,10 +369,16 @@ pub(super) async fn plan(
         .build_arc()
         .map_err(|error| SluiceError::internal(format!("failed to set up SQL: {error}")))?;
     let context = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
-    sluice_retention::catalog::sql::register_tables(&context, archive).await?;
+    sluice_retention::catalog::sql::register_tables(&context, archive, scope).await?;
     let state = context.state();
     let recursion_limit = state.config().options().sql_parser.recursion_limit.get();
     let statement = parse(query, max_bytes, recursion_limit)?;
+    if scope.is_some() && explains(&statement) {
+        return Err(SluiceError::new(
+            ErrorKind::PermissionDenied,
+            "EXPLAIN shows the plan beneath a tenant's views (the files and row counts of every tenant); it takes an administrator of the default tenant",
+        ));
+    }
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

@@ -17,6 +17,7 @@ use datafusion::error::DataFusionError;
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use futures::StreamExt;
 use serde::Serialize;
+use sluice_common::tenancy::Scope;
 use sluice_common::{ErrorKind, SluiceError};
 use sluice_retention::store::Archive;
 use sqlparser::tokenizer::Tokenizer;
@@ -120,15 +121,17 @@ pub fn parse(
     }
 }
 
-/// Runs `query` against `archive` within `limits`.
+/// Runs `query` against `archive` within `limits`, over the rows `scope` admits (every
+/// tenant's when `None`).
 pub async fn run_query(
     archive: &Archive,
     query: &str,
     limits: SqlLimits,
+    scope: Option<&Scope>,
 ) -> Result<SqlResponse, SluiceError> {
     let started = Instant::now();
     let max_rows = limits.max_rows;
-    let (mut stream, schema) = engine::plan(archive, query, limits.max_bytes, None).await?;
+    let (mut stream, schema) = engine::plan(archive, query, limits.max_bytes, None, scope).await?;
     let columns = schema
         .fields()
         .iter()

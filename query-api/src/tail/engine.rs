@@ -840,6 +840,7 @@ impl TailTask {
         let page = blocking(|| {
             searcher.history(&HistoryRequest {
                 query: self.index_query.as_ref(),
+                scope: self.filter.scope(),
                 start_ns: since,
                 ranges: [(
                     partition,
@@ -959,6 +960,7 @@ impl TailTask {
         let history = blocking(|| {
             searcher.history(&HistoryRequest {
                 query: self.index_query.as_ref(),
+                scope: self.filter.scope(),
                 start_ns: since,
                 ranges,
                 limit,

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use sluice_common::SluiceError;
 use sluice_common::envelope::{decode_payload, merged_tags};
+use sluice_common::tenancy::{self, Scope};
 use sluice_indexer::search::Searcher;
 use sluice_proto::v2::{Envelope, envelope, log};
 use tantivy::Term;
@@ -37,6 +38,8 @@ pub struct TailFilter {
     /// The text filter as the index runs it (history comes from the index).
     text_query: Option<Box<dyn Query>>,
     tokenizer: TextAnalyzer,
+    /// The records the caller may see, whatever it selects (`None`: every tenant's).
+    scope: Option<Scope>,
 }
 
 impl TailFilter {
@@ -54,6 +57,7 @@ impl TailFilter {
             tags: Vec::new(),
             text: None,
             text_query: None,
+            scope: None,
             tokenizer: TokenizerManager::default()
                 .get("default")
                 .ok_or_else(|| SluiceError::internal("the default tokenizer is missing"))?,
@@ -107,6 +111,18 @@ impl TailFilter {
             }
         }
         Ok(filter)
+    }
+
+    /// The same filter, within `scope`: live envelopes outside it are never selected, and
+    /// history adds it to the index query (`sluice_indexer::scope`).
+    pub fn within(mut self, scope: Option<Scope>) -> TailFilter {
+        self.scope = scope;
+        self
+    }
+
+    /// The records the caller may see.
+    pub fn scope(&self) -> Option<&Scope> {
+        self.scope.as_ref()
     }
 
     /// Whether envelopes the index does not hold (counters, gauges, timers) may match: when
@@ -184,6 +200,9 @@ impl TailFilter {
 
     /// Whether `envelope` is selected.
     pub fn matches(&self, envelope: &Envelope) -> bool {
+        if !tenancy::visible(self.scope.as_ref(), envelope) {
+            return false;
+        }
         if !self.source_ids.is_empty() && !self.source_ids.contains(&envelope.source_id) {
             return false;
         }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
@@ -17,13 +18,19 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::datasource::provider_as_source;
 use datafusion::error::{DataFusionError, Result as DataFusionResult};
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::expr::Like;
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Expr, LogicalPlanBuilder, Operator, TableProviderFilterPushDown,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::SessionContext;
+use datafusion::prelude::{col, lit};
 use object_store::ObjectStore;
 use sluice_common::SluiceError;
+use sluice_common::tenancy::{self, Scope};
 use url::Url;
 
 use super::view::View;
@@ -45,18 +52,34 @@ pub const PATTERNS_VIEW: &str = "CREATE VIEW patterns AS SELECT pattern_id AS id
 /// Registers every table of `archive` with `context`, from the archive's latest catalog
 /// snapshot, and the `patterns` view. The same SQL works on a local directory and on S3.
 /// Returns the snapshot the tables show.
+///
+/// With a `scope`, each name is a view of the table's rows of the scope's tenant and sources
+/// only: the filter sits in the view's plan, below anything SQL can express, and the table
+/// itself is registered under no name, so no query can reach past the view. `pattern_counts`
+/// (and `patterns`) count lines per pattern and source, not per tenant, so a scoped reader has
+/// neither (its patterns come from the index, which keeps tenants apart).
 pub async fn register_tables(
     context: &SessionContext,
     archive: &Archive,
+    scope: Option<&Scope>,
 ) -> Result<Arc<Snapshot>, SluiceError> {
     let snapshot = archive.snapshot().await?;
     for table in Table::ALL {
-        let provider =
-            CatalogTable::new(table, &snapshot, Arc::clone(&archive.store)).map_err(|error| {
-                SluiceError::internal(format!("failed to define table {}: {error}", table.name()))
-            })?;
+        if scope.is_some() && table == Table::PatternCounts {
+            continue;
+        }
+        let failed = |error: DataFusionError| {
+            SluiceError::internal(format!("failed to define table {}: {error}", table.name()))
+        };
+        let provider: Arc<dyn TableProvider> = Arc::new(
+            CatalogTable::new(table, &snapshot, Arc::clone(&archive.store)).map_err(failed)?,
+        );
+        let provider = match scope {
+            None => provider,
+            Some(scope) => Arc::new(scoped_view(context, table, provider, scope).map_err(failed)?),
+        };
         context
-            .register_table(table.name(), Arc::new(provider))
+            .register_table(table.name(), provider)
             .map_err(|error| {
                 SluiceError::internal(format!(
                     "failed to register table {}: {error}",
@@ -64,11 +87,72 @@ pub async fn register_tables(
                 ))
             })?;
     }
-    context
-        .sql(PATTERNS_VIEW)
-        .await
-        .map_err(|error| SluiceError::internal(format!("failed to define patterns: {error}")))?;
+    if scope.is_none() {
+        context.sql(PATTERNS_VIEW).await.map_err(|error| {
+            SluiceError::internal(format!("failed to define patterns: {error}"))
+        })?;
+    }
     Ok(snapshot)
+}
+
+/// `table`'s rows that `scope` admits, as a view: the tenant (from the reserved tag; rows
+/// without it are the default tenant's) and, when the scope names sources, a `LIKE` per
+/// pattern.
+fn scoped_view(
+    context: &SessionContext,
+    table: Table,
+    provider: Arc<dyn TableProvider>,
+    scope: &Scope,
+) -> DataFusionResult<ViewTable> {
+    if !tenancy::valid_name(&scope.tenant) {
+        return Err(DataFusionError::Plan(format!(
+            "tenant {:?} is not a valid tenant name",
+            scope.tenant
+        )));
+    }
+    let scan = LogicalPlanBuilder::scan(table.name(), provider_as_source(provider), None)?;
+    let tenant = if scope.tenant == tenancy::DEFAULT_TENANT {
+        format!("tags['{}'] IS NULL", tenancy::TENANT_TAG)
+    } else {
+        format!("tags['{}'] = '{}'", tenancy::TENANT_TAG, scope.tenant)
+    };
+    let mut predicate = context
+        .state()
+        .create_logical_expr(&tenant, scan.schema())?;
+    let sources = scope
+        .sources
+        .iter()
+        .map(|pattern| {
+            Expr::Like(Like::new(
+                false,
+                Box::new(col("source_id")),
+                Box::new(lit(like_pattern(pattern))),
+                Some('\\'),
+                false,
+            ))
+        })
+        .reduce(Expr::or);
+    if let Some(sources) = sources {
+        predicate = predicate.and(sources);
+    }
+    Ok(ViewTable::new(scan.filter(predicate)?.build()?, None))
+}
+
+/// A source id glob (`*`, `?`) as a `LIKE` pattern with `\` as its escape.
+fn like_pattern(glob: &str) -> String {
+    let mut like = String::with_capacity(glob.len() + 4);
+    for character in glob.chars() {
+        match character {
+            '*' => like.push('%'),
+            '?' => like.push('_'),
+            '%' | '_' | '\\' => {
+                like.push('\\');
+                like.push(character);
+            }
+            character => like.push(character),
+        }
+    }
+    like
 }
 
 /// Scans so far: names each scan's view of the archive uniquely.
@@ -256,6 +340,7 @@ fn literal_nanos(expr: &Expr) -> Option<i64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -348,9 +433,152 @@ mod tests {
         (bytes, size)
     }
 
+    /// A Parquet file of one log line per `(tenant, source)` at `timestamp`.
+    fn tenants_file(lines: &[(&str, &str)], timestamp: i64) -> (bytes::Bytes, u64) {
+        let mut buffers = BTreeMap::from([(Table::Logs, TableBuffer::new(Table::Logs))]);
+        for (tenant, source) in lines {
+            let mut envelope = Envelope {
+                timestamp,
+                source_id: (*source).into(),
+                message: Some(envelope::Message::Log(Log {
+                    payload: format!("{tenant} {source}").into_bytes(),
+                    r#type: 0,
+                })),
+                ..Default::default()
+            };
+            tenancy::stamp(&mut envelope, tenant);
+            push_envelope(&envelope, "agent", 1, None, &mut buffers).expect("push");
+        }
+        let batch = buffers
+            .get_mut(&Table::Logs)
+            .expect("logs")
+            .finish()
+            .expect("batch");
+        let bytes = crate::pipeline::encode_parquet(&batch, 3, "{}", 1).expect("parquet");
+        let size = bytes.len() as u64;
+        (bytes, size)
+    }
+
+    /// A scoped reader's tables are views of its tenant's rows (and sources'): no SQL over
+    /// them reaches another tenant's, and the tables themselves have no name to reach them by.
+    #[tokio::test]
+    async fn a_scoped_reader_sees_its_tenants_rows_only_whatever_the_sql() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let archive =
+            Archive::open(&ArchiveLocation::Local(dir.path().to_path_buf())).expect("open");
+        let store = Arc::clone(&archive.store);
+        let mut catalog = Catalog::load(Arc::clone(&store)).await.expect("catalog");
+        let hour = Hour(490_000);
+        let lines = [
+            ("default", "web-1"),
+            ("acme", "web-1"),
+            ("acme", "web-2"),
+            ("acme", "db_1"),
+            ("other", "web-1"),
+            ("other", "web-9"),
+        ];
+        let (bytes, size) = tenants_file(&lines, hour.start_nanos() + 5);
+        let path = format!(
+            "logs/date={}/hour={}/mixed.parquet",
+            hour.date_string(),
+            hour.hour_string()
+        );
+        store
+            .put(&ObjectPath::from(path.as_str()), PutPayload::from(bytes))
+            .await
+            .expect("put");
+        let add = vec![DataFile {
+            path,
+            table: "logs".to_owned(),
+            rows: lines.len() as u64,
+            bytes: size,
+            min_time: hour.start_nanos() + 5,
+            max_time: hour.start_nanos() + 5,
+        }];
+        catalog
+            .commit(
+                &Writer::this_process(1),
+                Change {
+                    kind: "flush".to_owned(),
+                    add,
+                    ..Change::default()
+                },
+            )
+            .await
+            .expect("commit");
+        let answer = |scope: Option<Scope>, query: &'static str| {
+            let archive = archive.clone();
+            async move {
+                let context = SessionContext::new();
+                register_tables(&context, &archive, scope.as_ref())
+                    .await
+                    .expect("tables");
+                let frame = context.sql(query).await?;
+                let batches = frame.collect().await?;
+                Ok::<_, DataFusionError>(
+                    datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                        .expect("format")
+                        .to_string(),
+                )
+            }
+        };
+        let acme = Some(Scope::tenant("acme"));
+        let everything = "SELECT count(*) AS n FROM logs";
+        assert!(answer(None, everything).await.unwrap().contains("| 6 "));
+        assert!(
+            answer(acme.clone(), everything)
+                .await
+                .unwrap()
+                .contains("| 3 ")
+        );
+        assert!(
+            answer(Some(Scope::tenant("default")), everything)
+                .await
+                .unwrap()
+                .contains("| 1 ")
+        );
+        let web = Some(Scope {
+            tenant: "acme".into(),
+            sources: vec!["web-*".into(), "db_?".into()],
+        });
+        assert!(answer(web, everything).await.unwrap().contains("| 3 "));
+        let narrow = Some(Scope {
+            tenant: "acme".into(),
+            sources: vec!["db\\_?".into(), "web-2".into()],
+        });
+        assert!(answer(narrow, everything).await.unwrap().contains("| 1 "));
+        // Tricks: the other tenant's tag asked for, unions, subqueries, joins: never a row of
+        // theirs (their messages start with their name).
+        for query in [
+            "SELECT message FROM logs WHERE tags['sluice.tenant'] = 'other'",
+            "SELECT message FROM logs WHERE true OR tags['sluice.tenant'] = 'other'",
+            "SELECT message FROM logs UNION ALL SELECT message FROM (SELECT * FROM logs) AS t",
+            "SELECT a.message FROM logs a JOIN logs b ON a.source_id = b.source_id",
+            "SELECT message FROM logs WHERE source_id IN (SELECT source_id FROM logs) -- ' OR 1=1",
+        ] {
+            let rows = answer(acme.clone(), query).await.unwrap();
+            assert!(
+                !rows.contains("other") && !rows.contains("default"),
+                "{query}: {rows}"
+            );
+        }
+        // Neither the per-pattern counts (they have no tenant) nor anything outside the
+        // registered names is there for a scoped reader.
+        for query in [
+            "SELECT * FROM pattern_counts",
+            "SELECT * FROM patterns",
+            "SELECT * FROM information_schema.tables",
+            "SELECT * FROM datafusion.public.pattern_counts",
+        ] {
+            assert!(answer(acme.clone(), query).await.is_err(), "{query}");
+        }
+    }
+
     async fn count(archive: &Archive, query: &str) -> (u64, String) {
         let context = SessionContext::new();
-        register_tables(&context, archive).await.expect("tables");
+        register_tables(&context, archive, None)
+            .await
+            .expect("tables");
         let rows = context
             .sql(query)
             .await

@@ -15,7 +15,7 @@ use std::time::Instant;
 use crate::config::ElasticsearchSourceConfig;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -26,7 +26,7 @@ use sluice_common::shutdown::Shutdown;
 use sluice_proto::v2::Envelope;
 
 use super::bulk::{self, Item, Mapping};
-use crate::forwarder::{Forwarder, Ticket};
+use crate::forwarder::{Forwarder, Tenancy, Ticket};
 use crate::metrics::AgentMetrics;
 use crate::sources::auth::Refused;
 
@@ -114,13 +114,17 @@ async fn authenticate(
     let Some(authenticator) = &shared.authenticator else {
         return next.run(request).await;
     };
+    let mut request = request;
     let peer = crate::sources::auth::peer_of(&request);
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .map(|value| value.to_str().unwrap_or("\u{0}"));
     match crate::sources::auth::check(Some(authenticator), authorization, &peer) {
-        Ok(()) => next.run(request).await,
+        Ok(tenancy) => {
+            request.extensions_mut().insert(tenancy);
+            next.run(request).await
+        }
         Err(refused) => {
             shared.metrics.source_refused(SOURCE, refused.reason());
             let path = request.uri().path().to_owned();
@@ -238,27 +242,44 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     )
 }
 
+/// The tenant of a request: the token's (put there by [`authenticate`]), or the default one
+/// when the source takes anyone.
+fn tenancy_of(tenancy: Option<Extension<Tenancy>>) -> Tenancy {
+    tenancy.map_or_else(Tenancy::default_tenant, |Extension(tenancy)| tenancy)
+}
+
 async fn bulk_without_index(
     State(shared): State<Arc<Shared>>,
+    tenancy: Option<Extension<Tenancy>>,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    bulk_request(shared, method, None, headers, body).await
+    bulk_request(shared, tenancy_of(tenancy), method, None, headers, body).await
 }
 
 async fn bulk_with_index(
     State(shared): State<Arc<Shared>>,
+    tenancy: Option<Extension<Tenancy>>,
     Path(index): Path<String>,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    bulk_request(shared, method, Some(index), headers, body).await
+    bulk_request(
+        shared,
+        tenancy_of(tenancy),
+        method,
+        Some(index),
+        headers,
+        body,
+    )
+    .await
 }
 
 async fn bulk_request(
     shared: Arc<Shared>,
+    tenancy: Tenancy,
     method: Method,
     url_index: Option<String>,
     headers: HeaderMap,
@@ -350,7 +371,7 @@ async fn bulk_request(
     }
     let accepted = envelopes.len() as u64;
     if !envelopes.is_empty() {
-        let (ticket, done) = Ticket::new(SOURCE);
+        let (ticket, done) = Ticket::with_tenancy(SOURCE, tenancy);
         let submitted = shared.forwarder.submit(envelopes, &ticket).await;
         drop(ticket);
         let delivered = match submitted {

@@ -20,7 +20,7 @@ use sluice_proto::v2::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::forwarder::{Forwarder, Ticket};
+use crate::forwarder::{Forwarder, Tenancy, Ticket};
 use crate::metrics::AgentMetrics;
 
 const SOURCE: &str = "loggregator";
@@ -30,6 +30,7 @@ const SOURCE: &str = "loggregator";
 pub struct LoggregatorIngress {
     forwarder: Arc<Forwarder>,
     max_envelope_bytes: usize,
+    tenancy: Tenancy,
     metrics: AgentMetrics,
 }
 
@@ -43,6 +44,12 @@ impl LoggregatorIngress {
         LoggregatorIngress {
             forwarder,
             max_envelope_bytes: config.max_envelope_bytes,
+            tenancy: config
+                .tenant_tag
+                .as_deref()
+                .map_or_else(Tenancy::default_tenant, |tag| {
+                    Tenancy::FromTag(Arc::from(tag))
+                }),
             metrics,
         }
     }
@@ -151,7 +158,7 @@ impl Ingress for LoggregatorIngress {
         request: Request<Streaming<Envelope>>,
     ) -> Result<Response<IngressResponse>, Status> {
         let mut stream = request.into_inner();
-        let (ticket, done) = Ticket::new(SOURCE);
+        let (ticket, done) = Ticket::with_tenancy(SOURCE, self.tenancy.clone());
         // Envelopes accepted before a bad one stay accepted: they are forwarded either way,
         // and the error tells the client where the stream went wrong.
         let mut outcome = Ok(());
@@ -181,7 +188,7 @@ impl Ingress for LoggregatorIngress {
         request: Request<Streaming<EnvelopeBatch>>,
     ) -> Result<Response<BatchSenderResponse>, Status> {
         let mut stream = request.into_inner();
-        let (ticket, done) = Ticket::new(SOURCE);
+        let (ticket, done) = Ticket::with_tenancy(SOURCE, self.tenancy.clone());
         let mut outcome = Ok(());
         while let Some(message) = stream.next().await {
             match message {
@@ -208,7 +215,7 @@ impl Ingress for LoggregatorIngress {
         &self,
         request: Request<EnvelopeBatch>,
     ) -> Result<Response<SendResponse>, Status> {
-        let (ticket, done) = Ticket::new(SOURCE);
+        let (ticket, done) = Ticket::with_tenancy(SOURCE, self.tenancy.clone());
         self.accept(request.into_inner().batch, &ticket).await?;
         drop(ticket);
         completed(done).await?;

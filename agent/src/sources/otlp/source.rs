@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::config::OtlpSourceConfig;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -33,7 +33,7 @@ use sluice_proto::opentelemetry::proto::collector::metrics::v1::{
 use tonic::{Request, Status};
 
 use super::mapping::{self, Mapped, Mapping};
-use crate::forwarder::{Forwarder, Ticket};
+use crate::forwarder::{Forwarder, Tenancy, Ticket};
 use crate::metrics::AgentMetrics;
 use crate::sources::auth::Refused;
 
@@ -142,7 +142,11 @@ async fn serve_http(
 
 /// Forwards what a mapping kept and waits until it is durable; counts what it refused.
 /// Returns how many records were refused and the first reason.
-async fn deliver(shared: &Shared, mut mapped: Mapped) -> Result<(i64, String), Status> {
+async fn deliver(
+    shared: &Shared,
+    tenancy: Tenancy,
+    mut mapped: Mapped,
+) -> Result<(i64, String), Status> {
     let mut kept = Vec::with_capacity(mapped.envelopes.len());
     for envelope in mapped.envelopes.drain(..) {
         match validate_envelope(&envelope, 0, shared.max_envelope_bytes) {
@@ -166,7 +170,7 @@ async fn deliver(shared: &Shared, mut mapped: Mapped) -> Result<(i64, String), S
         return Ok((refused, message));
     }
     let count = kept.len() as u64;
-    let (ticket, done) = Ticket::new(SOURCE);
+    let (ticket, done) = Ticket::with_tenancy(SOURCE, tenancy);
     shared.forwarder.submit(kept, &ticket).await?;
     drop(ticket);
     done.await.unwrap_or_else(|_| {
@@ -185,13 +189,17 @@ async fn http_authenticate(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let mut request = request;
     let peer = crate::sources::auth::peer_of(&request);
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .map(|value| value.to_str().unwrap_or("\u{0}"));
     match crate::sources::auth::check(shared.authenticator.as_deref(), authorization, &peer) {
-        Ok(()) => next.run(request).await,
+        Ok(tenancy) => {
+            request.extensions_mut().insert(tenancy);
+            next.run(request).await
+        }
         Err(refused) => {
             shared.metrics.source_refused(SOURCE, refused.reason());
             let status = match refused {
@@ -204,9 +212,9 @@ async fn http_authenticate(
 }
 
 /// The same for an OTLP/gRPC export: `UNAUTHENTICATED` or `PERMISSION_DENIED`.
-fn grpc_authenticate<T>(shared: &Shared, request: &Request<T>) -> Result<(), Status> {
+fn grpc_authenticate<T>(shared: &Shared, request: &Request<T>) -> Result<Tenancy, Status> {
     if shared.authenticator.is_none() {
-        return Ok(());
+        return Ok(Tenancy::default_tenant());
     }
     let peer = request
         .remote_addr()
@@ -235,13 +243,13 @@ impl LogsService for Receiver {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, Status> {
-        grpc_authenticate(&self.0, &request)?;
+        let tenancy = grpc_authenticate(&self.0, &request)?;
         let mapped = mapping::logs(
             request.get_ref(),
             &self.0.mapping,
             sluice_common::time::now_nanos(),
         );
-        let (rejected, message) = deliver(&self.0, mapped).await?;
+        let (rejected, message) = deliver(&self.0, tenancy, mapped).await?;
         Ok(tonic::Response::new(ExportLogsServiceResponse {
             partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: rejected,
@@ -257,13 +265,13 @@ impl MetricsService for Receiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, Status> {
-        grpc_authenticate(&self.0, &request)?;
+        let tenancy = grpc_authenticate(&self.0, &request)?;
         let mapped = mapping::metrics(
             request.get_ref(),
             &self.0.mapping,
             sluice_common::time::now_nanos(),
         );
-        let (rejected, message) = deliver(&self.0, mapped).await?;
+        let (rejected, message) = deliver(&self.0, tenancy, mapped).await?;
         Ok(tonic::Response::new(ExportMetricsServiceResponse {
             partial_success: (rejected > 0).then_some(ExportMetricsPartialSuccess {
                 rejected_data_points: rejected,
@@ -371,7 +379,18 @@ fn failure(status: Status) -> Response {
     plain(code, status.message().to_owned())
 }
 
-async fn http_logs(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+/// The tenant of an HTTP export: the token's (put there by [`http_authenticate`]), or the
+/// default one when the source takes anyone.
+fn tenancy_of(tenancy: Option<Extension<Tenancy>>) -> Tenancy {
+    tenancy.map_or_else(Tenancy::default_tenant, |Extension(tenancy)| tenancy)
+}
+
+async fn http_logs(
+    State(shared): State<Arc<Shared>>,
+    tenancy: Option<Extension<Tenancy>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let bytes = match read_body(&shared, &headers, body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
@@ -384,7 +403,7 @@ async fn http_logs(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         );
     };
     let mapped = mapping::logs(&request, &shared.mapping, sluice_common::time::now_nanos());
-    match deliver(&shared, mapped).await {
+    match deliver(&shared, tenancy_of(tenancy), mapped).await {
         Ok((rejected, message)) => protobuf(&ExportLogsServiceResponse {
             partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: rejected,
@@ -397,6 +416,7 @@ async fn http_logs(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
 
 async fn http_metrics(
     State(shared): State<Arc<Shared>>,
+    tenancy: Option<Extension<Tenancy>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -412,7 +432,7 @@ async fn http_metrics(
         );
     };
     let mapped = mapping::metrics(&request, &shared.mapping, sluice_common::time::now_nanos());
-    match deliver(&shared, mapped).await {
+    match deliver(&shared, tenancy_of(tenancy), mapped).await {
         Ok((rejected, message)) => protobuf(&ExportMetricsServiceResponse {
             partial_success: (rejected > 0).then_some(ExportMetricsPartialSuccess {
                 rejected_data_points: rejected,
