@@ -361,10 +361,8 @@ impl Forwarder {
     ) -> Result<Arc<Forwarder>, SluiceError> {
         let mut clients = Vec::with_capacity(config.dopplers.len());
         for address in &config.dopplers {
-            let endpoint = tls
-                .endpoint(address, "agent.dopplers", Duration::from_secs(5))?
-                .tcp_nodelay(true);
-            let channel: Channel = endpoint.connect_lazy();
+            let channel: Channel =
+                tls.channel(address, "agent.dopplers", Duration::from_secs(5))?;
             let client = DopplerIngressClient::new(channel)
                 .max_encoding_message_size(config.max_message_bytes)
                 .max_decoding_message_size(config.max_message_bytes);

@@ -78,13 +78,18 @@ impl DopplerIngressService {
 /// milliseconds of work), smaller ones where they arrive (well under one).
 const MINE_INLINE_BELOW: usize = 2_000;
 
-/// The agent id a batch is stored under: `<first 16 bytes of the SHA-256 of the sender's
-/// certificate, hex>/<the id the agent claimed>`, or `unauthenticated/<id>` for a sender
-/// without a certificate.
+/// The agent id a batch is stored under: `<first 16 bytes of the SHA-256 of the subject of
+/// the sender's certificate, hex>/<the id the agent claimed>`, or `unauthenticated/<id>` for a
+/// sender without a certificate. The subject, not the whole certificate: a rotated
+/// certificate names the same sender, whose batches must keep one id (deduplication and the
+/// loss audit go by it).
 pub fn bound_agent_id(peer_certificate_der: Option<&[u8]>, claimed: &str) -> String {
     match peer_certificate_der {
         Some(der) => {
-            let digest = ring::digest::digest(&ring::digest::SHA256, der);
+            let subject = x509_parser::parse_x509_certificate(der)
+                .map(|(_, certificate)| certificate.tbs_certificate.subject.as_raw().to_vec())
+                .unwrap_or_else(|_| der.to_vec());
+            let digest = ring::digest::digest(&ring::digest::SHA256, &subject);
             let mut bound = String::with_capacity(33 + claimed.len());
             for byte in &digest.as_ref()[..16] {
                 bound.push_str(&format!("{byte:02x}"));
@@ -248,18 +253,29 @@ mod tests {
 
     /// Regression: any certificate from the CA could claim any agent id, so a holder of one
     /// could make the consumers drop another agent's real batch as a duplicate. Two agents
-    /// with different certificates claiming the same id and sequence are stored under
-    /// different ids; the same agent sending the same batch twice (a retry) keeps its id.
+    /// with certificates of different subjects claiming the same id and sequence are stored
+    /// under different ids; the same agent sending the same batch twice (a retry) keeps its
+    /// id, and so does the agent once its certificate is rotated (same subject, new key).
     #[tokio::test]
     async fn regression_agent_ids_are_bound_to_the_sender_certificate() {
+        use sluice_common::tls::authority::LocalCa;
         use sluice_proto::v1::doppler_ingress_client::DopplerIngressClient;
         use sluice_proto::v1::doppler_ingress_server::DopplerIngressServer;
         use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
         let _ = rustls::crypto::ring::default_provider().install_default();
-        // Two certificates the doppler trusts (two CAs, so no signing code is needed here).
-        let first = sluice_common::tls::generate_local_ca().expect("certificates");
-        let second = sluice_common::tls::generate_local_ca().expect("certificates");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let paths = sluice_common::tls::ensure_local_ca(&dir.path().join("tls")).expect("ca");
+        let ca = LocalCa::at(&dir.path().join("tls"));
+        let read = |path: &std::path::Path| std::fs::read_to_string(path).expect("pem");
+        let ca_pem = read(&paths.ca_cert);
+        let genuine_pair = (read(&paths.cert), read(&paths.key));
+        let impostor_pair = ca
+            .issue("impostor", &["localhost".to_owned()], &[])
+            .expect("impostor");
+        ca.rotate_node().expect("rotate");
+        let rotated_pair = (read(&paths.cert), read(&paths.key));
+        assert_ne!(rotated_pair, genuine_pair);
         let telemetry = Telemetry::new();
         let metrics = DopplerMetrics::register(&telemetry);
         let bus = Arc::new(TestBus::default());
@@ -275,14 +291,8 @@ mod tests {
             .expect("bind");
         let address = listener.local_addr().expect("address");
         let server_tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                &first.node_cert_pem,
-                &first.node_key_pem,
-            ))
-            .client_ca_root(Certificate::from_pem(format!(
-                "{}{}",
-                first.ca_cert_pem, second.ca_cert_pem
-            )));
+            .identity(Identity::from_pem(&genuine_pair.0, &genuine_pair.1))
+            .client_ca_root(Certificate::from_pem(&ca_pem));
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .tls_config(server_tls)
@@ -290,13 +300,10 @@ mod tests {
                 .add_service(DopplerIngressServer::new(service))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        let client = |certificates: &sluice_common::tls::GeneratedCertificates| {
+        let client = |(cert, key): &(String, String)| {
             let tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&first.ca_cert_pem))
-                .identity(Identity::from_pem(
-                    &certificates.node_cert_pem,
-                    &certificates.node_key_pem,
-                ))
+                .ca_certificate(Certificate::from_pem(&ca_pem))
+                .identity(Identity::from_pem(cert, key))
                 .domain_name("localhost");
             let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
                 .expect("endpoint")
@@ -304,11 +311,13 @@ mod tests {
                 .expect("tls");
             DopplerIngressClient::new(endpoint.connect_lazy())
         };
-        let mut genuine = client(&first);
-        let mut impostor = client(&second);
+        let mut genuine = client(&genuine_pair);
+        let mut impostor = client(&impostor_pair);
+        let mut rotated = client(&rotated_pair);
         genuine.push(batch(7)).await.expect("genuine batch");
         impostor.push(batch(7)).await.expect("impostor batch");
         genuine.push(batch(7)).await.expect("genuine retry");
+        rotated.push(batch(8)).await.expect("after rotation");
         let stored: Vec<String> = bus
             .appended
             .lock()
@@ -320,9 +329,10 @@ mod tests {
                     .agent_id
             })
             .collect();
-        assert_eq!(stored.len(), 3);
+        assert_eq!(stored.len(), 4);
         assert_ne!(stored[0], stored[1], "{stored:?}");
         assert_eq!(stored[0], stored[2], "{stored:?}");
+        assert_eq!(stored[0], stored[3], "{stored:?}");
         for id in &stored {
             assert!(id.ends_with("/agent") && id.len() == 32 + 1 + 5, "{id}");
         }

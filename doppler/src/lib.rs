@@ -57,17 +57,13 @@ pub async fn run(
     let egress = egress::EgressService::new(hub);
     let listener = sluice_common::listen(config.listen, "doppler").await?;
     let served = tonic::transport::Server::builder()
-        .tls_config(tls.server_config())
-        .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?
         .add_service(
             DopplerIngressServer::new(ingress)
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         )
         .add_service(EgressServer::new(egress).max_encoding_message_size(config.max_message_bytes))
-        .serve_with_incoming_shutdown(sluice_common::grpc_incoming(listener), async move {
-            shutdown.wait().await
-        })
+        .serve_with_incoming_shutdown(tls.incoming(listener), async move { shutdown.wait().await })
         .await
         .map_err(|error| SluiceError::internal(format!("doppler failed: {error}")));
     // What the miners learned last is saved before the doppler is done.

@@ -212,15 +212,11 @@ pub async fn serve(
 ) -> Result<(), SluiceError> {
     let listener = sluice_common::listen(listen, "index search service").await?;
     tonic::transport::Server::builder()
-        .tls_config(tls.server_config())
-        .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?
         .add_service(
             IndexSearchServer::new(SearchService::new(searcher))
                 .max_encoding_message_size(256 * 1024 * 1024),
         )
-        .serve_with_incoming_shutdown(sluice_common::grpc_incoming(listener), async move {
-            shutdown.wait().await
-        })
+        .serve_with_incoming_shutdown(tls.incoming(listener), async move { shutdown.wait().await })
         .await
         .map_err(|error| SluiceError::internal(format!("index search service failed: {error}")))
 }

@@ -90,9 +90,7 @@ impl SearchBackend {
         let clients = indexers
             .iter()
             .map(|address| {
-                let channel = tls
-                    .endpoint(address, "query_api.indexers", Duration::from_secs(2))?
-                    .connect_lazy();
+                let channel = tls.channel(address, "query_api.indexers", Duration::from_secs(2))?;
                 Ok((
                     address.clone(),
                     IndexSearchClient::new(channel).max_decoding_message_size(256 * 1024 * 1024),

@@ -6,6 +6,7 @@
 //! - `sluice emit|tail|search|sql` talk to a running Sluice.
 
 mod archive;
+mod certs;
 mod client;
 mod config;
 mod output;
@@ -66,6 +67,8 @@ enum Command {
     Audit(AuditArgs),
     /// API tokens: create, list, revoke (`[query_api.auth]`).
     Tokens(tokens::TokensArgs),
+    /// The local CA's certificates: issue, rotate, rotate the CA (no restart needed).
+    Certs(certs::CertsArgs),
 }
 
 /// Options shared by the server roles; flags override the config file.
@@ -427,6 +430,7 @@ fn main() -> std::process::ExitCode {
             Command::Archive(args) => archive::archive(args).await,
             Command::Audit(args) => client::audit(args).await,
             Command::Tokens(args) => tokens::tokens(args),
+            Command::Certs(args) => certs::certs(args),
         }
     });
     match result {

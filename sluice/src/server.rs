@@ -82,12 +82,32 @@ fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     Ok(raw.validate()?)
 }
 
-fn load_tls(config: &Config) -> anyhow::Result<TlsMaterial> {
+/// Loads the certificates (creating the local CA on first start) and re-reads them whenever
+/// their files change or the process gets `SIGHUP`.
+fn load_tls(config: &Config, telemetry: &Telemetry) -> anyhow::Result<TlsMaterial> {
     let paths = match &config.tls {
         Some(paths) => paths.clone(),
         None => ensure_local_ca(&config.data_dir.join("tls"))?,
     };
-    Ok(TlsMaterial::load(&paths, &config.tls_server_name)?)
+    let tls = TlsMaterial::load(&paths, &config.tls_server_name)?;
+    tls.spawn_reloader(telemetry);
+    #[cfg(unix)]
+    {
+        static HANGUP: std::sync::Once = std::sync::Once::new();
+        HANGUP.call_once(|| {
+            if let Ok(mut hangup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        info!("SIGHUP: re-reading the tls certificates");
+                        sluice_common::tls::reload_now();
+                    }
+                });
+            }
+        });
+    }
+    Ok(tls)
 }
 
 async fn open_bus(config: &Config, telemetry: &Telemetry) -> anyhow::Result<Arc<dyn Bus>> {
@@ -237,8 +257,8 @@ pub async fn up(args: ServerArgs) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
-    let tls = load_tls(&config)?;
     let telemetry = Telemetry::new();
+    let tls = load_tls(&config, &telemetry)?;
     let bus = open_bus(&config, &telemetry).await?;
 
     let (ingress_trigger, ingress_shutdown) = ShutdownTrigger::new();
@@ -355,14 +375,14 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
     let metrics_shutdown = shutdown.clone();
     let handle = match role {
         Role::Agent => {
-            let tls = load_tls(&config)?;
+            let tls = load_tls(&config, &telemetry)?;
             spawn_role(
                 "agent",
                 sluice_agent::run(config.agent.clone(), tls, telemetry, shutdown),
             )
         }
         Role::Doppler => {
-            let tls = load_tls(&config)?;
+            let tls = load_tls(&config, &telemetry)?;
             let bus = open_bus(&config, &telemetry).await?;
             spawn_role(
                 "doppler",
@@ -381,7 +401,7 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
             }
             let bus = open_bus(&config, &telemetry).await?;
             if role == Role::Indexer {
-                let tls = load_tls(&config)?;
+                let tls = load_tls(&config, &telemetry)?;
                 spawn_role(
                     "indexer",
                     run_indexer(
@@ -410,7 +430,13 @@ pub async fn role(role: Role, args: ServerArgs) -> anyhow::Result<()> {
                 ),
                 BusConfig::Kafka { .. } => TailBus::Bus(open_bus(&config, &telemetry).await?),
             };
-            spawn_query_api(&config, tail_bus, load_tls(&config)?, telemetry, shutdown)?
+            spawn_query_api(
+                &config,
+                tail_bus,
+                load_tls(&config, &telemetry)?,
+                telemetry,
+                shutdown,
+            )?
         }
     };
     let mut handles = vec![handle];

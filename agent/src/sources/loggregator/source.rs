@@ -82,12 +82,11 @@ impl LoggregatorIngress {
             full,
         );
         tonic::transport::Server::builder()
-            .tls_config(tls.server_config())
-            .map_err(|error| SluiceError::invalid(format!("invalid tls configuration: {error}")))?
             .add_service(service)
-            .serve_with_incoming_shutdown(sluice_common::grpc_incoming(listener), async move {
-                shutdown.wait().await
-            })
+            .serve_with_incoming_shutdown(
+                tls.incoming(listener),
+                async move { shutdown.wait().await },
+            )
             .await
             .map_err(|error| SluiceError::internal(format!("agent ingress failed: {error}")))
     }

@@ -113,6 +113,7 @@ fn tls_acceptor(tls: &TlsMaterial) -> Result<TlsAcceptor, SluiceError> {
     let invalid =
         |error: String| SluiceError::invalid(format!("syslog tls: the node certificate: {error}"));
     let (cert_pem, key_pem) = tls.identity_pem();
+    let (cert_pem, key_pem) = (cert_pem.as_str(), key_pem.as_str());
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| invalid(error.to_string()))?;
