@@ -31,6 +31,11 @@ pub struct RawAgentConfig {
     /// Unset: every envelope of this ingress belongs to the default tenant.
     #[serde(default)]
     pub tenant_tag: Option<String>,
+    /// Senders whose client certificate names them (its common name, as `sluice certs issue
+    /// --name` writes it) have their envelopes filed under the tenant given here: on the
+    /// Loggregator ingress this wins over `tenant_tag`.
+    #[serde(default)]
+    pub tenants_by_certificate: std::collections::BTreeMap<String, String>,
     /// Dopplers to forward to, as `host:port`.
     #[serde(default = "default_dopplers")]
     pub dopplers: Vec<String>,
@@ -409,6 +414,8 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// The Loggregator ingress's tenant tag.
     pub tenant_tag: Option<String>,
+    /// Tenants of senders by their certificate's common name.
+    pub tenants_by_certificate: std::collections::BTreeMap<String, String>,
     /// Doppler addresses.
     pub dopplers: Vec<String>,
     /// Envelopes per batch.
@@ -559,9 +566,19 @@ impl RawAgentConfig {
                 "agent.tenant_tag: name a tag, or leave the key out",
             ));
         }
+        if let Some((name, tenant)) = self
+            .tenants_by_certificate
+            .iter()
+            .find(|(_, tenant)| !sluice_common::tenancy::valid_name(tenant))
+        {
+            return Err(SluiceError::invalid(format!(
+                "agent.tenants_by_certificate.{name}: {tenant:?} is not a tenant name (1 to 64 of ASCII letters, digits, '-', '_' and '.')"
+            )));
+        }
         Ok(AgentConfig {
             listen: self.listen,
             tenant_tag: self.tenant_tag,
+            tenants_by_certificate: self.tenants_by_certificate,
             dopplers: self.dopplers,
             flush_envelopes: self.flush_envelopes,
             flush_bytes: self.flush_bytes,

@@ -56,6 +56,7 @@ pub async fn run(
             config.max_envelope_bytes,
             metrics.clone(),
             authenticator,
+            &tls,
         );
         sources.spawn(source.serve(shutdown.clone()));
     }
@@ -101,6 +102,7 @@ pub async fn run(
             config.max_envelope_bytes,
             metrics.clone(),
             authenticator,
+            &tls,
         );
         sources.spawn(source.serve(shutdown.clone()));
     }

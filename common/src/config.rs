@@ -96,6 +96,25 @@ pub fn parse_duration(field: &str, text: &str) -> Result<Duration, SluiceError> 
     Ok(duration)
 }
 
+/// Checks a listener that serves without TLS: allowed on a loopback address, and elsewhere
+/// only when `<section>.allow_plaintext` says so. `listen_key` names the address's key.
+pub fn check_plaintext(
+    section: &str,
+    listen_key: &str,
+    listen: std::net::SocketAddr,
+    tls: bool,
+    allow_plaintext: bool,
+) -> Result<(), SluiceError> {
+    if tls || allow_plaintext || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(SluiceError::invalid(format!(
+        "{section}.{listen_key} = {listen} is beyond loopback and {section}.tls is off: set \
+         {section}.tls = true (the certificates of [tls], or the local CA `sluice up` makes), or \
+         {section}.allow_plaintext = true if plaintext on that network is meant"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

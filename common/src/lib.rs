@@ -65,3 +65,34 @@ pub fn http_nodelay(
     }
     listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream))
 }
+
+/// Serves `router` (with each request's peer address, `ConnectInfo<SocketAddr>`) on
+/// `listener` until `shutdown` completes: over HTTPS with `tls`'s certificate when given (the
+/// one in force at each handshake), plain HTTP otherwise; Nagle's algorithm off either way.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    tls: Option<&tls::TlsMaterial>,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    match tls {
+        None => {
+            axum::serve(http_nodelay(listener), service)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            use axum::serve::ListenerExt as _;
+            // Through `tap_io` (doing nothing), for which axum gives `ConnectInfo` the peer's
+            // address.
+            fn untouched(_: &mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {}
+            let listener = tls.https_listener(listener)?.tap_io(
+                untouched as fn(&mut tokio_rustls::server::TlsStream<tokio::net::TcpStream>),
+            );
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}

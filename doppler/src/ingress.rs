@@ -86,9 +86,7 @@ const MINE_INLINE_BELOW: usize = 2_000;
 pub fn bound_agent_id(peer_certificate_der: Option<&[u8]>, claimed: &str) -> String {
     match peer_certificate_der {
         Some(der) => {
-            let subject = x509_parser::parse_x509_certificate(der)
-                .map(|(_, certificate)| certificate.tbs_certificate.subject.as_raw().to_vec())
-                .unwrap_or_else(|_| der.to_vec());
+            let subject = sluice_common::tls::subject_der(der).unwrap_or_else(|| der.to_vec());
             let digest = ring::digest::digest(&ring::digest::SHA256, &subject);
             let mut bound = String::with_capacity(33 + claimed.len());
             for byte in &digest.as_ref()[..16] {

@@ -8,8 +8,10 @@
 //! operations, `/metrics`) show every tenant's figures, so only an unscoped identity (an
 //! administrator of the default tenant) may call them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -22,21 +24,63 @@ use sluice_auth::{Authenticator, Identity, Right};
 use sluice_common::telemetry::Telemetry;
 use sluice_common::tenancy::Scope;
 
-/// The authenticator and the refusals it counts.
+/// The authenticator, each token's request rate, and the refusals it counts.
 #[derive(Clone)]
 pub struct Gate {
     authenticator: Arc<Authenticator>,
+    rate: Arc<RateLimit>,
     refused: Family<Vec<(String, String)>, Counter>,
 }
 
+/// A token bucket per token id: `per_second` on average, `burst` at once. Only valid tokens
+/// get a bucket, so there are at most as many as the token file holds.
+struct RateLimit {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimit {
+    /// Takes one request of `token_id` if its bucket has room.
+    fn admit(&self, token_id: &str) -> bool {
+        let now = Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (level, last) = buckets
+            .entry(token_id.to_owned())
+            .or_insert((self.burst, now));
+        *level =
+            (*level + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *level >= 1.0 {
+            *level -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 impl Gate {
-    /// A gate over `authenticator`, counting into `telemetry`.
-    pub fn new(authenticator: Arc<Authenticator>, telemetry: &Telemetry) -> Gate {
+    /// A gate over `authenticator` letting each token make `(per second, burst)` requests,
+    /// counting into `telemetry`.
+    pub fn new(
+        authenticator: Arc<Authenticator>,
+        (per_second, burst): (f64, u32),
+        telemetry: &Telemetry,
+    ) -> Gate {
         Gate {
             authenticator,
+            rate: Arc::new(RateLimit {
+                per_second,
+                burst: f64::from(burst),
+                buckets: Mutex::new(HashMap::new()),
+            }),
             refused: telemetry.register(
                 "sluice_query_auth_refused",
-                "Requests refused for their credential (reason: missing, malformed, unknown, expired) or their scope (reason: right, scope)",
+                "Requests refused for their credential (reason: missing, malformed, unknown, expired), their scope (reason: right, scope) or their token's rate (reason: rate)",
                 Family::default(),
             ),
         }
@@ -103,6 +147,20 @@ pub async fn authorize(
             );
         }
     };
+    if !gate.rate.admit(&identity.token_id) {
+        let mut response = gate.refuse(
+            "rate",
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "token {} is over its rate of {} requests a second (query_api.auth.requests_per_second, request_burst); retry shortly",
+                identity.token_id, gate.rate.per_second
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     let right = needed(request.method(), request.uri().path());
     if !identity.can(right) {
         tracing::warn!(token_id = %identity.token_id, path = request.uri().path(), right = right.name(), "refused: the token lacks the right");

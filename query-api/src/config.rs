@@ -15,6 +15,13 @@ pub struct RawQueryApiConfig {
     /// HTTP listen address.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with the node certificate (`[tls]`, or the local CA's); the `sluice`
+    /// commands trust the data directory's CA by themselves.
+    #[serde(default)]
+    pub tls: bool,
+    /// Serve plain HTTP on an address beyond loopback (refused at start otherwise).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Largest `limit` a search may ask for.
     #[serde(default = "default_max_search_limit")]
     pub max_search_limit: usize,
@@ -105,7 +112,7 @@ pub struct RawTailConfig {
 }
 
 /// `[query_api.auth]`: API tokens.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuthConfig {
     /// Require a bearer token (`sluice tokens create`) on every route but `/healthz`.
@@ -114,6 +121,19 @@ pub struct RawAuthConfig {
     /// The token file; `<data_dir>/auth/tokens.json` by default.
     #[serde(default)]
     pub tokens_file: Option<PathBuf>,
+    /// Requests each token may make per second, on average (a token bucket); past it, 429.
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: f64,
+    /// Requests a token may make at once above that rate.
+    #[serde(default = "default_request_burst")]
+    pub request_burst: u32,
+}
+
+fn default_requests_per_second() -> f64 {
+    100.0
+}
+fn default_request_burst() -> u32 {
+    200
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -155,6 +175,8 @@ fn default_indexer_timeout() -> String {
 pub struct QueryApiConfig {
     /// HTTP listen address.
     pub listen: SocketAddr,
+    /// Whether it serves HTTPS.
+    pub tls: bool,
     /// Largest search limit.
     pub max_search_limit: usize,
     /// Largest SQL answer.
@@ -171,11 +193,29 @@ pub struct QueryApiConfig {
     pub sql: crate::sql::engine::EngineLimits,
     /// The token file every request is checked against, when tokens are required.
     pub tokens_file: Option<PathBuf>,
+    /// Each token's request rate: (per second, burst).
+    pub request_rate: (f64, u32),
 }
 impl RawQueryApiConfig {
     /// Checks every field.
     pub fn validate(self, data_dir: &Path) -> Result<QueryApiConfig, SluiceError> {
+        sluice_common::config::check_plaintext(
+            "query_api",
+            "listen",
+            self.listen,
+            self.tls,
+            self.allow_plaintext,
+        )?;
         positive("query_api.max_search_limit", self.max_search_limit)?;
+        if !(self.auth.requests_per_second > 0.0 && self.auth.requests_per_second.is_finite()) {
+            return Err(SluiceError::invalid(
+                "query_api.auth.requests_per_second: must be a number above 0",
+            ));
+        }
+        positive(
+            "query_api.auth.request_burst",
+            self.auth.request_burst as usize,
+        )?;
         positive("query_api.max_sql_rows", self.max_sql_rows)?;
         positive("query_api.max_sql_bytes", self.max_sql_bytes)?;
         positive("query_api.tail.max_tails", self.tail.max_tails)?;
@@ -209,6 +249,7 @@ impl RawQueryApiConfig {
         }
         Ok(QueryApiConfig {
             listen: self.listen,
+            tls: self.tls,
             max_search_limit: self.max_search_limit,
             max_sql_rows: self.max_sql_rows,
             max_sql_bytes: self.max_sql_bytes,
@@ -230,6 +271,7 @@ impl RawQueryApiConfig {
                 max_concurrent: self.sql.max_concurrent,
                 threads: self.sql.threads,
             },
+            request_rate: (self.auth.requests_per_second, self.auth.request_burst),
             tokens_file: self.auth.enabled.then(|| {
                 self.auth
                     .tokens_file
@@ -240,4 +282,4 @@ impl RawQueryApiConfig {
 }
 
 sluice_common::default_from_empty_table!(RawQueryApiConfig, RawSqlConfig);
-sluice_common::default_from_empty_table!(RawTailConfig);
+sluice_common::default_from_empty_table!(RawTailConfig, RawAuthConfig);

@@ -99,7 +99,11 @@ pub async fn run(
                 sluice_auth::Authenticator::open(sluice_auth::TokenFile::at(path.clone()))?;
             authenticator.spawn_reloader();
             tracing::info!(tokens_file = %path.display(), "query api requires tokens");
-            Some(auth::Gate::new(authenticator, &telemetry))
+            Some(auth::Gate::new(
+                authenticator,
+                config.request_rate,
+                &telemetry,
+            ))
         }
         None => None,
     };
@@ -135,11 +139,12 @@ pub async fn run(
         config: config.clone(),
     };
     let listener = sluice_common::listen(config.listen, "query api").await?;
-    axum::serve(
-        sluice_common::http_nodelay(listener),
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    sluice_common::serve_http(
+        listener,
+        config.tls.then_some(&tls),
+        router(state),
+        async move { shutdown.wait().await },
     )
-    .with_graceful_shutdown(async move { shutdown.wait().await })
     .await
     .map_err(|error| SluiceError::internal(format!("query api failed: {error}")))
 }

@@ -153,7 +153,7 @@ struct Credentials {
     /// `<data-dir>/auth/admin.token`, if there is one.
     #[arg(long)]
     token: Option<String>,
-    /// Data directory of the `sluice up` to use the admin token of.
+    /// Data directory of the `sluice up` to use the admin token and (for `https://`) the CA of.
     #[arg(long, default_value = "./sluice-data")]
     data_dir: PathBuf,
 }
@@ -189,9 +189,14 @@ impl Credentials {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        Ok(reqwest::Client::builder()
-            .default_headers(headers)
-            .build()?)
+        let mut builder = reqwest::Client::builder().default_headers(headers);
+        // `https://` to a Sluice query API: trust the data directory's CA, as every Sluice
+        // process does.
+        let ca = self.data_dir.join("tls").join("ca.pem");
+        if let Ok(ca_pem) = std::fs::read_to_string(&ca) {
+            builder = builder.use_preconfigured_tls(sluice_common::tls::https_client(&ca_pem)?);
+        }
+        Ok(builder.build()?)
     }
 }
 

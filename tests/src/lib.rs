@@ -199,12 +199,21 @@ impl Sluice {
             .stderr(log)
             .spawn()
             .unwrap();
+        // `[query_api] tls = true` in the configuration: the API is `https://`.
+        let https = config.as_ref().is_some_and(|path| {
+            std::fs::read_to_string(path)
+                .is_ok_and(|text| section_sets(&text, "query_api", "tls = true"))
+        });
         let mut sluice = Sluice {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             agent: format!("127.0.0.1:{}", ports.0),
             doppler: format!("127.0.0.1:{}", ports.1),
-            api: format!("http://127.0.0.1:{}", ports.2),
+            api: format!(
+                "{}://127.0.0.1:{}",
+                if https { "https" } else { "http" },
+                ports.2
+            ),
             ports,
             elasticsearch: format!("127.0.0.1:{}", source_ports.0),
             syslog: format!("127.0.0.1:{}", source_ports.1),
@@ -218,11 +227,21 @@ impl Sluice {
         sluice
     }
 
+    /// An HTTP client that trusts the data directory's CA (for `https://` listeners), as the
+    /// `sluice` commands do.
+    pub fn http_client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder();
+        if let Ok(ca) = std::fs::read_to_string(self.data_dir.join("tls").join("ca.pem")) {
+            builder = builder.use_preconfigured_tls(sluice_common::tls::https_client(&ca).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let client = reqwest::Client::new();
         loop {
-            let healthy = client
+            let healthy = self
+                .http_client()
                 .get(format!("{}/healthz", self.api))
                 .send()
                 .await
@@ -566,6 +585,52 @@ pub async fn events(
         }
     });
     receiver
+}
+
+/// Whether `[section]` of the TOML `text` holds the line `line`.
+fn section_sets(text: &str, section: &str, line: &str) -> bool {
+    let mut inside = false;
+    for row in text.lines().map(str::trim) {
+        if row.starts_with('[') {
+            inside = row == format!("[{section}]");
+        } else if inside && row == line {
+            return true;
+        }
+    }
+    false
+}
+
+/// An OTLP export of one log line `text` from service `service`.
+pub fn otlp_log_request(
+    service: &str,
+    text: &str,
+) -> sluice_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest {
+    use sluice_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
+    use sluice_proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
+    use sluice_proto::opentelemetry::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use sluice_proto::opentelemetry::proto::resource::v1::Resource;
+    let string = |text: &str| AnyValue {
+        value: Some(any_value::Value::StringValue(text.to_owned())),
+    };
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".to_owned(),
+                    value: Some(string(service)),
+                }],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    body: Some(string(text)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
 }
 
 /// The body of `GET url` as the holder of `token`.

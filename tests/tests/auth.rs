@@ -206,3 +206,57 @@ async fn tokens_guard_every_route_and_a_revoked_one_is_refused_within_a_second()
         "no secret in the log"
     );
 }
+
+/// Each token has its own request rate: past its burst it is answered 429 with `Retry-After`,
+/// counted, while another token is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_past_its_rate_is_answered_429_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let sluice = Sluice::start_with_config(
+        &data_dir,
+        "[query_api.auth]\nenabled = true\nrequests_per_second = 0.5\nrequest_burst = 3\n",
+    )
+    .await;
+    let (ok, reader, complaint) = sluice_cli(
+        &data_dir,
+        &["tokens", "create", "--name", "busy", "--rights", "read"],
+        &[],
+    );
+    assert!(ok, "{complaint}");
+    let reader = reader.trim().to_owned();
+    let statuses: Vec<u16> =
+        futures::future::join_all((0..5).map(|_| search_status(&sluice.api, Some(&reader))))
+            .await
+            .into_iter()
+            .map(|(status, _)| status)
+            .collect();
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/v1/search", sluice.api))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let admin = std::fs::read_to_string(data_dir.join("auth/admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(search_status(&sluice.api, Some(&admin)).await.0, 200);
+    let metrics = sluice_tests::text_as(&format!("{}/metrics", sluice.api), &admin).await;
+    assert!(
+        metric_sample(&metrics, "sluice_query_auth_refused_total{reason=\"rate\"}") >= 3.0,
+        "{metrics}"
+    );
+}

@@ -34,8 +34,9 @@ fn agent_config(
 ) -> String {
     let http_sources = match http_sources {
         Some((bulk, otlp_grpc, otlp_http)) => format!(
-            "[agent.elasticsearch]\nlisten = \"{bulk}\"\n\
-             [agent.otlp]\ngrpc_listen = \"{otlp_grpc}\"\nhttp_listen = \"{otlp_http}\"\n"
+            "[agent.elasticsearch]\nlisten = \"{bulk}\"\nallow_plaintext = true\n\
+             [agent.otlp]\ngrpc_listen = \"{otlp_grpc}\"\nhttp_listen = \"{otlp_http}\"\n\
+             allow_plaintext = true\n"
         ),
         None => {
             "[agent.elasticsearch]\nenabled = false\n[agent.otlp]\nenabled = false\n".to_owned()
@@ -163,33 +164,7 @@ impl Load {
 /// An OTLP/HTTP export of one log line from service `netotlp`.
 fn one_otlp_log(text: &str) -> Vec<u8> {
     use prost::Message as _;
-    use sluice_proto::opentelemetry::proto::collector::logs::v1::ExportLogsServiceRequest;
-    use sluice_proto::opentelemetry::proto::common::v1::{AnyValue, KeyValue, any_value};
-    use sluice_proto::opentelemetry::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-    use sluice_proto::opentelemetry::proto::resource::v1::Resource;
-    let string = |text: &str| AnyValue {
-        value: Some(any_value::Value::StringValue(text.to_owned())),
-    };
-    ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".to_owned(),
-                    value: Some(string("netotlp")),
-                }],
-                ..Default::default()
-            }),
-            scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord {
-                    body: Some(string(text)),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
+    sluice_tests::otlp_log_request("netotlp", text).encode_to_vec()
 }
 
 fn rounds_list(rounds: &[usize]) -> String {

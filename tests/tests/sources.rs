@@ -101,19 +101,23 @@ fn token(data_dir: &std::path::Path, rights: &str) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-/// With `require_token`, the clients send a token the ways they document credentials
-/// (`api_key`, `basic_auth`, `bearer_auth`, opensearch-py's `http_auth`) and every document
-/// arrives; no credential, a wrong one or a read-only token is refused (401, 403) and counted.
+/// With `require_token` and TLS, the clients send a token the ways they document credentials
+/// (`api_key`, `basic_auth`, `bearer_auth`, opensearch-py's `http_auth`) over HTTPS verified
+/// with the data directory's CA (`ca_certs`) and every document arrives; no credential, a wrong one or a read-only token is refused (401, 403) and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_clients_send_tokens_the_ways_they_document() {
     let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let sluice =
-        Sluice::start_with_config(&data_dir, "[agent.elasticsearch]\nrequire_token = true\n").await;
+    let sluice = Sluice::start_with_config(
+        &data_dir,
+        "[agent.elasticsearch]\nrequire_token = true\ntls = true\n",
+    )
+    .await;
     let (ingest, read_only) = (token(&data_dir, "ingest"), token(&data_dir, "read"));
     let address = sluice.elasticsearch.clone();
-    let report = run_python(python, "es_auth.py", vec![address, ingest, read_only]).await;
+    let ca = data_dir.join("tls/ca.pem").display().to_string();
+    let report = run_python(python, "es_auth.py", vec![address, ingest, read_only, ca]).await;
     let delivered = serde_json::json!({"ok": 100, "errors": 0});
     for way in ["apikey", "basic", "bearer", "opensearch"] {
         assert_eq!(report[way], delivered, "{way}: {report}");
@@ -861,21 +865,27 @@ async fn followed_files_survive_rotation_and_restarts_exactly_once() {
     .await;
 }
 
-/// With `require_token`, the OpenTelemetry SDK's exporters carry the token in their `headers`
-/// setting over gRPC and HTTP and every line arrives; exports without it are refused and
+/// With `require_token` and TLS, the OpenTelemetry SDK's exporters carry the token in their
+/// `headers` setting over gRPC and HTTP, verifying the server with the data directory's CA, and
+/// every line arrives; exports without it are refused and
 /// counted, and none of their lines is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opentelemetry_exporters_send_a_bearer_token_in_their_headers() {
     let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let sluice = Sluice::start_with_config(&data_dir, "[agent.otlp]\nrequire_token = true\n").await;
+    let sluice = Sluice::start_with_config(
+        &data_dir,
+        "[agent.otlp]\nrequire_token = true\ntls = true\n",
+    )
+    .await;
     let ingest = token(&data_dir, "ingest");
     let (grpc, http) = (sluice.otlp_grpc.clone(), sluice.otlp_http.clone());
+    let ca = data_dir.join("tls/ca.pem").display().to_string();
     let report = run_python(
         python,
         "otel_auth.py",
-        vec![grpc, http, ingest, "200".to_owned()],
+        vec![grpc, http, ingest, "200".to_owned(), ca],
     )
     .await;
     for name in ["otlpauthgrpc", "otlpauthhttp"] {

@@ -1,5 +1,6 @@
 //! Two tenants ingesting through one agent (`_bulk` with each tenant's ingest token, on the same
-//! source names) and the default tenant beside them (Loggregator gRPC), then reads by one
+//! source names; Loggregator gRPC with a client certificate mapped to a tenant) and the default
+//! tenant beside them (Loggregator gRPC), then reads by one
 //! tenant's token that try to reach the other's records through every route: search syntax,
 //! histograms, patterns, the live tail and its history, the Loggregator egress shapes, and SQL
 //! (unions, joins, subqueries, `information_schema`, file paths, `EXPLAIN`, comments, quoting).
@@ -17,7 +18,9 @@ use sluice_tests::{Sluice, events, log_envelope, metric_sample, send, sluice_bin
 /// source name as acme's), the default tenant's on `shared-app` too.
 const ACME_SHARED: u64 = 160;
 const ACME_WEB: u64 = 80;
-const ACME: u64 = ACME_SHARED + ACME_WEB;
+/// acme's lines over the Loggregator ingress, from a sender whose certificate maps to acme.
+const ACME_CERT: u64 = 30;
+const ACME: u64 = ACME_SHARED + ACME_WEB + ACME_CERT;
 const GLOBEX: u64 = 150;
 const DEFAULT: u64 = 50;
 
@@ -171,7 +174,8 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
     let sluice = Sluice::start_with_config(
         &data_dir,
         "[query_api.auth]\nenabled = true\n\n[agent.elasticsearch]\nrequire_token = true\n\n\
-         [retention]\nflush_interval = \"1s\"\n",
+         [retention]\nflush_interval = \"1s\"\n\n\
+         [agent.tenants_by_certificate]\n\"acme-agent\" = \"acme\"\n",
     )
     .await;
     let api = sluice.api.clone();
@@ -202,6 +206,56 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
         })
         .collect();
     send(&mut client, forged).await.unwrap();
+    // A platform sender whose certificate (from the local CA, named acme-agent) the agent maps
+    // to acme: its envelopes are acme's, whatever their tags say.
+    let issued = dir.path().join("issued");
+    let output = std::process::Command::new(sluice_binary())
+        .args([
+            "certs",
+            "issue",
+            "--name",
+            "acme-agent",
+            "--dns",
+            "localhost",
+            "--out",
+        ])
+        .arg(&issued)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read = |name: &str| std::fs::read_to_string(issued.join(name)).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", sluice.agent))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+                .identity(tonic::transport::Identity::from_pem(
+                    read("acme-agent.pem"),
+                    read("acme-agent-key.pem"),
+                ))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut acme_agent = sluice_proto::v2::ingress_client::IngressClient::new(channel);
+    let claimed: Vec<_> = (0..ACME_CERT)
+        .map(|n| {
+            let mut envelope = log_envelope("shared-app", format!("acme-cert line {n} secret"));
+            envelope
+                .tags
+                .insert("sluice.tenant".to_owned(), "globex".to_owned());
+            envelope
+        })
+        .collect();
+    send(&mut acme_agent, claimed).await.unwrap();
     let all = ACME + GLOBEX + DEFAULT;
     sluice
         .wait_for("indexed", all, Duration::from_secs(30), || async {
@@ -339,10 +393,10 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_no_foreign("Log Cache read", &body);
-    let read: Value = serde_json::from_str(&body).unwrap();
+    let log_cache: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
-        read["envelopes"]["batch"].as_array().unwrap().len() as u64,
-        ACME_SHARED
+        log_cache["envelopes"]["batch"].as_array().unwrap().len() as u64,
+        ACME_SHARED + ACME_CERT
     );
     let (status, body) = get(&format!("{api}/api/v1/read/shared-app"), &acme_web, &[]).await;
     assert_eq!(status, 200, "{body}");
@@ -410,7 +464,7 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
     );
     assert!(scope_refusals >= 3.0, "{metrics}");
     eprintln!(
-        "tenants: acme {ACME}, globex {GLOBEX}, default {DEFAULT} lines; {searches} searches \
+        "tenants: acme {ACME} ({ACME_CERT} by client certificate), globex {GLOBEX}, default {DEFAULT} lines; {searches} searches \
          ({refused} refused), {sql_tries} SQL texts ({sql_refused} refused), patterns, Log \
          Cache, tail history and live, /v2/read: 0 records of another tenant; \
          {scope_refusals} operator routes refused"

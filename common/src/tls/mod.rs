@@ -32,7 +32,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::error::SluiceError;
 
-pub use incoming::TlsIncoming;
+pub use incoming::{TlsIncoming, TlsListener};
 
 /// Where the three PEM files of a node live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,12 @@ struct Loaded {
     key_pem: String,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    /// For HTTP listeners: the node's certificate, no client certificate asked (HTTP clients
+    /// authenticate with tokens), HTTP/1.1.
+    https: Arc<rustls::ServerConfig>,
+    /// For gRPC listeners that take any client (OTLP exporters authenticate with tokens):
+    /// no client certificate asked, HTTP/2.
+    grpc_open: Arc<rustls::ServerConfig>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -148,19 +154,30 @@ fn build(ca_pem: String, cert_pem: String, key_pem: String) -> Result<Loaded, St
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|error| format!("the certificate and its key: {error}"))?;
     server.alpn_protocols = vec![b"h2".to_vec()];
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
+        .with_client_auth_cert(chain.clone(), key.clone_key())
         .map_err(|error| format!("the certificate and its key: {error}"))?;
     client.alpn_protocols = vec![b"h2".to_vec()];
+    let mut https = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|error| format!("the certificate and its key: {error}"))?;
+    https.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut grpc_open = https.clone();
+    grpc_open.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Loaded {
         ca_pem,
         cert_pem,
         key_pem,
         server: Arc::new(server),
         client: Arc::new(client),
+        https: Arc::new(https),
+        grpc_open: Arc::new(grpc_open),
     })
 }
 
@@ -279,6 +296,25 @@ impl TlsMaterial {
         Arc::clone(&self.current().server)
     }
 
+    /// The open gRPC server configuration in force now (no client certificate asked).
+    pub fn rustls_grpc_open(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.current().grpc_open)
+    }
+
+    /// The HTTPS server configuration in force now (no client certificate asked).
+    pub fn rustls_https(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.current().https)
+    }
+
+    /// An HTTPS listener over `listener`, each handshake with the certificate in force when
+    /// the connection arrived.
+    pub fn https_listener(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> std::io::Result<TlsListener> {
+        TlsListener::new(listener, self.clone())
+    }
+
     /// The client configuration in force now.
     pub fn rustls_client(&self) -> Arc<rustls::ClientConfig> {
         Arc::clone(&self.current().client)
@@ -293,6 +329,12 @@ impl TlsMaterial {
     /// configuration in force when it arrived, for a gRPC server (Nagle's algorithm off).
     pub fn incoming(&self, listener: tokio::net::TcpListener) -> TlsIncoming {
         TlsIncoming::new(listener, self.clone())
+    }
+
+    /// Like [`TlsMaterial::incoming`], asking no client certificate (for gRPC servers whose
+    /// clients authenticate otherwise: OTLP exporters).
+    pub fn incoming_open(&self, listener: tokio::net::TcpListener) -> TlsIncoming {
+        TlsIncoming::open(listener, self.clone())
     }
 
     /// Server side, as tonic configures it: the certificates as they are now, never re-read.
@@ -353,6 +395,47 @@ impl TlsMaterial {
     pub fn ca_pem(&self) -> String {
         self.current().ca_pem.clone()
     }
+}
+
+/// The DER of the subject of the certificate `der`, if it parses.
+pub fn subject_der(der: &[u8]) -> Option<Vec<u8>> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .map(|(_, certificate)| certificate.tbs_certificate.subject.as_raw().to_vec())
+}
+
+/// The (first) common name of the subject of the certificate `der`, if it has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = certificate
+        .tbs_certificate
+        .subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(name)
+}
+
+/// A client configuration for HTTPS to Sluice's listeners: trusts the CAs of `ca_pem`, presents
+/// no certificate (the `sluice` commands authenticate with tokens).
+pub fn https_client(ca_pem: &str) -> Result<rustls::ClientConfig, SluiceError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let certificate =
+            certificate.map_err(|error| SluiceError::invalid(format!("the CA file: {error}")))?;
+        roots
+            .add(certificate)
+            .map_err(|error| SluiceError::invalid(format!("the CA file: {error}")))?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|error| SluiceError::internal(error.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// Returns the certificate paths under `dir`, creating a CA and a node certificate there first

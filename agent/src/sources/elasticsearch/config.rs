@@ -16,6 +16,13 @@ pub struct RawElasticsearchSourceConfig {
     /// HTTP address.
     #[serde(default = "default_elasticsearch_listen")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with the node certificate (`[tls]`, or the local CA's); Elasticsearch
+    /// clients take the CA as `ca_certs`.
+    #[serde(default)]
+    pub tls: bool,
+    /// Serve plain HTTP on an address beyond loopback (refused at start otherwise).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// A document field (dotted path, e.g. `service.name`) whose value becomes the source_id;
     /// documents without it use their index name.
     #[serde(default)]
@@ -49,6 +56,8 @@ fn default_max_body_bytes() -> usize {
 pub struct ElasticsearchSourceConfig {
     /// HTTP address.
     pub listen: SocketAddr,
+    /// Whether it serves HTTPS.
+    pub tls: bool,
     /// Field naming the source_id, as path segments.
     pub source_id_field: Option<Vec<String>>,
     /// Largest body, compressed and decompressed.
@@ -72,6 +81,13 @@ impl RawElasticsearchSourceConfig {
                 "agent.elasticsearch.max_body_bytes: must be at least 1",
             ));
         }
+        sluice_common::config::check_plaintext(
+            "agent.elasticsearch",
+            "listen",
+            raw.listen,
+            raw.tls,
+            raw.allow_plaintext,
+        )?;
         let source_id_field = match raw.source_id_field {
             None => None,
             Some(field) => {
@@ -86,6 +102,7 @@ impl RawElasticsearchSourceConfig {
         };
         Ok(Some(ElasticsearchSourceConfig {
             listen: raw.listen,
+            tls: raw.tls,
             source_id_field,
             max_body_bytes: raw.max_body_bytes,
             tokens_file: raw.require_token.then(|| {

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use sluice_common::SluiceError;
 use sluice_common::envelope::validate_envelope;
 use sluice_common::shutdown::Shutdown;
+use sluice_common::tls::TlsMaterial;
 use sluice_proto::v2::Envelope;
 
 use super::bulk::{self, Item, Mapping};
@@ -48,6 +49,7 @@ struct Shared {
 pub struct ElasticsearchSource {
     config: ElasticsearchSourceConfig,
     shared: Arc<Shared>,
+    tls: Option<TlsMaterial>,
 }
 
 impl ElasticsearchSource {
@@ -58,6 +60,7 @@ impl ElasticsearchSource {
         max_envelope_bytes: usize,
         metrics: AgentMetrics,
         authenticator: Option<Arc<sluice_auth::Authenticator>>,
+        tls: &TlsMaterial,
     ) -> ElasticsearchSource {
         let shared = Arc::new(Shared {
             authenticator,
@@ -69,18 +72,24 @@ impl ElasticsearchSource {
             max_body_bytes: config.max_body_bytes,
             max_envelope_bytes,
         });
-        ElasticsearchSource { config, shared }
+        let tls = config.tls.then(|| tls.clone());
+        ElasticsearchSource {
+            config,
+            shared,
+            tls,
+        }
     }
 
-    /// Serves until `shutdown` fires.
+    /// Serves until `shutdown` fires (over HTTPS with `tls = true`).
     pub async fn serve(self, mut shutdown: Shutdown) -> Result<(), SluiceError> {
         let listener =
             sluice_common::listen(self.config.listen, "elasticsearch bulk source").await?;
-        axum::serve(
-            sluice_common::http_nodelay(listener),
-            router(self.shared).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        sluice_common::serve_http(
+            listener,
+            self.tls.as_ref(),
+            router(self.shared),
+            async move { shutdown.wait().await },
         )
-        .with_graceful_shutdown(async move { shutdown.wait().await })
         .await
         .map_err(|error| {
             SluiceError::internal(format!("elasticsearch bulk source failed: {error}"))

@@ -30,7 +30,10 @@ const SOURCE: &str = "loggregator";
 pub struct LoggregatorIngress {
     forwarder: Arc<Forwarder>,
     max_envelope_bytes: usize,
+    /// Whose envelopes these are when the sender's certificate is not mapped.
     tenancy: Tenancy,
+    /// Senders' tenants by their certificate's common name.
+    by_certificate: Arc<std::collections::BTreeMap<String, Tenancy>>,
     metrics: AgentMetrics,
 }
 
@@ -50,6 +53,15 @@ impl LoggregatorIngress {
                 .map_or_else(Tenancy::default_tenant, |tag| {
                     Tenancy::FromTag(Arc::from(tag))
                 }),
+            by_certificate: Arc::new(
+                config
+                    .tenants_by_certificate
+                    .iter()
+                    .map(|(name, tenant)| {
+                        (name.clone(), Tenancy::Fixed(Arc::from(tenant.as_str())))
+                    })
+                    .collect(),
+            ),
             metrics,
         }
     }
@@ -116,6 +128,22 @@ impl LoggregatorIngress {
         }
     }
 
+    /// The tenant of a request: its certificate's, when `agent.tenants_by_certificate` names
+    /// it, otherwise the ingress's.
+    fn tenancy_of<T>(&self, request: &Request<T>) -> Tenancy {
+        if !self.by_certificate.is_empty()
+            && let Some(name) = request.peer_certs().and_then(|chain| {
+                chain
+                    .first()
+                    .and_then(|leaf| sluice_common::tls::common_name(leaf))
+            })
+            && let Some(tenancy) = self.by_certificate.get(&name)
+        {
+            return tenancy.clone();
+        }
+        self.tenancy.clone()
+    }
+
     async fn accept(&self, mut envelopes: Vec<Envelope>, ticket: &Ticket) -> Result<(), Status> {
         self.admit(&mut envelopes)?;
         self.forwarder.submit(envelopes, ticket).await
@@ -156,8 +184,8 @@ impl Ingress for LoggregatorIngress {
         &self,
         request: Request<Streaming<Envelope>>,
     ) -> Result<Response<IngressResponse>, Status> {
+        let (ticket, done) = Ticket::with_tenancy(SOURCE, self.tenancy_of(&request));
         let mut stream = request.into_inner();
-        let (ticket, done) = Ticket::with_tenancy(SOURCE, self.tenancy.clone());
         // Envelopes accepted before a bad one stay accepted: they are forwarded either way,
         // and the error tells the client where the stream went wrong.
         let mut outcome = Ok(());
@@ -186,8 +214,8 @@ impl Ingress for LoggregatorIngress {
         &self,
         request: Request<Streaming<EnvelopeBatch>>,
     ) -> Result<Response<BatchSenderResponse>, Status> {
+        let (ticket, done) = Ticket::with_tenancy(SOURCE, self.tenancy_of(&request));
         let mut stream = request.into_inner();
-        let (ticket, done) = Ticket::with_tenancy(SOURCE, self.tenancy.clone());
         let mut outcome = Ok(());
         while let Some(message) = stream.next().await {
             match message {
@@ -214,7 +242,7 @@ impl Ingress for LoggregatorIngress {
         &self,
         request: Request<EnvelopeBatch>,
     ) -> Result<Response<SendResponse>, Status> {
-        let (ticket, done) = Ticket::with_tenancy(SOURCE, self.tenancy.clone());
+        let (ticket, done) = Ticket::with_tenancy(SOURCE, self.tenancy_of(&request));
         self.accept(request.into_inner().batch, &ticket).await?;
         drop(ticket);
         completed(done).await?;

@@ -23,6 +23,13 @@ pub struct RawOtlpSourceConfig {
     /// OTLP/HTTP address (protobuf).
     #[serde(default = "default_otlp_http_listen")]
     pub http_listen: SocketAddr,
+    /// Serve both over TLS with the node certificate (`[tls]`, or the local CA's; no client
+    /// certificate asked): OTLP exporters take the CA as their `certificate` setting.
+    #[serde(default)]
+    pub tls: bool,
+    /// Serve without TLS on addresses beyond loopback (refused at start otherwise).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Resource attribute whose value becomes the source_id.
     #[serde(default = "default_source_id_attribute")]
     pub source_id_attribute: String,
@@ -65,6 +72,8 @@ pub struct OtlpSourceConfig {
     pub grpc_listen: SocketAddr,
     /// OTLP/HTTP address.
     pub http_listen: SocketAddr,
+    /// Whether both serve TLS.
+    pub tls: bool,
     /// Resource attribute naming the source_id.
     pub source_id_attribute: String,
     /// Quantiles estimated from histograms.
@@ -81,6 +90,18 @@ impl RawOtlpSourceConfig {
         let raw = self;
         if !raw.enabled {
             return Ok(None);
+        }
+        for (key, listen) in [
+            ("grpc_listen", raw.grpc_listen),
+            ("http_listen", raw.http_listen),
+        ] {
+            sluice_common::config::check_plaintext(
+                "agent.otlp",
+                key,
+                listen,
+                raw.tls,
+                raw.allow_plaintext,
+            )?;
         }
         if raw.grpc_listen == raw.http_listen {
             return Err(SluiceError::invalid(
@@ -104,6 +125,7 @@ impl RawOtlpSourceConfig {
         Ok(Some(OtlpSourceConfig {
             grpc_listen: raw.grpc_listen,
             http_listen: raw.http_listen,
+            tls: raw.tls,
             source_id_attribute: raw.source_id_attribute,
             histogram_quantiles: raw.histogram_quantiles,
             max_message_bytes: raw.max_message_bytes,

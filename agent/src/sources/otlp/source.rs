@@ -18,6 +18,7 @@ use prost::Message as _;
 use sluice_common::SluiceError;
 use sluice_common::envelope::validate_envelope;
 use sluice_common::shutdown::Shutdown;
+use sluice_common::tls::TlsMaterial;
 use sluice_proto::opentelemetry::proto::collector::logs::v1::logs_service_server::{
     LogsService, LogsServiceServer,
 };
@@ -53,6 +54,7 @@ struct Shared {
 pub struct OtlpSource {
     config: OtlpSourceConfig,
     shared: Arc<Shared>,
+    tls: Option<TlsMaterial>,
 }
 
 impl OtlpSource {
@@ -63,6 +65,7 @@ impl OtlpSource {
         max_envelope_bytes: usize,
         metrics: AgentMetrics,
         authenticator: Option<Arc<sluice_auth::Authenticator>>,
+        tls: &TlsMaterial,
     ) -> OtlpSource {
         let shared = Arc::new(Shared {
             authenticator,
@@ -75,7 +78,12 @@ impl OtlpSource {
             max_message_bytes: config.max_message_bytes,
             max_envelope_bytes,
         });
-        OtlpSource { config, shared }
+        let tls = config.tls.then(|| tls.clone());
+        OtlpSource {
+            config,
+            shared,
+            tls,
+        }
     }
 
     /// Serves gRPC and HTTP until `shutdown` fires.
@@ -83,9 +91,15 @@ impl OtlpSource {
         let grpc = serve_grpc(
             self.config.grpc_listen,
             Arc::clone(&self.shared),
+            self.tls.clone(),
             shutdown.clone(),
         );
-        let http = serve_http(self.config.http_listen, Arc::clone(&self.shared), shutdown);
+        let http = serve_http(
+            self.config.http_listen,
+            Arc::clone(&self.shared),
+            self.tls,
+            shutdown,
+        );
         let (grpc, http) = tokio::join!(grpc, http);
         grpc.and(http)
     }
@@ -94,12 +108,13 @@ impl OtlpSource {
 async fn serve_grpc(
     listen: SocketAddr,
     shared: Arc<Shared>,
+    tls: Option<TlsMaterial>,
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
     let listener = sluice_common::listen(listen, "otlp source (grpc)").await?;
     let limit = shared.max_message_bytes;
     let receiver = Receiver(shared);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(
             LogsServiceServer::new(receiver.clone())
                 .max_decoding_message_size(limit)
@@ -109,17 +124,28 @@ async fn serve_grpc(
             MetricsServiceServer::new(receiver)
                 .max_decoding_message_size(limit)
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-        )
-        .serve_with_incoming_shutdown(sluice_common::grpc_incoming(listener), async move {
-            shutdown.wait().await
-        })
-        .await
-        .map_err(|error| SluiceError::internal(format!("otlp grpc source failed: {error}")))
+        );
+    let stopped = async move { shutdown.wait().await };
+    let served = match tls {
+        // Exporters authenticate with tokens, not certificates: none is asked for.
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming_open(listener), stopped)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(sluice_common::grpc_incoming(listener), stopped)
+                .await
+        }
+    };
+    served.map_err(|error| SluiceError::internal(format!("otlp grpc source failed: {error}")))
 }
 
 async fn serve_http(
     listen: SocketAddr,
     shared: Arc<Shared>,
+    tls: Option<TlsMaterial>,
     mut shutdown: Shutdown,
 ) -> Result<(), SluiceError> {
     let listener = sluice_common::listen(listen, "otlp source (http)").await?;
@@ -131,11 +157,9 @@ async fn serve_http(
             http_authenticate,
         ))
         .with_state(shared);
-    axum::serve(
-        sluice_common::http_nodelay(listener),
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.wait().await })
+    sluice_common::serve_http(listener, tls.as_ref(), router, async move {
+        shutdown.wait().await
+    })
     .await
     .map_err(|error| SluiceError::internal(format!("otlp http source failed: {error}")))
 }
