@@ -633,6 +633,23 @@ pub fn otlp_log_request(
     }
 }
 
+/// Runs `sluice ARGUMENTS` (with `--data-dir DATA_DIR` when given, and no `$SLUICE_TOKEN`),
+/// which must succeed; returns what it printed, trimmed.
+pub fn sluice_command(arguments: &[&str], data_dir: Option<&Path>) -> String {
+    let mut command = Command::new(sluice_binary());
+    command.args(arguments).env_remove("SLUICE_TOKEN");
+    if let Some(data_dir) = data_dir {
+        command.arg("--data-dir").arg(data_dir);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "sluice {arguments:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
 /// The body of `GET url` as the holder of `token`.
 pub async fn text_as(url: &str, token: &str) -> String {
     reqwest::Client::new()

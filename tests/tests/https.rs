@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use sluice_proto::opentelemetry::proto::collector::logs::v1::logs_service_client::LogsServiceClient;
-use sluice_tests::{Sluice, free_port, otlp_log_request, sluice_binary};
+use sluice_tests::{Sluice, free_port, otlp_log_request, sluice_binary, sluice_command};
 
 #[test]
 fn a_plaintext_listener_beyond_loopback_is_refused_at_start_naming_the_keys() {
@@ -130,24 +130,16 @@ async fn http_listeners_serve_tls_with_the_local_ca_to_clients_that_trust_it() {
             body["total"].as_u64().unwrap_or(0)
         })
         .await;
-    let output = std::process::Command::new(sluice_binary())
-        .args([
+    let found = sluice_command(
+        &[
             "search",
             "\"over https\"",
             "--api",
             &sluice.api,
             "--output",
             "json",
-        ])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .env_remove("SLUICE_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
+        Some(&data_dir),
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("over https grpc"));
+    assert!(found.contains("over https grpc"), "{found}");
 }

@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use sluice_common::tls::TlsMaterial;
 use sluice_proto::v2::EnvelopeBatch;
 use sluice_proto::v2::ingress_client::IngressClient;
-use sluice_tests::{Sluice, log_envelope, metric_sample, sluice_binary};
+use sluice_tests::{Sluice, log_envelope, metric_sample, sluice_command};
 
 const LINES: u64 = 50_000;
 const PER_REQUEST: u64 = 100;
@@ -54,18 +54,10 @@ fn leaf_der(path: &std::path::Path) -> Vec<u8> {
 }
 
 fn certs(data_dir: &std::path::Path, arguments: &[&str]) {
-    let output = std::process::Command::new(sluice_binary())
-        .arg("certs")
-        .args(arguments)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "sluice certs {arguments:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let arguments: Vec<&str> = std::iter::once("certs")
+        .chain(arguments.iter().copied())
+        .collect();
+    sluice_command(&arguments, Some(data_dir));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,15 +66,7 @@ async fn sql_over_an_s3_archive_counts_exactly_across_a_crash() {
 
     // Compaction on request, on S3: one file per hour, every row as it was.
     let before = every_message(&sluice).await;
-    let output = std::process::Command::new(sluice_tests::sluice_binary())
-        .args(["archive", "compact", "--now", "--api", &sluice.api])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    sluice_tests::sluice_command(&["archive", "compact", "--now", "--api", &sluice.api], None);
     let stats: serde_json::Value = reqwest::get(format!("{}/api/v1/archive/stats", sluice.api))
         .await
         .unwrap()

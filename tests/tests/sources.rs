@@ -80,30 +80,16 @@ async fn run_python(python: String, name: &str, args: Vec<String>) -> Value {
 
 /// A new token of `data_dir` with `rights`, made with `sluice tokens create`.
 fn token(data_dir: &std::path::Path, rights: &str) -> String {
-    let output = Command::new(sluice_tests::sluice_binary())
-        .args([
-            "tokens",
-            "create",
-            "--name",
-            rights,
-            "--rights",
-            rights,
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    sluice_tests::sluice_command(
+        &["tokens", "create", "--name", rights, "--rights", rights],
+        Some(data_dir),
+    )
 }
 
 /// With `require_token` and TLS, the clients send a token the ways they document credentials
 /// (`api_key`, `basic_auth`, `bearer_auth`, opensearch-py's `http_auth`) over HTTPS verified
-/// with the data directory's CA (`ca_certs`) and every document arrives; no credential, a wrong one or a read-only token is refused (401, 403) and counted.
+/// with the data directory's CA (`ca_certs`) and every document arrives; no credential, a
+/// wrong one or a read-only token is refused (401, 403) and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_clients_send_tokens_the_ways_they_document() {
     let python = sluice_tests::test_python("SLUICE_TEST_CLIENTS_PYTHON", "clients");

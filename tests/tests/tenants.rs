@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{Sluice, events, log_envelope, metric_sample, send, sluice_binary};
+use sluice_tests::{Sluice, events, log_envelope, metric_sample, send, sluice_command};
 
 /// Lines of each sender: acme's on `shared-app` and `web-a`, globex's on `shared-app` (the same
 /// source name as acme's), the default tenant's on `shared-app` too.
@@ -28,21 +28,32 @@ const DEFAULT: u64 = 50;
 const FOREIGN: [&str; 2] = ["globex", "default-line"];
 
 fn token(data_dir: &Path, name: &str, tenant: &str, rights: &str, sources: &[&str]) -> String {
-    let mut command = std::process::Command::new(sluice_binary());
-    command
-        .args(["tokens", "create", "--name", name, "--tenant", tenant])
-        .args(["--rights", rights, "--data-dir"])
-        .arg(data_dir);
+    let mut arguments = vec![
+        "tokens", "create", "--name", name, "--tenant", tenant, "--rights", rights,
+    ];
     for source in sources {
-        command.args(["--source", source]);
+        arguments.extend(["--source", source]);
     }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    sluice_command(&arguments, Some(data_dir))
+}
+
+/// `count` log lines of `source_id` (`<prefix> line <n> secret`), each claiming `tenant` in the
+/// reserved tag.
+fn claiming(
+    source_id: &str,
+    prefix: &str,
+    count: u64,
+    tenant: &str,
+) -> Vec<sluice_proto::v2::Envelope> {
+    (0..count)
+        .map(|n| {
+            let mut envelope = log_envelope(source_id, format!("{prefix} line {n} secret"));
+            envelope
+                .tags
+                .insert("sluice.tenant".to_owned(), tenant.to_owned());
+            envelope
+        })
+        .collect()
 }
 
 /// `_bulk` of `lines` documents to `index` as the holder of `token`; each document also writes
@@ -196,21 +207,17 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
     bulk(&es, &acme_ingest, "web-a", "acme-web", ACME_WEB).await;
     bulk(&es, &globex_ingest, "shared-app", "globex", GLOBEX).await;
     let mut client = sluice.ingress().await;
-    let forged: Vec<_> = (0..DEFAULT)
-        .map(|n| {
-            let mut envelope = log_envelope("shared-app", format!("default-line {n} secret"));
-            envelope
-                .tags
-                .insert("sluice.tenant".to_owned(), "globex".to_owned());
-            envelope
-        })
-        .collect();
-    send(&mut client, forged).await.unwrap();
+    send(
+        &mut client,
+        claiming("shared-app", "default-line", DEFAULT, "globex"),
+    )
+    .await
+    .unwrap();
     // A platform sender whose certificate (from the local CA, named acme-agent) the agent maps
     // to acme: its envelopes are acme's, whatever their tags say.
     let issued = dir.path().join("issued");
-    let output = std::process::Command::new(sluice_binary())
-        .args([
+    sluice_command(
+        &[
             "certs",
             "issue",
             "--name",
@@ -218,16 +225,9 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
             "--dns",
             "localhost",
             "--out",
-        ])
-        .arg(&issued)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+            issued.to_str().unwrap(),
+        ],
+        Some(&data_dir),
     );
     let read = |name: &str| std::fs::read_to_string(issued.join(name)).unwrap();
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", sluice.agent))
@@ -246,16 +246,12 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
         .await
         .unwrap();
     let mut acme_agent = sluice_proto::v2::ingress_client::IngressClient::new(channel);
-    let claimed: Vec<_> = (0..ACME_CERT)
-        .map(|n| {
-            let mut envelope = log_envelope("shared-app", format!("acme-cert line {n} secret"));
-            envelope
-                .tags
-                .insert("sluice.tenant".to_owned(), "globex".to_owned());
-            envelope
-        })
-        .collect();
-    send(&mut acme_agent, claimed).await.unwrap();
+    send(
+        &mut acme_agent,
+        claiming("shared-app", "acme-cert", ACME_CERT, "globex"),
+    )
+    .await
+    .unwrap();
     let all = ACME + GLOBEX + DEFAULT;
     sluice
         .wait_for("indexed", all, Duration::from_secs(30), || async {

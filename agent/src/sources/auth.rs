@@ -76,3 +76,12 @@ pub(crate) fn peer_of(request: &axum::extract::Request) -> String {
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map_or_else(|| "-".to_owned(), |info| info.0.to_string())
 }
+
+/// The tenant of an HTTP request: the token's, put in the request's extensions by the
+/// source's token check, or the default tenant when the source takes anyone.
+pub(crate) fn tenancy_of(tenancy: Option<axum::extract::Extension<Tenancy>>) -> Tenancy {
+    tenancy.map_or_else(
+        Tenancy::default_tenant,
+        |axum::extract::Extension(tenancy)| tenancy,
+    )
+}

@@ -408,19 +408,10 @@ mod tests {
         );
     }
 
-    /// A Parquet file of `lines` log lines at `timestamp`.
-    fn logs_file(lines: usize, timestamp: i64) -> (bytes::Bytes, u64) {
+    /// A Parquet file of the log envelopes `envelopes`.
+    fn logs_parquet(envelopes: impl IntoIterator<Item = Envelope>) -> (bytes::Bytes, u64) {
         let mut buffers = BTreeMap::from([(Table::Logs, TableBuffer::new(Table::Logs))]);
-        for index in 0..lines {
-            let envelope = Envelope {
-                timestamp,
-                source_id: "app".into(),
-                message: Some(envelope::Message::Log(Log {
-                    payload: format!("line {index}").into_bytes(),
-                    r#type: 0,
-                })),
-                ..Default::default()
-            };
+        for envelope in envelopes {
             push_envelope(&envelope, "agent", 1, None, &mut buffers).expect("push");
         }
         let batch = buffers
@@ -433,30 +424,30 @@ mod tests {
         (bytes, size)
     }
 
+    fn log_line(source_id: &str, text: String, timestamp: i64) -> Envelope {
+        Envelope {
+            timestamp,
+            source_id: source_id.into(),
+            message: Some(envelope::Message::Log(Log {
+                payload: text.into_bytes(),
+                r#type: 0,
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// A Parquet file of `lines` log lines at `timestamp`.
+    fn logs_file(lines: usize, timestamp: i64) -> (bytes::Bytes, u64) {
+        logs_parquet((0..lines).map(|index| log_line("app", format!("line {index}"), timestamp)))
+    }
+
     /// A Parquet file of one log line per `(tenant, source)` at `timestamp`.
     fn tenants_file(lines: &[(&str, &str)], timestamp: i64) -> (bytes::Bytes, u64) {
-        let mut buffers = BTreeMap::from([(Table::Logs, TableBuffer::new(Table::Logs))]);
-        for (tenant, source) in lines {
-            let mut envelope = Envelope {
-                timestamp,
-                source_id: (*source).into(),
-                message: Some(envelope::Message::Log(Log {
-                    payload: format!("{tenant} {source}").into_bytes(),
-                    r#type: 0,
-                })),
-                ..Default::default()
-            };
+        logs_parquet(lines.iter().map(|(tenant, source)| {
+            let mut envelope = log_line(source, format!("{tenant} {source}"), timestamp);
             tenancy::stamp(&mut envelope, tenant);
-            push_envelope(&envelope, "agent", 1, None, &mut buffers).expect("push");
-        }
-        let batch = buffers
-            .get_mut(&Table::Logs)
-            .expect("logs")
-            .finish()
-            .expect("batch");
-        let bytes = crate::pipeline::encode_parquet(&batch, 3, "{}", 1).expect("parquet");
-        let size = bytes.len() as u64;
-        (bytes, size)
+            envelope
+        }))
     }
 
     /// A scoped reader's tables are views of its tenant's rows (and sources'): no SQL over

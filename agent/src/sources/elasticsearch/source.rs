@@ -251,12 +251,6 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     )
 }
 
-/// The tenant of a request: the token's (put there by [`authenticate`]), or the default one
-/// when the source takes anyone.
-fn tenancy_of(tenancy: Option<Extension<Tenancy>>) -> Tenancy {
-    tenancy.map_or_else(Tenancy::default_tenant, |Extension(tenancy)| tenancy)
-}
-
 async fn bulk_without_index(
     State(shared): State<Arc<Shared>>,
     tenancy: Option<Extension<Tenancy>>,
@@ -264,7 +258,15 @@ async fn bulk_without_index(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    bulk_request(shared, tenancy_of(tenancy), method, None, headers, body).await
+    bulk_request(
+        shared,
+        crate::sources::auth::tenancy_of(tenancy),
+        method,
+        None,
+        headers,
+        body,
+    )
+    .await
 }
 
 async fn bulk_with_index(
@@ -277,7 +279,7 @@ async fn bulk_with_index(
 ) -> Response {
     bulk_request(
         shared,
-        tenancy_of(tenancy),
+        crate::sources::auth::tenancy_of(tenancy),
         method,
         Some(index),
         headers,

@@ -403,12 +403,6 @@ fn failure(status: Status) -> Response {
     plain(code, status.message().to_owned())
 }
 
-/// The tenant of an HTTP export: the token's (put there by [`http_authenticate`]), or the
-/// default one when the source takes anyone.
-fn tenancy_of(tenancy: Option<Extension<Tenancy>>) -> Tenancy {
-    tenancy.map_or_else(Tenancy::default_tenant, |Extension(tenancy)| tenancy)
-}
-
 async fn http_logs(
     State(shared): State<Arc<Shared>>,
     tenancy: Option<Extension<Tenancy>>,
@@ -427,7 +421,7 @@ async fn http_logs(
         );
     };
     let mapped = mapping::logs(&request, &shared.mapping, sluice_common::time::now_nanos());
-    match deliver(&shared, tenancy_of(tenancy), mapped).await {
+    match deliver(&shared, crate::sources::auth::tenancy_of(tenancy), mapped).await {
         Ok((rejected, message)) => protobuf(&ExportLogsServiceResponse {
             partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: rejected,
@@ -456,7 +450,7 @@ async fn http_metrics(
         );
     };
     let mapped = mapping::metrics(&request, &shared.mapping, sluice_common::time::now_nanos());
-    match deliver(&shared, tenancy_of(tenancy), mapped).await {
+    match deliver(&shared, crate::sources::auth::tenancy_of(tenancy), mapped).await {
         Ok((rejected, message)) => protobuf(&ExportMetricsServiceResponse {
             partial_success: (rejected > 0).then_some(ExportMetricsPartialSuccess {
                 rejected_data_points: rejected,
