@@ -65,6 +65,7 @@ pub async fn run(
             source_config,
             Arc::clone(&forwarder),
             &tls,
+            config.tenants_by_certificate.clone(),
             metrics.clone(),
         )?;
         sources.spawn(source.serve(shutdown.clone()));

@@ -1,5 +1,6 @@
 //! Two tenants ingesting through one agent (`_bulk` with each tenant's ingest token, on the same
-//! source names; Loggregator gRPC with a client certificate mapped to a tenant) and the default
+//! source names; Loggregator gRPC and syslog over TLS with a client certificate mapped to a
+//! tenant) and the default
 //! tenant beside them (Loggregator gRPC), then reads by one
 //! tenant's token that try to reach the other's records through every route: search syntax,
 //! histograms, patterns, the live tail and its history, the Loggregator egress shapes, and SQL
@@ -20,7 +21,9 @@ const ACME_SHARED: u64 = 160;
 const ACME_WEB: u64 = 80;
 /// acme's lines over the Loggregator ingress, from a sender whose certificate maps to acme.
 const ACME_CERT: u64 = 30;
-const ACME: u64 = ACME_SHARED + ACME_WEB + ACME_CERT;
+/// acme's lines over syslog with TLS, from a sender presenting that certificate.
+const ACME_SYSLOG: u64 = 20;
+const ACME: u64 = ACME_SHARED + ACME_WEB + ACME_CERT + ACME_SYSLOG;
 const GLOBEX: u64 = 150;
 const DEFAULT: u64 = 50;
 
@@ -252,6 +255,50 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
     )
     .await
     .unwrap();
+    // The same certificate over syslog with TLS: acme's lines too.
+    {
+        use rustls::pki_types::pem::PemObject as _;
+        use tokio::io::AsyncWriteExt as _;
+        let roots = {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in
+                rustls::pki_types::CertificateDer::pem_slice_iter(read("ca.pem").as_bytes())
+            {
+                roots.add(certificate.unwrap()).unwrap();
+            }
+            roots
+        };
+        let chain =
+            rustls::pki_types::CertificateDer::pem_slice_iter(read("acme-agent.pem").as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(read("acme-agent-key.pem").as_bytes())
+                .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+        let stream = tokio::net::TcpStream::connect(&sluice.syslog)
+            .await
+            .unwrap();
+        let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                stream,
+            )
+            .await
+            .unwrap();
+        for n in 0..ACME_SYSLOG {
+            let line = format!("<14>1 - host shared-app - - - acme-syslog line {n} secret\n");
+            stream.write_all(line.as_bytes()).await.unwrap();
+        }
+        stream.shutdown().await.unwrap();
+    }
     let all = ACME + GLOBEX + DEFAULT;
     sluice
         .wait_for("indexed", all, Duration::from_secs(30), || async {
@@ -392,7 +439,7 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
     let log_cache: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         log_cache["envelopes"]["batch"].as_array().unwrap().len() as u64,
-        ACME_SHARED + ACME_CERT
+        ACME_SHARED + ACME_CERT + ACME_SYSLOG
     );
     let (status, body) = get(&format!("{api}/api/v1/read/shared-app"), &acme_web, &[]).await;
     assert_eq!(status, 200, "{body}");
@@ -460,7 +507,7 @@ async fn no_read_of_one_tenant_reaches_another_tenants_records() {
     );
     assert!(scope_refusals >= 3.0, "{metrics}");
     eprintln!(
-        "tenants: acme {ACME} ({ACME_CERT} by client certificate), globex {GLOBEX}, default {DEFAULT} lines; {searches} searches \
+        "tenants: acme {ACME} ({ACME_CERT} over gRPC and {ACME_SYSLOG} over syslog by client certificate), globex {GLOBEX}, default {DEFAULT} lines; {searches} searches \
          ({refused} refused), {sql_tries} SQL texts ({sql_refused} refused), patterns, Log \
          Cache, tail history and live, /v2/read: 0 records of another tenant; \
          {scope_refusals} operator routes refused"

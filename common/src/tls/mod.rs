@@ -85,6 +85,10 @@ struct Loaded {
     /// For gRPC listeners that take any client (OTLP exporters authenticate with tokens):
     /// no client certificate asked, HTTP/2.
     grpc_open: Arc<rustls::ServerConfig>,
+    /// For push-only TCP protocols (syslog over TLS): a client certificate from the CA taken
+    /// when offered (it names the sender), none required; no session tickets (see
+    /// [`TlsMaterial::rustls_push`]).
+    push: Arc<rustls::ServerConfig>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -157,19 +161,36 @@ fn build(ca_pem: String, cert_pem: String, key_pem: String) -> Result<Loaded, St
     let mut client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?
-        .with_root_certificates(roots)
+        .with_root_certificates(Arc::clone(&roots))
         .with_client_auth_cert(chain.clone(), key.clone_key())
         .map_err(|error| format!("the certificate and its key: {error}"))?;
     client.alpn_protocols = vec![b"h2".to_vec()];
-    let mut https = rustls::ServerConfig::builder_with_provider(provider)
+    let mut https = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
+        .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|error| format!("the certificate and its key: {error}"))?;
     https.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut grpc_open = https.clone();
     grpc_open.alpn_protocols = vec![b"h2".to_vec()];
+    let optional = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::clone(&roots),
+        Arc::clone(&provider),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|error| format!("the CA file: {error}"))?;
+    let mut push = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_client_cert_verifier(optional)
+        .with_single_cert(chain, key)
+        .map_err(|error| format!("the certificate and its key: {error}"))?;
+    // Syslog senders never read. A TLS 1.3 session ticket sent after the handshake would sit
+    // unread in the sender's socket, and closing a socket with unread data sends a reset,
+    // which throws away what the sender wrote last before this side read it.
+    push.send_tls13_tickets = 0;
     Ok(Loaded {
         ca_pem,
         cert_pem,
@@ -178,6 +199,7 @@ fn build(ca_pem: String, cert_pem: String, key_pem: String) -> Result<Loaded, St
         client: Arc::new(client),
         https: Arc::new(https),
         grpc_open: Arc::new(grpc_open),
+        push: Arc::new(push),
     })
 }
 
@@ -299,6 +321,12 @@ impl TlsMaterial {
     /// The open gRPC server configuration in force now (no client certificate asked).
     pub fn rustls_grpc_open(&self) -> Arc<rustls::ServerConfig> {
         Arc::clone(&self.current().grpc_open)
+    }
+
+    /// The server configuration in force now for push-only TCP protocols (syslog): a client
+    /// certificate from the CA taken when offered, none required, no session tickets.
+    pub fn rustls_push(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.current().push)
     }
 
     /// The HTTPS server configuration in force now (no client certificate asked).

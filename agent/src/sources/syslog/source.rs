@@ -3,7 +3,9 @@
 //! and UDP (one message per datagram), all on the same port.
 //!
 //! TLS presents the agent's node certificate (the one its gRPC hops use, signed by the
-//! configured CA: `<data_dir>/tls/ca.pem` by default) and asks no certificate of the client.
+//! configured CA: `<data_dir>/tls/ca.pem` by default; re-read when it changes) and takes a
+//! client certificate from that CA when one is offered, requiring none: a sender whose
+//! certificate `agent.tenants_by_certificate` names sends that tenant's lines.
 //!
 //! Syslog has no acknowledgements, so messages are forwarded without waiting for the
 //! doppler; when the agent's pending limit is reached, reading a TCP connection waits, which
@@ -24,14 +26,16 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::parse::{self, Discard, Frame};
-use crate::forwarder::{Forwarder, Ticket};
+use crate::forwarder::{Forwarder, Tenancy, Ticket};
 use crate::metrics::AgentMetrics;
 
 const SOURCE: &str = "syslog";
 
 struct Shared {
     forwarder: Arc<Forwarder>,
-    tls: TlsAcceptor,
+    tls: TlsMaterial,
+    /// Senders' tenants by their client certificate's common name (TLS connections only).
+    by_certificate: std::collections::BTreeMap<String, String>,
     metrics: AgentMetrics,
     max_message_bytes: usize,
     default_source_id: String,
@@ -49,11 +53,13 @@ impl SyslogSource {
         config: SyslogSourceConfig,
         forwarder: Arc<Forwarder>,
         tls: &TlsMaterial,
+        tenants_by_certificate: std::collections::BTreeMap<String, String>,
         metrics: AgentMetrics,
     ) -> Result<SyslogSource, SluiceError> {
         let shared = Arc::new(Shared {
             forwarder,
-            tls: tls_acceptor(tls)?,
+            tls: tls.clone(),
+            by_certificate: tenants_by_certificate,
             metrics,
             max_message_bytes: config.max_message_bytes,
             default_source_id: config.default_source_id.clone(),
@@ -106,34 +112,6 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shu
     }
 }
 
-/// The node certificate for TLS clients; no client certificate asked for.
-fn tls_acceptor(tls: &TlsMaterial) -> Result<TlsAcceptor, SluiceError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let invalid =
-        |error: String| SluiceError::invalid(format!("syslog tls: the node certificate: {error}"));
-    let (cert_pem, key_pem) = tls.identity_pem();
-    let (cert_pem, key_pem) = (cert_pem.as_str(), key_pem.as_str());
-    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| invalid(error.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|error| invalid(error.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|error| invalid(error.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|error| invalid(error.to_string()))?;
-    // Syslog senders never read. A TLS 1.3 session ticket sent after the handshake would sit
-    // unread in the sender's socket, and closing a socket with unread data sends a reset,
-    // which throws away what the sender wrote last before this side read it.
-    config.send_tls13_tickets = 0;
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
 /// A TLS record starts with content type 22 (handshake); a syslog frame with a digit or `<`.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -148,22 +126,36 @@ async fn serve_connection(
         .await
         .map_err(|error| error.to_string())?;
     if peeked == 1 && first[0] == TLS_HANDSHAKE {
-        let stream = match shared.tls.accept(stream).await {
+        let acceptor = TlsAcceptor::from(shared.tls.rustls_push());
+        let stream = match acceptor.accept(stream).await {
             Ok(stream) => stream,
             Err(error) => {
                 shared.metrics.source_refused(SOURCE, "tls_handshake");
                 return Err(format!("tls handshake failed: {error}"));
             }
         };
-        read_connection(stream, shared, shutdown).await
+        // A sender whose certificate `agent.tenants_by_certificate` names sends that tenant's
+        // lines; any other, the default tenant's.
+        let tenancy = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| sluice_common::tls::common_name(leaf))
+            .and_then(|name| shared.by_certificate.get(&name))
+            .map_or_else(Tenancy::default_tenant, |tenant| {
+                Tenancy::Fixed(Arc::from(tenant.as_str()))
+            });
+        read_connection(stream, shared, &tenancy, shutdown).await
     } else {
-        read_connection(stream, shared, shutdown).await
+        read_connection(stream, shared, &Tenancy::default_tenant(), shutdown).await
     }
 }
 
 async fn read_connection<S: AsyncRead + Unpin>(
     mut stream: S,
     shared: &Shared,
+    tenancy: &Tenancy,
     mut shutdown: Shutdown,
 ) -> Result<(), String> {
     let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -179,7 +171,7 @@ async fn read_connection<S: AsyncRead + Unpin>(
                 // The last message of a newline-framed stream may lack its newline.
                 let last = std::mem::take(&mut buffer);
                 if !last.first().is_some_and(u8::is_ascii_digit) {
-                    submit(shared, vec![last.as_slice()]).await;
+                    submit(shared, vec![last.as_slice()], tenancy).await;
                 } else {
                     shared.metrics.source_refused(SOURCE, "incomplete");
                 }
@@ -224,12 +216,12 @@ async fn read_connection<S: AsyncRead + Unpin>(
                 }
                 Err(parse::FramingError(reason)) => {
                     shared.metrics.source_refused(SOURCE, "bad_framing");
-                    submit(shared, messages).await;
+                    submit(shared, messages, tenancy).await;
                     return Err(reason);
                 }
             }
         }
-        submit(shared, messages).await;
+        submit(shared, messages, tenancy).await;
         buffer.drain(..used);
     }
 }
@@ -340,12 +332,17 @@ async fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, mut shutdown: Shutdow
                 other => other,
             };
         }
-        submit(&shared, messages.iter().map(Vec::as_slice).collect()).await;
+        submit(
+            &shared,
+            messages.iter().map(Vec::as_slice).collect(),
+            &Tenancy::default_tenant(),
+        )
+        .await;
     }
 }
 
 /// Parses and forwards messages; refused ones are counted.
-async fn submit(shared: &Shared, messages: Vec<&[u8]>) {
+async fn submit(shared: &Shared, messages: Vec<&[u8]>, tenancy: &Tenancy) {
     if messages.is_empty() {
         return;
     }
@@ -364,7 +361,7 @@ async fn submit(shared: &Shared, messages: Vec<&[u8]>) {
         return;
     }
     let count = envelopes.len() as u64;
-    let (ticket, _done) = Ticket::new(SOURCE);
+    let (ticket, _done) = Ticket::with_tenancy(SOURCE, tenancy.clone());
     // Waiting holds the sender's connection back (TCP backpressure); only shutdown fails.
     match shared.forwarder.submit_waiting(envelopes, &ticket).await {
         Ok(()) => shared.metrics.source_accepted(SOURCE, count),
