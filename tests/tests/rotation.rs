@@ -5,8 +5,6 @@
 //! the last step a client still holding the old CA's certificate is refused.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject as _;
@@ -71,9 +69,9 @@ async fn certificates_and_the_ca_rotate_under_load_with_no_failed_request_and_no
 
     // The sender: 50,000 lines, 100 a request, a new connection every 20 requests with the
     // certificates re-read from the files (as a client of the data directory would).
-    let sent = Arc::new(AtomicU64::new(0));
+    let (sent, mut progress) = tokio::sync::watch::channel(0_u64);
     let sender = {
-        let (sent, agent, tls) = (Arc::clone(&sent), sluice.agent.clone(), client_tls.clone());
+        let (agent, tls) = (sluice.agent.clone(), client_tls.clone());
         tokio::spawn(async move {
             let mut failures = Vec::new();
             let mut client = None;
@@ -94,7 +92,7 @@ async fn certificates_and_the_ca_rotate_under_load_with_no_failed_request_and_no
                 if let Err(status) = client.as_mut().unwrap().send(EnvelopeBatch { batch }).await {
                     failures.push(format!("request {request}: {status}"));
                 }
-                sent.fetch_add(PER_REQUEST, Ordering::SeqCst);
+                sent.send_modify(|sent| *sent += PER_REQUEST);
             }
             failures
         })
@@ -115,9 +113,10 @@ async fn certificates_and_the_ca_rotate_under_load_with_no_failed_request_and_no
     .into_iter()
     .enumerate()
     {
-        while sent.load(Ordering::SeqCst) < after_lines {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        progress
+            .wait_for(|sent| *sent >= after_lines)
+            .await
+            .unwrap();
         let leaf_before = served(&sluice.agent, &client_tls).await.unwrap();
         certs(&data_dir, &arguments);
         let changed = Instant::now();

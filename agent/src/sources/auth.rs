@@ -69,6 +69,27 @@ pub(crate) fn check(
     }
 }
 
+/// The token check of an HTTP request (its `Authorization` header): on success the request,
+/// carrying the sender's tenant for the handler ([`tenancy_of`]); otherwise why it is refused,
+/// which each source answers in its own protocol's shape.
+pub(crate) fn admit_http(
+    authenticator: Option<&Authenticator>,
+    mut request: axum::extract::Request,
+) -> Result<axum::extract::Request, Refused> {
+    let peer = peer_of(&request);
+    let authorization = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or("\u{0}"));
+    match check(authenticator, authorization, &peer) {
+        Ok(tenancy) => {
+            request.extensions_mut().insert(tenancy);
+            Ok(request)
+        }
+        Err(refused) => Err(refused),
+    }
+}
+
 /// The sender's address, when the server records it (`into_make_service_with_connect_info`).
 pub(crate) fn peer_of(request: &axum::extract::Request) -> String {
     request

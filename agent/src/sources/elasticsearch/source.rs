@@ -123,20 +123,11 @@ async fn authenticate(
     let Some(authenticator) = &shared.authenticator else {
         return next.run(request).await;
     };
-    let mut request = request;
-    let peer = crate::sources::auth::peer_of(&request);
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|value| value.to_str().unwrap_or("\u{0}"));
-    match crate::sources::auth::check(Some(authenticator), authorization, &peer) {
-        Ok(tenancy) => {
-            request.extensions_mut().insert(tenancy);
-            next.run(request).await
-        }
+    let path = request.uri().path().to_owned();
+    match crate::sources::auth::admit_http(Some(authenticator), request) {
+        Ok(request) => next.run(request).await,
         Err(refused) => {
             shared.metrics.source_refused(SOURCE, refused.reason());
-            let path = request.uri().path().to_owned();
             let Refused::Unauthenticated(message) = refused else {
                 return error(
                     StatusCode::FORBIDDEN,

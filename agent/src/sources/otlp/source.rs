@@ -213,17 +213,8 @@ async fn http_authenticate(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let mut request = request;
-    let peer = crate::sources::auth::peer_of(&request);
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|value| value.to_str().unwrap_or("\u{0}"));
-    match crate::sources::auth::check(shared.authenticator.as_deref(), authorization, &peer) {
-        Ok(tenancy) => {
-            request.extensions_mut().insert(tenancy);
-            next.run(request).await
-        }
+    match crate::sources::auth::admit_http(shared.authenticator.as_deref(), request) {
+        Ok(request) => next.run(request).await,
         Err(refused) => {
             shared.metrics.source_refused(SOURCE, refused.reason());
             let status = match refused {
